@@ -7,6 +7,9 @@
 pub mod admin;
 pub mod backend;
 pub mod config;
+pub mod daemon;
+pub mod keymap;
+pub mod logging;
 pub mod protocol;
 pub mod routing;
 pub mod server;

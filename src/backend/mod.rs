@@ -1,1 +1,9 @@
-//! TODO
+//! Backend connections: per server and per worker, long-lived, pipelined and shared by many
+//! clients of that worker. A backend connection knows no clients, only requests and replies.
+
+pub mod connection;
+pub mod health;
+pub mod io;
+
+pub use connection::{BackendError, BackendHandle, Reply, ReplyKind, ServerSpec};
+pub use health::ServerHealth;

@@ -1,0 +1,332 @@
+//! One pipelined, multiplexed connection to one backend server.
+//!
+//! Many clients of one worker share it: requests are queued on an unbounded channel, written in
+//! batches, and replies are matched to requests strictly in FIFO order (memcached and Redis both
+//! answer in order on one connection). A request that outlives the pool timeout fails with
+//! `Timeout`, and the connection is closed and reopened, so a late reply can never be handed to
+//! the wrong request. Reconnects back off while the server keeps failing.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{sleep_until, Instant};
+
+use super::health::{FailureOutcome, ServerHealth};
+use super::io::Io;
+use crate::protocol::memcache;
+
+/// How to find the end of the reply to a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplyKind {
+    /// memcached get/gets/gat/gats: VALUE items then END.
+    McRetrieval,
+    /// Any other memcached command: one line.
+    McLine,
+}
+
+impl ReplyKind {
+    fn scan(self, buf: &[u8]) -> Result<Option<usize>, String> {
+        match self {
+            ReplyKind::McRetrieval => memcache::scan_reply(buf, true).map_err(|e| e.0),
+            ReplyKind::McLine => memcache::scan_reply(buf, false).map_err(|e| e.0),
+        }
+    }
+}
+
+/// Why a request got no reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackendError {
+    Timeout(Duration),
+    Connect(String),
+    /// The connection broke while the request was in flight (or before it was sent).
+    Closed(String),
+    /// The server sent bytes that do not parse as a reply.
+    Protocol(String),
+}
+
+impl std::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendError::Timeout(d) => write!(f, "timed out after {}ms", d.as_millis()),
+            BackendError::Connect(e) => write!(f, "connect failed: {e}"),
+            BackendError::Closed(e) => write!(f, "connection closed: {e}"),
+            BackendError::Protocol(e) => write!(f, "bad reply: {e}"),
+        }
+    }
+}
+
+pub type Reply = Result<Bytes, BackendError>;
+
+/// One request queued on a backend connection.
+pub struct Queued {
+    pub bytes: Bytes,
+    pub kind: ReplyKind,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+/// What a connection needs to know about its server.
+#[derive(Clone, Debug)]
+pub struct ServerSpec {
+    /// `host:port`, resolved at each connect.
+    pub address: String,
+    pub timeout: Option<Duration>,
+    pub tcpkeepalive: bool,
+    pub health: Arc<ServerHealth>,
+    /// Bumped when this server is ejected, so the pool rebuilds its ring.
+    pub pool_epoch: Arc<AtomicU64>,
+    pub auto_eject: bool,
+    pub failure_limit: u32,
+    pub retry_timeout: Duration,
+}
+
+/// The client side of a backend connection: cheap to clone, used from the worker's tasks.
+#[derive(Clone)]
+pub struct BackendHandle {
+    tx: mpsc::UnboundedSender<Queued>,
+    pub spec: Arc<ServerSpec>,
+}
+
+impl BackendHandle {
+    /// Spawn the connection task on the current (worker-local) runtime.
+    pub fn spawn(spec: Arc<ServerSpec>, preconnect: bool) -> BackendHandle {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::task::spawn_local(run(spec.clone(), rx, preconnect));
+        BackendHandle { tx, spec }
+    }
+
+    /// Queue a request; the receiver yields its reply (or why there is none).
+    pub fn send(&self, bytes: Bytes, kind: ReplyKind) -> oneshot::Receiver<Reply> {
+        let (reply, rx) = oneshot::channel();
+        self.spec.health.requests.fetch_add(1, Ordering::Relaxed);
+        if let Err(mpsc::error::SendError(q)) = self.tx.send(Queued { bytes, kind, reply }) {
+            let _ = q
+                .reply
+                .send(Err(BackendError::Closed("backend task stopped".into())));
+        }
+        rx
+    }
+}
+
+struct InFlight {
+    kind: ReplyKind,
+    reply: oneshot::Sender<Reply>,
+    deadline: Option<Instant>,
+}
+
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+const WRITE_HIGH_WATER: usize = 4 << 20;
+
+async fn run(spec: Arc<ServerSpec>, mut rx: mpsc::UnboundedReceiver<Queued>, preconnect: bool) {
+    let mut backoff = Duration::ZERO;
+    let mut first: Option<Queued> = None;
+    let mut connect_now = preconnect;
+    loop {
+        if !connect_now && first.is_none() {
+            match rx.recv().await {
+                Some(q) => first = Some(q),
+                None => return,
+            }
+        }
+        connect_now = false;
+        let stream = match connect(&spec).await {
+            Ok(s) => {
+                backoff = Duration::ZERO;
+                s
+            }
+            Err(e) => {
+                let err = BackendError::Connect(e.to_string());
+                tracing::warn!(server = %spec.address, error = %e, "backend connect failed");
+                failure(&spec, &err);
+                if let Some(q) = first.take() {
+                    let _ = q.reply.send(Err(err.clone()));
+                }
+                // Fail what queued meanwhile, then back off before trying again: while the
+                // server is down requests fail fast instead of piling up.
+                backoff = (backoff * 2).clamp(Duration::from_millis(50), MAX_BACKOFF);
+                let until = Instant::now() + backoff;
+                loop {
+                    tokio::select! {
+                        q = rx.recv() => match q {
+                            Some(q) => { let _ = q.reply.send(Err(err.clone())); }
+                            None => return,
+                        },
+                        _ = sleep_until(until) => break,
+                    }
+                }
+                continue;
+            }
+        };
+        match serve(&spec, &stream, &mut rx, first.take()).await {
+            Ok(()) => return, // channel closed: the worker is going away
+            Err(err) => {
+                tracing::warn!(server = %spec.address, error = %err, "backend connection closed");
+                failure(&spec, &err);
+            }
+        }
+    }
+}
+
+fn failure(spec: &ServerSpec, err: &BackendError) {
+    if matches!(err, BackendError::Timeout(_)) {
+        spec.health.timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+    let outcome =
+        spec.health
+            .record_failure(spec.auto_eject, spec.failure_limit, spec.retry_timeout);
+    if outcome == FailureOutcome::Ejected {
+        tracing::warn!(server = %spec.address, retry_ms = spec.retry_timeout.as_millis() as u64,
+            "server ejected after {} consecutive failures", spec.failure_limit);
+        spec.pool_epoch.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn connect(spec: &ServerSpec) -> io::Result<TcpStream> {
+    let fut = TcpStream::connect(spec.address.as_str());
+    let stream = match spec.timeout {
+        Some(t) => tokio::time::timeout(t, fut)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??,
+        None => fut.await?,
+    };
+    stream.set_nodelay(true)?;
+    if spec.tcpkeepalive {
+        socket2::SockRef::from(&stream).set_keepalive(true)?;
+    }
+    Ok(stream)
+}
+
+/// Drive one open connection until it breaks (Err) or the channel closes (Ok).
+async fn serve(
+    spec: &ServerSpec,
+    stream: &TcpStream,
+    rx: &mut mpsc::UnboundedReceiver<Queued>,
+    first: Option<Queued>,
+) -> Result<(), BackendError> {
+    let mut inflight: VecDeque<InFlight> = VecDeque::new();
+    let mut wbuf = BytesMut::with_capacity(16 * 1024);
+    let mut rbuf = BytesMut::with_capacity(16 * 1024);
+    let mut closed = false;
+    let result = async {
+        if let Some(q) = first {
+            enqueue(spec, q, &mut wbuf, &mut inflight);
+        }
+        loop {
+            if closed && inflight.is_empty() && wbuf.is_empty() {
+                return Ok(());
+            }
+            let interest = if wbuf.is_empty() {
+                Interest::READABLE
+            } else {
+                Interest::READABLE | Interest::WRITABLE
+            };
+            let deadline = inflight.front().and_then(|f| f.deadline);
+            tokio::select! {
+                biased;
+                ready = stream.ready(interest) => {
+                    let ready = ready.map_err(|e| BackendError::Closed(e.to_string()))?;
+                    if ready.is_readable() && read_replies(stream, &mut rbuf, &mut inflight)? > 0 {
+                        spec.health.record_success();
+                    }
+                    if ready.is_writable() && !wbuf.is_empty() {
+                        flush(stream, &mut wbuf)?;
+                    }
+                }
+                q = rx.recv(), if !closed && wbuf.len() < WRITE_HIGH_WATER => {
+                    match q {
+                        Some(q) => {
+                            enqueue(spec, q, &mut wbuf, &mut inflight);
+                            while wbuf.len() < WRITE_HIGH_WATER {
+                                match rx.try_recv() {
+                                    Ok(q) => enqueue(spec, q, &mut wbuf, &mut inflight),
+                                    Err(_) => break,
+                                }
+                            }
+                            flush(stream, &mut wbuf)?;
+                        }
+                        None => closed = true,
+                    }
+                }
+                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    return Err(BackendError::Timeout(spec.timeout.unwrap_or_default()));
+                }
+            }
+        }
+    }
+    .await;
+    if let Err(e) = &result {
+        for f in inflight.drain(..) {
+            let _ = f.reply.send(Err(e.clone()));
+        }
+    }
+    result
+}
+
+fn enqueue(spec: &ServerSpec, q: Queued, wbuf: &mut BytesMut, inflight: &mut VecDeque<InFlight>) {
+    if q.reply.is_closed() {
+        return; // the client went away before we sent it
+    }
+    wbuf.extend_from_slice(&q.bytes);
+    inflight.push_back(InFlight {
+        kind: q.kind,
+        reply: q.reply,
+        deadline: spec.timeout.map(|t| Instant::now() + t),
+    });
+}
+
+fn flush(stream: &TcpStream, wbuf: &mut BytesMut) -> Result<(), BackendError> {
+    while !wbuf.is_empty() {
+        match stream.try_write(wbuf) {
+            Ok(0) => return Err(BackendError::Closed("write returned 0".into())),
+            Ok(n) => {
+                let _ = wbuf.split_to(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(BackendError::Closed(e.to_string())),
+        }
+    }
+    Ok(())
+}
+
+fn read_replies(
+    stream: &TcpStream,
+    rbuf: &mut BytesMut,
+    inflight: &mut VecDeque<InFlight>,
+) -> Result<usize, BackendError> {
+    let mut replies = 0;
+    loop {
+        if rbuf.capacity() - rbuf.len() < 4096 {
+            rbuf.reserve(16 * 1024);
+        }
+        match Io::try_read_buf(stream, rbuf) {
+            Ok(0) => return Err(BackendError::Closed("server closed the connection".into())),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(replies),
+            Err(e) => return Err(BackendError::Closed(e.to_string())),
+        }
+        while let Some(front) = inflight.front() {
+            match front.kind.scan(rbuf) {
+                Ok(Some(n)) => {
+                    let reply = rbuf.split_to(n).freeze();
+                    let f = inflight.pop_front().expect("front exists");
+                    let _ = f.reply.send(Ok(reply));
+                    replies += 1;
+                }
+                Ok(None) => break,
+                Err(e) => return Err(BackendError::Protocol(e)),
+            }
+        }
+        if inflight.is_empty() && !rbuf.is_empty() {
+            return Err(BackendError::Protocol(format!(
+                "{} unexpected bytes with no request in flight",
+                rbuf.len()
+            )));
+        }
+    }
+}

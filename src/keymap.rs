@@ -1,0 +1,100 @@
+//! `kvrouter keymap`: where keys live, and how many move between two configs, without sending
+//! any traffic to memcached pools.
+
+use crate::config::{Config, ListenAddr, Route};
+use crate::routing::{Node, Placement};
+
+fn placement(pool: &crate::config::PoolConfig) -> Placement {
+    let nodes: Vec<Node> = pool
+        .servers
+        .iter()
+        .map(|s| Node {
+            name: s.placement_name(),
+            weight: s.weight,
+        })
+        .collect();
+    let live = vec![true; nodes.len()];
+    Placement::new(pool.distribution, pool.hash, pool.hash_tag, &nodes, &live)
+}
+
+/// One line per key: `KEY\tPOOL\tSERVER_NAME\tHOST:PORT`, for the listener `listener` (its
+/// listen address as written, e.g. `127.0.0.1:22121`) or the first listener.
+pub fn keymap(config: &Config, listener: Option<&str>, keys: &[String]) -> Result<String, String> {
+    let l = match listener {
+        None => config
+            .listeners
+            .first()
+            .ok_or("the config has no listener")?,
+        Some(want) => config
+            .listeners
+            .iter()
+            .find(|l| match &l.listen {
+                ListenAddr::Tcp(a) => a.to_string() == want,
+                ListenAddr::Unix { path, .. } => path.to_string_lossy() == want,
+            })
+            .ok_or_else(|| format!("no listener on {want}"))?,
+    };
+    let pool_name = match &l.route {
+        Route::Pool { name, .. } => name,
+        Route::Unsupported { handle, .. } => {
+            return Err(format!("route handle `{handle}` is not implemented yet"))
+        }
+    };
+    let pool = config
+        .pool(pool_name)
+        .ok_or_else(|| format!("unknown pool {pool_name}"))?;
+    let p = placement(pool);
+    let mut out = String::new();
+    for key in keys {
+        let s = p
+            .server_for(key.as_bytes())
+            .map(|i| &pool.servers[i])
+            .ok_or("no server")?;
+        let name = s.name.clone().unwrap_or_else(|| s.address());
+        out.push_str(&format!("{key}\t{}\t{name}\t{}\n", pool.name, s.address()));
+    }
+    Ok(out)
+}
+
+/// Per pool present in both configs: the fraction of `sample` random keys whose server
+/// (host:port) changes. Deterministic: the same keys are drawn every run.
+pub fn diff(old: &Config, new: &Config, sample: usize) -> String {
+    let mut rng = fastrand::Rng::with_seed(0x6b76_726f_7574_6572);
+    let keys: Vec<Vec<u8>> = (0..sample)
+        .map(|_| {
+            let len = rng.usize(4..40);
+            (0..len).map(|_| rng.u8(0x21..0x7f)).collect()
+        })
+        .collect();
+    let mut out = String::new();
+    for po in &old.pools {
+        let Some(pn) = new.pool(&po.name) else {
+            out.push_str(&format!("{}\tremoved\n", po.name));
+            continue;
+        };
+        let (a, b) = (placement(po), placement(pn));
+        let moved = keys
+            .iter()
+            .filter(|k| {
+                let sa = a.server_for(k).map(|i| po.servers[i].address());
+                let sb = b.server_for(k).map(|i| pn.servers[i].address());
+                sa != sb
+            })
+            .count();
+        let frac = if sample == 0 {
+            0.0
+        } else {
+            moved as f64 / sample as f64
+        };
+        out.push_str(&format!(
+            "{}\t{frac:.4}\t{moved}/{sample} keys move\n",
+            po.name
+        ));
+    }
+    for pn in &new.pools {
+        if old.pool(&pn.name).is_none() {
+            out.push_str(&format!("{}\tadded\n", pn.name));
+        }
+    }
+    out
+}

@@ -1,0 +1,566 @@
+//! One memcached client connection: parse a batch of pipelined requests, route each key to its
+//! server's backend connection, and write the replies back strictly in request order.
+//!
+//! Replies are forwarded as the backend sent them, except multi-server retrievals, whose items
+//! are merged in the client's key order under one `END`. A server that fails in a multi-server
+//! get turns its keys into misses (a miss is always safe for a cache) and is counted; when every
+//! server of a retrieval fails, the client gets `SERVER_ERROR` with the reason.
+
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::Interest;
+use tokio::sync::{oneshot, watch};
+
+use super::pool::PoolRuntime;
+use super::stats::{bump, Stats};
+use crate::backend::io::Io;
+use crate::backend::{BackendError, BackendHandle, Reply, ReplyKind};
+use crate::protocol::memcache::{self, Command, Parsed, Request};
+
+/// Stop reading from a client that has this many replies outstanding, or this much unsent
+/// output: a client that pipelines without reading is throttled instead of growing memory.
+const MAX_PENDING: usize = 4096;
+const MAX_OUTPUT: usize = 8 << 20;
+
+/// What a client connection needs from its worker.
+pub struct McContext {
+    pub pool: Arc<PoolRuntime>,
+    /// `backends[server][i]`: this worker's connections to each server of the pool.
+    pub backends: Rc<Vec<Vec<BackendHandle>>>,
+    pub stats: Arc<Stats>,
+    pub threads: usize,
+}
+
+/// One request's reply, in the order the client sent it.
+enum Pending {
+    Ready(Bytes),
+    Single {
+        rx: oneshot::Receiver<Reply>,
+        server: usize,
+        noreply: bool,
+        hit_check: bool,
+    },
+    Multi(Box<MultiGet>),
+    Flush {
+        rxs: Vec<(usize, Option<oneshot::Receiver<Reply>>)>,
+        failed: Option<String>,
+        noreply: bool,
+    },
+    Quit,
+}
+
+/// A retrieval whose keys live on several servers.
+struct MultiGet {
+    keys: Vec<Bytes>,
+    /// For each client key, the part that carries it.
+    part_of: Vec<usize>,
+    parts: Vec<Part>,
+}
+
+struct Part {
+    server: usize,
+    rx: Option<oneshot::Receiver<Reply>>,
+    result: Option<Reply>,
+}
+
+/// The reply to a request, once complete; None means close the connection (quit).
+type Done = Option<Bytes>;
+
+impl Pending {
+    fn poll(&mut self, cx: &mut Context<'_>, ctx: &McContext) -> Poll<Done> {
+        match self {
+            Pending::Ready(b) => Poll::Ready(Some(std::mem::take(b))),
+            Pending::Quit => Poll::Ready(None),
+            Pending::Single {
+                rx,
+                server,
+                noreply,
+                hit_check,
+            } => {
+                let reply = match Pin::new(rx).poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(r) => flatten(r),
+                };
+                let out = match reply {
+                    Ok(bytes) => {
+                        if *hit_check {
+                            let hit = bytes.starts_with(b"VALUE ");
+                            bump(
+                                if hit {
+                                    &ctx.stats.get_hits
+                                } else {
+                                    &ctx.stats.get_misses
+                                },
+                                1,
+                            );
+                        }
+                        bytes
+                    }
+                    Err(e) => server_error(ctx, *server, &e),
+                };
+                Poll::Ready(Some(if *noreply { Bytes::new() } else { out }))
+            }
+            Pending::Multi(m) => {
+                let mut waiting = false;
+                for p in m.parts.iter_mut() {
+                    if let Some(rx) = p.rx.as_mut() {
+                        match Pin::new(rx).poll(cx) {
+                            Poll::Pending => waiting = true,
+                            Poll::Ready(r) => {
+                                p.result = Some(flatten(r));
+                                p.rx = None;
+                            }
+                        }
+                    }
+                }
+                if waiting {
+                    return Poll::Pending;
+                }
+                Poll::Ready(Some(m.merge(ctx)))
+            }
+            Pending::Flush {
+                rxs,
+                failed,
+                noreply,
+            } => {
+                let mut waiting = false;
+                for (server, slot) in rxs.iter_mut() {
+                    if let Some(rx) = slot.as_mut() {
+                        match Pin::new(rx).poll(cx) {
+                            Poll::Pending => waiting = true,
+                            Poll::Ready(r) => {
+                                *slot = None;
+                                let why = match flatten(r) {
+                                    Ok(b) if b.as_ref() == b"OK\r\n" => None,
+                                    Ok(b) => {
+                                        Some(String::from_utf8_lossy(trim_crlf(&b)).into_owned())
+                                    }
+                                    Err(e) => Some(e.to_string()),
+                                };
+                                if let (Some(why), None) = (why, failed.as_ref()) {
+                                    let addr = &ctx.pool.specs[*server].address;
+                                    *failed = Some(format!("flush_all failed on {addr}: {why}"));
+                                }
+                            }
+                        }
+                    }
+                }
+                if waiting {
+                    return Poll::Pending;
+                }
+                let out = match failed.take() {
+                    None => Bytes::from_static(b"OK\r\n"),
+                    Some(why) => Bytes::from(format!("SERVER_ERROR {why}\r\n")),
+                };
+                Poll::Ready(Some(if *noreply { Bytes::new() } else { out }))
+            }
+        }
+    }
+}
+
+fn flatten(r: Result<Reply, oneshot::error::RecvError>) -> Reply {
+    r.unwrap_or_else(|_| Err(BackendError::Closed("backend connection went away".into())))
+}
+
+fn trim_crlf(b: &[u8]) -> &[u8] {
+    b.strip_suffix(b"\r\n").unwrap_or(b)
+}
+
+fn server_error(ctx: &McContext, server: usize, e: &BackendError) -> Bytes {
+    bump(&ctx.stats.server_errors, 1);
+    let addr = &ctx.pool.specs[server].address;
+    Bytes::from(format!("SERVER_ERROR backend {addr} {e}\r\n"))
+}
+
+impl MultiGet {
+    /// Items in the client's key order, one END. memcached answers a part's keys in the order
+    /// they were sent (skipping misses), so one cursor per part pairs items with keys, repeated
+    /// keys included.
+    fn merge(&mut self, ctx: &McContext) -> Bytes {
+        let mut items: Vec<Result<Vec<memcache::Item>, String>> =
+            Vec::with_capacity(self.parts.len());
+        for p in &self.parts {
+            items.push(match p.result.as_ref().expect("part complete") {
+                Ok(reply) => memcache::split_items(reply)
+                    .map_err(|line| String::from_utf8_lossy(trim_crlf(&line)).into_owned()),
+                Err(e) => Err(format!("backend {} {e}", ctx.pool.specs[p.server].address)),
+            });
+        }
+        if let Some(Err(why)) = items.first() {
+            if items.iter().all(|i| i.is_err()) {
+                bump(&ctx.stats.server_errors, 1);
+                let why = why.strip_prefix("SERVER_ERROR ").unwrap_or(why);
+                return Bytes::from(format!("SERVER_ERROR {why}\r\n"));
+            }
+        }
+        let mut cursor = vec![0usize; self.parts.len()];
+        let mut out = BytesMut::new();
+        let (mut hits, mut misses, mut failed) = (0u64, 0u64, 0u64);
+        for (key, &p) in self.keys.iter().zip(&self.part_of) {
+            match &items[p] {
+                Ok(list) => match list.get(cursor[p]) {
+                    Some(item) if item.key == key => {
+                        out.extend_from_slice(&item.raw);
+                        cursor[p] += 1;
+                        hits += 1;
+                    }
+                    _ => misses += 1,
+                },
+                Err(_) => failed += 1,
+            }
+        }
+        out.extend_from_slice(b"END\r\n");
+        bump(&ctx.stats.get_hits, hits);
+        bump(&ctx.stats.get_misses, misses + failed);
+        bump(&ctx.stats.get_failed_keys, failed);
+        out.freeze()
+    }
+}
+
+/// Serve one client until it quits, closes, breaks the protocol, or the proxy shuts down.
+pub async fn serve<S: Io>(
+    stream: S,
+    ctx: Rc<McContext>,
+    client_id: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut conn = Conn {
+        ctx,
+        client_id,
+        pending: VecDeque::new(),
+        rbuf: BytesMut::with_capacity(16 * 1024),
+        wbuf: BytesMut::with_capacity(16 * 1024),
+        swallow: 0,
+        reading: true,
+    };
+    if let Err(e) = conn.run(&stream, &mut shutdown).await {
+        tracing::debug!(error = %e, "client connection ended");
+    }
+}
+
+struct Conn {
+    ctx: Rc<McContext>,
+    client_id: usize,
+    pending: VecDeque<Pending>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    swallow: usize,
+    /// False after EOF, quit, a fatal parse error, or shutdown: finish what is pending, then close.
+    reading: bool,
+}
+
+impl Conn {
+    async fn run<S: Io>(
+        &mut self,
+        stream: &S,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> io::Result<()> {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        loop {
+            // Move every completed reply at the front into the output buffer.
+            let mut closing = false;
+            {
+                let waker = futures_noop_waker();
+                let mut cx = Context::from_waker(&waker);
+                while let Some(front) = self.pending.front_mut() {
+                    match front.poll(&mut cx, &self.ctx) {
+                        Poll::Ready(Some(b)) => {
+                            self.wbuf.extend_from_slice(&b);
+                            self.pending.pop_front();
+                        }
+                        Poll::Ready(None) => {
+                            self.pending.clear();
+                            closing = true;
+                        }
+                        Poll::Pending => break,
+                    }
+                }
+            }
+            if !self.wbuf.is_empty() {
+                self.flush(stream)?;
+            }
+            if closing || (!self.reading && self.pending.is_empty()) {
+                return self.drain(stream).await;
+            }
+            let can_read =
+                self.reading && self.pending.len() < MAX_PENDING && self.wbuf.len() < MAX_OUTPUT;
+            let interest = match (can_read, !self.wbuf.is_empty()) {
+                (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
+                (true, false) => Some(Interest::READABLE),
+                (false, true) => Some(Interest::WRITABLE),
+                (false, false) => None,
+            };
+            let ctx = self.ctx.clone();
+            tokio::select! {
+                biased;
+                ready = async { stream.ready(interest.expect("guarded")).await }, if interest.is_some() => {
+                    let ready = ready?;
+                    if ready.is_readable() && can_read {
+                        self.read(stream)?;
+                    }
+                }
+                done = poll_fn(|cx| self.pending.front_mut().expect("guarded").poll(cx, &ctx)), if !self.pending.is_empty() => {
+                    match done {
+                        Some(b) => {
+                            self.wbuf.extend_from_slice(&b);
+                            self.pending.pop_front();
+                        }
+                        None => {
+                            self.pending.clear();
+                            return self.drain(stream).await;
+                        }
+                    }
+                }
+                _ = shutdown.changed(), if self.reading => {
+                    self.reading = false;
+                }
+            }
+        }
+    }
+
+    /// Write whatever can be written now without waiting.
+    fn flush<S: Io>(&mut self, stream: &S) -> io::Result<()> {
+        while !self.wbuf.is_empty() {
+            match stream.try_write(&self.wbuf) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    let _ = self.wbuf.split_to(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Write out everything left, then return (the connection closes when dropped).
+    async fn drain<S: Io>(&mut self, stream: &S) -> io::Result<()> {
+        while !self.wbuf.is_empty() {
+            stream.ready(Interest::WRITABLE).await?;
+            self.flush(stream)?;
+        }
+        Ok(())
+    }
+
+    fn read<S: Io>(&mut self, stream: &S) -> io::Result<()> {
+        if self.rbuf.capacity() - self.rbuf.len() < 4096 {
+            self.rbuf.reserve(16 * 1024);
+        }
+        match stream.try_read_buf(&mut self.rbuf) {
+            Ok(0) => {
+                self.reading = false;
+                return Ok(());
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        self.parse_all();
+        Ok(())
+    }
+
+    fn parse_all(&mut self) {
+        let limits = self.ctx.pool.limits;
+        while self.reading {
+            if self.swallow > 0 {
+                let n = self.swallow.min(self.rbuf.len());
+                let _ = self.rbuf.split_to(n);
+                self.swallow -= n;
+                if self.swallow > 0 {
+                    return;
+                }
+            }
+            if self.rbuf.is_empty() {
+                return;
+            }
+            match memcache::parse_request(&mut self.rbuf, &limits) {
+                Ok(None) => return,
+                Ok(Some(Parsed::Request(req))) => self.dispatch(req),
+                Ok(Some(Parsed::Error { reply, swallow })) => {
+                    bump(&self.ctx.stats.client_errors, 1);
+                    self.swallow = swallow;
+                    self.pending.push_back(Pending::Ready(reply));
+                }
+                Err(fatal) => {
+                    bump(&self.ctx.stats.client_errors, 1);
+                    self.pending.push_back(Pending::Ready(fatal.reply));
+                    self.pending.push_back(Pending::Quit);
+                    self.reading = false;
+                }
+            }
+        }
+    }
+
+    fn backend(&self, server: usize) -> &BackendHandle {
+        let conns = &self.ctx.backends[server];
+        &conns[self.client_id % conns.len()]
+    }
+
+    fn no_server(&self) -> Pending {
+        bump(&self.ctx.stats.server_errors, 1);
+        Pending::Ready(Bytes::from(format!(
+            "SERVER_ERROR no server available in pool {}\r\n",
+            self.ctx.pool.config.name
+        )))
+    }
+
+    fn dispatch(&mut self, req: Request) {
+        let stats = &self.ctx.stats;
+        let pending = match req.command {
+            Command::Get | Command::Gets | Command::Gat | Command::Gats => {
+                bump(&stats.cmd_get, req.keys.len() as u64);
+                if matches!(req.command, Command::Gat | Command::Gats) {
+                    bump(&stats.cmd_touch, req.keys.len() as u64);
+                }
+                self.retrieval(req)
+            }
+            Command::Version => Pending::Ready(Bytes::from(format!(
+                "VERSION kvrouter-{}\r\n",
+                env!("CARGO_PKG_VERSION")
+            ))),
+            Command::Verbosity => Pending::Ready(if req.noreply {
+                Bytes::new()
+            } else {
+                Bytes::from_static(b"OK\r\n")
+            }),
+            Command::Quit => {
+                self.reading = false;
+                Pending::Quit
+            }
+            Command::Stats => self.stats(&req),
+            Command::FlushAll => {
+                bump(&stats.cmd_flush, 1);
+                let bytes = req.to_backend();
+                let rxs = (0..self.ctx.backends.len())
+                    .map(|s| {
+                        (
+                            s,
+                            Some(self.backend(s).send(bytes.clone(), ReplyKind::McLine)),
+                        )
+                    })
+                    .collect();
+                Pending::Flush {
+                    rxs,
+                    failed: None,
+                    noreply: req.noreply,
+                }
+            }
+            _ => {
+                let counter = match req.command {
+                    Command::Delete => &stats.delete_cmds,
+                    Command::Incr => &stats.incr_cmds,
+                    Command::Decr => &stats.decr_cmds,
+                    Command::Touch => &stats.cmd_touch,
+                    Command::Cas => {
+                        bump(&stats.cas_cmds, 1);
+                        &stats.cmd_set
+                    }
+                    _ => &stats.cmd_set,
+                };
+                bump(counter, 1);
+                match self.ctx.pool.server_for(&req.keys[0]) {
+                    None => self.no_server(),
+                    Some(server) => Pending::Single {
+                        rx: self
+                            .backend(server)
+                            .send(req.to_backend(), ReplyKind::McLine),
+                        server,
+                        noreply: req.noreply,
+                        hit_check: false,
+                    },
+                }
+            }
+        };
+        self.pending.push_back(pending);
+    }
+
+    fn retrieval(&mut self, req: Request) -> Pending {
+        let pool = &self.ctx.pool;
+        if req.keys.len() == 1 {
+            return match pool.server_for(&req.keys[0]) {
+                None => self.no_server(),
+                Some(server) => Pending::Single {
+                    rx: self.backend(server).send(req.raw, ReplyKind::McRetrieval),
+                    server,
+                    noreply: false,
+                    hit_check: true,
+                },
+            };
+        }
+        let mut part_of = Vec::with_capacity(req.keys.len());
+        let mut servers: Vec<usize> = Vec::new();
+        let mut part_keys: Vec<Vec<Bytes>> = Vec::new();
+        for key in &req.keys {
+            let Some(server) = pool.server_for(key) else {
+                return self.no_server();
+            };
+            let p = match servers.iter().position(|&s| s == server) {
+                Some(p) => p,
+                None => {
+                    servers.push(server);
+                    part_keys.push(Vec::new());
+                    servers.len() - 1
+                }
+            };
+            part_keys[p].push(key.clone());
+            part_of.push(p);
+        }
+        let gat = req.gat_exptime.as_deref();
+        let parts = if servers.len() == 1 {
+            // One server: forward the request as it came.
+            vec![Part {
+                server: servers[0],
+                rx: Some(
+                    self.backend(servers[0])
+                        .send(req.raw.clone(), ReplyKind::McRetrieval),
+                ),
+                result: None,
+            }]
+        } else {
+            servers
+                .iter()
+                .zip(&part_keys)
+                .map(|(&server, keys)| {
+                    let bytes = memcache::compose_retrieval(req.command, gat, keys);
+                    Part {
+                        server,
+                        rx: Some(self.backend(server).send(bytes, ReplyKind::McRetrieval)),
+                        result: None,
+                    }
+                })
+                .collect()
+        };
+        Pending::Multi(Box::new(MultiGet {
+            keys: req.keys,
+            part_of,
+            parts,
+        }))
+    }
+
+    fn stats(&self, req: &Request) -> Pending {
+        let line = trim_crlf(&req.raw);
+        let arg = line.split(|&b| b == b' ').filter(|t| !t.is_empty()).nth(1);
+        Pending::Ready(match arg {
+            None => Bytes::from(self.ctx.stats.memcache_report(self.ctx.threads)),
+            Some(a) => Bytes::from(format!(
+                "SERVER_ERROR stats {} is not supported by kvrouter (plain stats is)\r\n",
+                String::from_utf8_lossy(a)
+            )),
+        })
+    }
+}
+
+/// A waker that does nothing: used to poll replies that may already be complete without
+/// registering interest (the select! below registers the real waker when one is not).
+fn futures_noop_waker() -> std::task::Waker {
+    std::task::Waker::noop().clone()
+}
