@@ -10,7 +10,10 @@ fn every_example_config_is_valid() {
     let mut seen = 0;
     for entry in std::fs::read_dir(&dir).expect("config/ exists") {
         let path = entry.unwrap().path();
-        if !matches!(path.extension().and_then(|e| e.to_str()), Some("yml" | "yaml")) {
+        if !matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yml" | "yaml")
+        ) {
             continue;
         }
         let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));

@@ -11,10 +11,10 @@
 mod native;
 mod route;
 mod syntax;
-mod twemproxy;
-mod yaml;
 #[cfg(test)]
 mod tests;
+mod twemproxy;
+mod yaml;
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -65,10 +65,7 @@ impl Checker<'_> {
             }
         };
         let Some((key, value)) = entries.first() else {
-            return problem(
-                loc(node),
-                format!("empty route, expected one of {HANDLES}"),
-            );
+            return problem(loc(node), format!("empty route, expected one of {HANDLES}"));
         };
         let handle = key.value.as_str();
         // Keys allowed next to the handle key.
@@ -104,7 +101,12 @@ impl Checker<'_> {
                     self.route(child)?;
                 }
             }
-            "operation" => self.fields(value, "operation", &["get", "set", "delete", "default"], &[])?,
+            "operation" => self.fields(
+                value,
+                "operation",
+                &["get", "set", "delete", "default"],
+                &[],
+            )?,
             "all_sync" => {
                 self.children(value, "all_sync")?;
                 if let Some((_, reply)) = entries.iter().find(|(k, _)| k.value == "reply") {
@@ -155,16 +157,20 @@ impl Checker<'_> {
                         one_of(i, &["timeout", "refused", "tko", "server_error"])?;
                     }
                 }
-                other => {
-                    return problem(loc(k), format!("unexpected key `{other}` in `failover`"))
-                }
+                other => return problem(loc(k), format!("unexpected key `{other}` in `failover`")),
             }
         }
         Ok(())
     }
 
     /// A mapping whose `routes` keys hold child routes and `scalars` keys hold plain values.
-    fn fields(&self, node: &Spanned<Node>, handle: &str, routes: &[&str], scalars: &[&str]) -> Res<()> {
+    fn fields(
+        &self,
+        node: &Spanned<Node>,
+        handle: &str,
+        routes: &[&str],
+        scalars: &[&str],
+    ) -> Res<()> {
         for (k, v) in map(node, handle)? {
             let key = k.value.as_str();
             if routes.contains(&key) {
@@ -199,7 +205,10 @@ fn duration(node: &Spanned<Node>) -> Res<()> {
         Node::Scalar(s) => syntax::parse_duration(s)
             .map(|_| ())
             .or_else(|reason| problem(loc(node), reason)),
-        other => problem(loc(node), format!("expected a duration, found {}", other.kind())),
+        other => problem(
+            loc(node),
+            format!("expected a duration, found {}", other.kind()),
+        ),
     }
 }
 

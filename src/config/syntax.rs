@@ -40,9 +40,9 @@ pub(crate) fn parse_listen(s: &str) -> Result<ListenSpec, String> {
             }
         };
     }
-    let (host, port) = s
-        .rsplit_once(':')
-        .ok_or_else(|| format!("invalid listen address '{s}': expected \"host:port\" or a unix socket path"))?;
+    let (host, port) = s.rsplit_once(':').ok_or_else(|| {
+        format!("invalid listen address '{s}': expected \"host:port\" or a unix socket path")
+    })?;
     let port = parse_port(port).ok_or_else(|| format!("invalid port in listen address '{s}'"))?;
     let host = strip_brackets(host);
     if host.is_empty() || host.contains(char::is_whitespace) {
@@ -127,7 +127,9 @@ pub(crate) fn parse_server(s: &str, location: Location) -> Result<ServerConfig, 
         .parse()
         .map_err(|_| format!("invalid weight in server '{s}'"))?;
     if weight == 0 {
-        return Err(format!("zero weight in server '{s}': weight must be at least 1"));
+        return Err(format!(
+            "zero weight in server '{s}': weight must be at least 1"
+        ));
     }
     Ok(ServerConfig {
         host: host.to_string(),
@@ -142,14 +144,21 @@ pub(crate) fn parse_server(s: &str, location: Location) -> Result<ServerConfig, 
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let digits = s.bytes().take_while(u8::is_ascii_digit).count();
     let (num, unit) = s.split_at(digits);
-    let bad = || format!("invalid duration '{s}': expected a number and a unit (us, ms, s, m, h), e.g. 200ms");
+    let bad = || {
+        format!(
+            "invalid duration '{s}': expected a number and a unit (us, ms, s, m, h), e.g. 200ms"
+        )
+    };
     let n: u64 = num.parse().map_err(|_| bad())?;
     let d = match unit {
         "us" => Duration::from_micros(n),
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
         "m" => n.checked_mul(60).map(Duration::from_secs).ok_or_else(bad)?,
-        "h" => n.checked_mul(3600).map(Duration::from_secs).ok_or_else(bad)?,
+        "h" => n
+            .checked_mul(3600)
+            .map(Duration::from_secs)
+            .ok_or_else(bad)?,
         _ => return Err(bad()),
     };
     Ok(d)
@@ -193,7 +202,9 @@ pub(crate) fn parse_distribution(s: &str) -> Result<DistributionKind, String> {
 pub(crate) fn parse_hash_tag(s: &str) -> Result<[u8; 2], String> {
     match s.as_bytes() {
         [a, b] => Ok([*a, *b]),
-        _ => Err(format!("invalid hash_tag '{s}': must be exactly two characters, e.g. \"{{}}\"")),
+        _ => Err(format!(
+            "invalid hash_tag '{s}': must be exactly two characters, e.g. \"{{}}\""
+        )),
     }
 }
 
@@ -201,7 +212,9 @@ pub(crate) fn parse_protocol(s: &str) -> Result<super::Protocol, String> {
     match s {
         "memcache" => Ok(super::Protocol::Memcache),
         "redis" => Ok(super::Protocol::Redis),
-        _ => Err(format!("unknown protocol '{s}', expected memcache or redis")),
+        _ => Err(format!(
+            "unknown protocol '{s}', expected memcache or redis"
+        )),
     }
 }
 

@@ -54,7 +54,10 @@ pub(crate) fn from_yaml<'a, T: Deserialize<'a>>(text: &'a str) -> Res<T> {
         }
         // The crate's hint about its options means nothing to a user of kvrouter.
         if let Some(rest) = reason.strip_prefix("duplicate mapping key: ") {
-            let key = rest.split(", set DuplicateKeyPolicy").next().unwrap_or(rest);
+            let key = rest
+                .split(", set DuplicateKeyPolicy")
+                .next()
+                .unwrap_or(rest);
             reason = format!("duplicate key `{key}`");
         }
         Problem { location, reason }
