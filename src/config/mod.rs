@@ -3,6 +3,18 @@
 //! Two formats are accepted and normalised into one `Config`: twemproxy's `nutcracker.yml`, read
 //! as-is (each pool becomes a pool plus a listener routing to it), and kvrouter's own format with
 //! top-level `pools:` and `listeners:`. Every error carries `file:line:col`, cross-field ones too.
+//!
+//! Layout: `yaml` (serde-saphyr glue, spans), `syntax` (addresses, server strings, durations,
+//! names), `twemproxy` and `native` (one per format), `route` (the route grammar). Values keep
+//! their `Spanned` location until validation is done, then become the plain types below.
+
+mod native;
+mod route;
+mod syntax;
+#[cfg(test)]
+mod tests;
+mod twemproxy;
+mod yaml;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -10,6 +22,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::routing::{DistributionKind, HashKind};
+
+use yaml::{problem, OrderedMap, Problem, Res};
+
+/// `item_size_max` when not configured: memcached's default 1 MiB item limit.
+pub const DEFAULT_ITEM_SIZE_MAX: usize = 1024 * 1024;
 
 /// Where a config value came from (1-based line and column).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -85,17 +102,27 @@ pub struct ServerConfig {
 impl ServerConfig {
     /// The name twemproxy uses for placement: the configured name, else `host:port`, else just
     /// `host` when the port is 11211 (libmemcached compatibility).
+    /// An unnamed unix-socket server (`/path:weight`) is named `/path:` as twemproxy does.
     pub fn placement_name(&self) -> String {
         match &self.name {
             Some(n) => n.clone(),
+            None if self.is_unix() => format!("{}:", self.host),
             None if self.port == 11211 => self.host.clone(),
             None => format!("{}:{}", self.host, self.port),
         }
     }
 
-    /// `host:port`, for connecting and for messages.
+    /// `host:port`, for connecting and for messages (the path for a unix-socket server).
     pub fn address(&self) -> String {
+        if self.is_unix() {
+            return self.host.clone();
+        }
         format!("{}:{}", self.host, self.port)
+    }
+
+    /// A unix-socket server (`/path/to/sock:weight`): `host` is the path, `port` is 0.
+    pub fn is_unix(&self) -> bool {
+        self.host.starts_with('/')
     }
 }
 
@@ -174,8 +201,29 @@ impl Config {
 
     /// Parse and validate config text; `path` is used for error messages.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let _ = (path, text);
-        unimplemented!()
+        Config::parse_with(path, text, &syntax::system_resolve)
+    }
+
+    /// `parse` with a chosen hostname resolver (tests use one that never touches DNS).
+    pub(crate) fn parse_with(
+        path: &Path,
+        text: &str,
+        resolve: syntax::Resolver,
+    ) -> Result<Config, ConfigError> {
+        let to_error = |p: Problem| ConfigError {
+            file: path.to_path_buf(),
+            location: p.location,
+            reason: p.reason,
+        };
+        let parsed = parse_text(text, resolve).map_err(to_error)?;
+        Ok(Config {
+            file: path.to_path_buf(),
+            format: parsed.format,
+            admin: parsed.admin,
+            workers: parsed.workers,
+            pools: parsed.pools,
+            listeners: parsed.listeners,
+        })
     }
 
     pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
@@ -197,4 +245,61 @@ impl Config {
             servers
         )
     }
+}
+
+/// What a format parser produces; `Config` adds the file name.
+pub(crate) struct Parsed {
+    format: Format,
+    admin: Option<SocketAddr>,
+    workers: Option<usize>,
+    pools: Vec<PoolConfig>,
+    listeners: Vec<ListenerConfig>,
+}
+
+/// Detect the format (a top-level `pools:` key means native), parse it, then run the checks
+/// that span the whole file.
+fn parse_text(text: &str, resolve: syntax::Resolver) -> Res<Parsed> {
+    let top: Option<OrderedMap<String, serde::de::IgnoredAny>> = yaml::from_yaml(text)?;
+    let native = top.is_some_and(|m| m.0.iter().any(|(k, _)| k == "pools"));
+    let parsed = if native {
+        native::parse(text, resolve)?
+    } else {
+        twemproxy::parse(text, resolve)?
+    };
+    check_duplicate_listeners(&parsed.listeners)?;
+    Ok(parsed)
+}
+
+/// Servers in one pool must differ by placement name, as twemproxy's `conf_validate_server`
+/// demands (the name when given, else `host:port`, or `host` for port 11211).
+fn check_duplicate_servers(pool: &str, servers: &[ServerConfig]) -> Res<()> {
+    for (i, s) in servers.iter().enumerate() {
+        let name = s.placement_name();
+        if let Some(first) = servers[..i].iter().find(|o| o.placement_name() == name) {
+            return problem(
+                s.location,
+                format!(
+                    "pool '{pool}' has two servers named '{name}' (the other is at line {})",
+                    first.location.line
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// No two listeners (twemproxy: pools) may share an address.
+fn check_duplicate_listeners(listeners: &[ListenerConfig]) -> Res<()> {
+    for (i, l) in listeners.iter().enumerate() {
+        if let Some(first) = listeners[..i].iter().find(|o| o.listen == l.listen) {
+            return problem(
+                l.location,
+                format!(
+                    "listen address {} is already used at line {}",
+                    l.listen, first.location.line
+                ),
+            );
+        }
+    }
+    Ok(())
 }

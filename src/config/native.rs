@@ -1,0 +1,230 @@
+//! kvrouter's own format: top-level `admin`, `workers`, `pools`, `listeners` with design.md's
+//! defaults (timeout 1s, failure_limit 3, retry_timeout 10s). Reserved keys are recognised and
+//! refused at their location as "not supported yet", so nobody mistakes them for typos or
+//! believes they took effect.
+
+use std::time::Duration;
+
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::routing::{DistributionKind, HashKind};
+
+use super::route;
+use super::syntax::{self, Resolver};
+use super::yaml::{loc, problem, OrderedMap, Problem, Res};
+use super::{Format, ListenerConfig, Location, PoolConfig, Protocol};
+
+type Text = Option<Spanned<String>>;
+type Reserved = Option<Spanned<IgnoredAny>>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NativeFile {
+    admin: Option<Admin>,
+    workers: Option<Spanned<usize>>,
+    log: Reserved,
+    pools: Spanned<OrderedMap<Spanned<String>, Spanned<NativePool>>>,
+    listeners: Option<Spanned<Vec<Spanned<NativeListener>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Admin {
+    listen: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NativePool {
+    protocol: Spanned<String>,
+    distribution: Text,
+    hash: Text,
+    hash_tag: Text,
+    servers: Option<Spanned<Vec<Spanned<String>>>>,
+    timeout: Text,
+    connections: Option<Spanned<usize>>,
+    failure_limit: Option<u32>,
+    retry_timeout: Text,
+    auto_eject_hosts: Option<bool>,
+    preconnect: Option<bool>,
+    tcpkeepalive: Option<bool>,
+    item_size_max: Option<Spanned<usize>>,
+    redis_auth: Option<String>,
+    redis_db: Option<u32>,
+    cluster: Reserved,
+    replicas: Reserved,
+    tls: Reserved,
+    allow_commands: Reserved,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NativeListener {
+    listen: Spanned<String>,
+    protocol: Spanned<String>,
+    route: Spanned<super::yaml::Node>,
+    max_clients: Option<usize>,
+    backlog: Option<u32>,
+    reuseport: Option<bool>,
+    hot_keys: Reserved,
+    tls: Reserved,
+    users: Reserved,
+    max_request_bytes: Reserved,
+    client_idle_timeout: Reserved,
+    coalesce_misses: Reserved,
+}
+
+fn reserved(v: &Reserved, what: &str) -> Res<()> {
+    match v {
+        Some(v) => problem(loc(v), format!("{what} is not supported yet")),
+        None => Ok(()),
+    }
+}
+
+fn text<T>(v: &Spanned<String>, f: impl Fn(&str) -> Result<T, String>) -> Res<T> {
+    f(&v.value).map_err(|reason| Problem {
+        location: loc(v),
+        reason,
+    })
+}
+
+fn opt<T>(v: &Text, f: impl Fn(&str) -> Result<T, String>) -> Res<Option<T>> {
+    v.as_ref().map(|v| text(v, f)).transpose()
+}
+
+pub(super) fn parse(text_in: &str, resolve: Resolver) -> Res<super::Parsed> {
+    let file: NativeFile = super::yaml::from_yaml(text_in)?;
+    reserved(&file.log, "`log` (use -v/--verbose and -o/--output)")?;
+    let admin = match &file.admin {
+        None => None,
+        Some(a) => {
+            let spec = text(&a.listen, syntax::parse_listen)?;
+            match spec {
+                syntax::ListenSpec::Tcp { host, port } => {
+                    Some(resolve(&host, port).map_err(|reason| Problem {
+                        location: loc(&a.listen),
+                        reason,
+                    })?)
+                }
+                syntax::ListenSpec::Unix { .. } => {
+                    return problem(loc(&a.listen), "admin.listen must be a TCP host:port");
+                }
+            }
+        }
+    };
+    if let Some(w) = &file.workers {
+        if w.value == 0 {
+            return problem(loc(w), "workers must be at least 1");
+        }
+    }
+
+    let mut pools = Vec::new();
+    for (name, pool) in &file.pools.value.0 {
+        pools.push(convert_pool(name, pool)?);
+    }
+    if pools.is_empty() {
+        return problem(loc(&file.pools), "no pools configured");
+    }
+
+    let mut listeners = Vec::new();
+    let Some(ls) = &file.listeners else {
+        return problem(Location { line: 1, col: 1 }, "no listeners configured");
+    };
+    if ls.value.is_empty() {
+        return problem(loc(ls), "no listeners configured");
+    }
+    for l in &ls.value {
+        listeners.push(convert_listener(l, &pools, resolve)?);
+    }
+    Ok(super::Parsed {
+        format: Format::Native,
+        admin,
+        workers: file.workers.map(|w| w.value),
+        pools,
+        listeners,
+    })
+}
+
+fn convert_pool(name: &Spanned<String>, sp: &Spanned<NativePool>) -> Res<PoolConfig> {
+    let p = &sp.value;
+    let pname = &name.value;
+    if pname.is_empty() {
+        return problem(loc(name), "empty pool name");
+    }
+    reserved(&p.cluster, "`cluster` (Redis Cluster pools)")?;
+    reserved(&p.replicas, "`replicas`")?;
+    reserved(&p.tls, "`tls`")?;
+    reserved(&p.allow_commands, "`allow_commands`")?;
+    let protocol = text(&p.protocol, syntax::parse_protocol)?;
+    let servers = match &p.servers {
+        Some(s) if !s.value.is_empty() => s,
+        Some(s) => return problem(loc(s), format!("pool '{pname}' has no servers")),
+        None => return problem(loc(name), format!("pool '{pname}' has no servers")),
+    };
+    let mut parsed = Vec::with_capacity(servers.value.len());
+    for s in &servers.value {
+        parsed.push(text(s, |v| syntax::parse_server(v, loc(s)))?);
+    }
+    super::check_duplicate_servers(pname, &parsed)?;
+    let connections = match &p.connections {
+        Some(c) if c.value == 0 => return problem(loc(c), "connections must be at least 1"),
+        Some(c) => c.value,
+        None => 1,
+    };
+    let item_size_max = match &p.item_size_max {
+        Some(c) if c.value == 0 => return problem(loc(c), "item_size_max must be at least 1"),
+        Some(c) => c.value,
+        None => super::DEFAULT_ITEM_SIZE_MAX,
+    };
+    Ok(PoolConfig {
+        name: pname.clone(),
+        protocol,
+        hash: opt(&p.hash, syntax::parse_hash)?.unwrap_or(HashKind::Fnv1a_64),
+        hash_tag: opt(&p.hash_tag, syntax::parse_hash_tag)?,
+        distribution: opt(&p.distribution, syntax::parse_distribution)?
+            .unwrap_or(DistributionKind::Ketama),
+        timeout: Some(opt(&p.timeout, syntax::parse_duration)?.unwrap_or(Duration::from_secs(1))),
+        servers: parsed,
+        connections,
+        auto_eject_hosts: p.auto_eject_hosts.unwrap_or(false),
+        failure_limit: p.failure_limit.unwrap_or(3),
+        retry_timeout: opt(&p.retry_timeout, syntax::parse_duration)?
+            .unwrap_or(Duration::from_secs(10)),
+        preconnect: p.preconnect.unwrap_or(false),
+        item_size_max,
+        tcpkeepalive: p.tcpkeepalive.unwrap_or(false),
+        redis_auth: p.redis_auth.clone(),
+        redis_db: p.redis_db.unwrap_or(0),
+        location: loc(name),
+    })
+}
+
+fn convert_listener(
+    sl: &Spanned<NativeListener>,
+    pools: &[PoolConfig],
+    resolve: Resolver,
+) -> Res<ListenerConfig> {
+    let l = &sl.value;
+    reserved(&l.hot_keys, "`hot_keys`")?;
+    reserved(&l.tls, "`tls`")?;
+    reserved(&l.users, "`users`")?;
+    reserved(&l.max_request_bytes, "`max_request_bytes`")?;
+    reserved(&l.client_idle_timeout, "`client_idle_timeout`")?;
+    reserved(&l.coalesce_misses, "`coalesce_misses`")?;
+    let listen = text(&l.listen, |s| {
+        syntax::parse_listen(s).and_then(|spec| syntax::resolve_listen(spec, resolve))
+    })?;
+    let protocol: Protocol = text(&l.protocol, syntax::parse_protocol)?;
+    let route = route::parse(&l.route, protocol, pools)?;
+    Ok(ListenerConfig {
+        listen,
+        protocol,
+        route,
+        backlog: l.backlog.unwrap_or(512),
+        max_clients: l.max_clients.unwrap_or(0),
+        reuseport: l.reuseport.unwrap_or(false),
+        location: loc(&l.listen),
+    })
+}

@@ -1,0 +1,755 @@
+//! Unit tests: defaults of both formats, and one test per error class asserting the exact
+//! `line:col: reason`. A stub resolver keeps them off the network.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn stub_resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    match host {
+        "localhost" => Ok(SocketAddr::from(([127, 0, 0, 1], port))),
+        h => h
+            .parse::<IpAddr>()
+            .map(|ip| SocketAddr::new(ip, port))
+            .map_err(|_| format!("cannot resolve '{h}': unknown host")),
+    }
+}
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse_with(Path::new("t.yml"), text, &stub_resolve)
+}
+
+fn ok(text: &str) -> Config {
+    parse(text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The error as `LINE:COL: reason`.
+fn err(text: &str) -> String {
+    let e = parse(text).expect_err("config should be refused");
+    let full = e.to_string();
+    assert!(full.starts_with("t.yml:"), "{full}");
+    full["t.yml:".len()..].to_string()
+}
+
+const TW: &str = "\
+alpha:
+  listen: 127.0.0.1:22121
+  servers:
+    - 127.0.0.1:11211:1
+";
+
+#[test]
+fn twemproxy_defaults() {
+    let c = ok(TW);
+    assert_eq!(c.format, Format::Twemproxy);
+    assert_eq!(c.admin, None);
+    assert_eq!(c.workers, None);
+    let p = &c.pools[0];
+    assert_eq!(p.name, "alpha");
+    assert_eq!(p.protocol, Protocol::Memcache);
+    assert_eq!(p.hash, HashKind::Fnv1a_64);
+    assert_eq!(p.distribution, DistributionKind::Ketama);
+    assert_eq!(p.hash_tag, None);
+    assert_eq!(p.timeout, None);
+    assert_eq!(p.connections, 1);
+    assert!(!p.auto_eject_hosts);
+    assert_eq!(p.failure_limit, 2);
+    assert_eq!(p.retry_timeout, Duration::from_millis(30_000));
+    assert!(!p.preconnect && !p.tcpkeepalive);
+    assert_eq!(p.item_size_max, 1 << 20);
+    assert_eq!((p.redis_auth.clone(), p.redis_db), (None, 0));
+    assert_eq!(p.location, Location { line: 1, col: 1 });
+    let s = &p.servers[0];
+    assert_eq!(
+        (s.host.as_str(), s.port, s.weight, s.name.clone()),
+        ("127.0.0.1", 11211, 1, None)
+    );
+    assert_eq!(s.placement_name(), "127.0.0.1");
+    assert_eq!(s.location, Location { line: 4, col: 7 });
+    let l = &c.listeners[0];
+    assert_eq!(
+        l.listen,
+        ListenAddr::Tcp("127.0.0.1:22121".parse().unwrap())
+    );
+    assert_eq!(l.protocol, Protocol::Memcache);
+    assert_eq!(
+        l.route,
+        Route::Pool {
+            name: "alpha".into(),
+            location: Location { line: 1, col: 1 }
+        }
+    );
+    assert_eq!((l.backlog, l.max_clients, l.reuseport), (512, 0, false));
+    assert_eq!(l.location, Location { line: 2, col: 11 });
+}
+
+#[test]
+fn twemproxy_every_key() {
+    let c = ok("\
+alpha:
+  listen: localhost:22121
+  hash: murmur
+  hash_tag: \"{}\"
+  distribution: modula
+  timeout: 400
+  backlog: 1024
+  client_connections: 100
+  redis: true
+  tcpkeepalive: true
+  reuseport: true
+  redis_auth: secret
+  redis_db: 3
+  preconnect: true
+  auto_eject_hosts: true
+  server_connections: 2
+  server_retry_timeout: 5000
+  server_failure_limit: 4
+  servers:
+    - 10.0.0.1:6379:2 r1
+    - cache.example:6380:1
+    - /var/run/redis.sock:1
+");
+    let p = &c.pools[0];
+    assert_eq!(p.protocol, Protocol::Redis);
+    assert_eq!(p.hash, HashKind::Murmur);
+    assert_eq!(p.hash_tag, Some(*b"{}"));
+    assert_eq!(p.distribution, DistributionKind::Modula);
+    assert_eq!(p.timeout, Some(Duration::from_millis(400)));
+    assert_eq!(p.connections, 2);
+    assert!(p.auto_eject_hosts && p.preconnect && p.tcpkeepalive);
+    assert_eq!(p.failure_limit, 4);
+    assert_eq!(p.retry_timeout, Duration::from_secs(5));
+    assert_eq!((p.redis_auth.as_deref(), p.redis_db), (Some("secret"), 3));
+    let names: Vec<String> = p.servers.iter().map(|s| s.placement_name()).collect();
+    assert_eq!(names, ["r1", "cache.example:6380", "/var/run/redis.sock:"]);
+    assert_eq!(p.servers[2].address(), "/var/run/redis.sock");
+    let l = &c.listeners[0];
+    assert_eq!(
+        l.listen,
+        ListenAddr::Tcp("127.0.0.1:22121".parse().unwrap())
+    );
+    assert_eq!(
+        (l.protocol, l.backlog, l.max_clients, l.reuseport),
+        (Protocol::Redis, 1024, 100, true)
+    );
+}
+
+#[test]
+fn twemproxy_timeout_zero_waits_forever() {
+    let c = ok(&TW.replace("  servers:", "  timeout: 0\n  servers:"));
+    assert_eq!(c.pools[0].timeout, None);
+}
+
+#[test]
+fn twemproxy_unix_listen() {
+    let c = ok(&TW.replace("127.0.0.1:22121", "/tmp/nc.sock 0666"));
+    assert_eq!(
+        c.listeners[0].listen,
+        ListenAddr::Unix {
+            path: "/tmp/nc.sock".into(),
+            mode: Some(0o666)
+        }
+    );
+    let c = ok(&TW.replace("127.0.0.1:22121", "/tmp/nc.sock"));
+    assert_eq!(
+        c.listeners[0].listen,
+        ListenAddr::Unix {
+            path: "/tmp/nc.sock".into(),
+            mode: None
+        }
+    );
+}
+
+#[test]
+fn every_hash_name() {
+    for (name, kind) in syntax::HASH_NAMES {
+        let c = ok(&TW.replace("  servers:", &format!("  hash: {name}\n  servers:")));
+        assert_eq!(c.pools[0].hash, kind);
+    }
+}
+
+#[test]
+fn pools_keep_file_order() {
+    let text = format!(
+        "{TW}{}",
+        TW.replace("alpha", "zeta").replace("22121", "22122")
+    );
+    let c = ok(&text.replace("alpha", "omega"));
+    let names: Vec<&str> = c.pools.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["omega", "zeta"]);
+}
+
+// ---- twemproxy errors -------------------------------------------------------------------
+
+#[test]
+fn tw_unknown_key() {
+    assert_eq!(
+        err(&TW.replace("  servers:", "  bogus: 1\n  servers:")),
+        "3:3: unknown field `bogus`, expected one of listen, hash, hash_tag, distribution, timeout, backlog, client_connections, redis, tcpkeepalive, reuseport, redis_auth, redis_db, preconnect, auto_eject_hosts, server_connections, server_retry_timeout, server_failure_limit, servers"
+    );
+}
+
+#[test]
+fn tw_bad_number() {
+    assert_eq!(
+        err(&TW.replace("  servers:", "  timeout: 1s\n  servers:")),
+        "3:12: timeout: '1s' is not a number"
+    );
+    assert_eq!(
+        err(&TW.replace("  servers:", "  backlog: -1\n  servers:")),
+        "3:12: backlog: '-1' is not a number"
+    );
+}
+
+#[test]
+fn tw_bad_bool() {
+    assert_eq!(
+        err(&TW.replace("  servers:", "  redis: yes\n  servers:")),
+        "3:10: redis: 'yes' is not \"true\" or \"false\""
+    );
+}
+
+#[test]
+fn tw_bad_type() {
+    assert_eq!(
+        err(&TW.replace("  servers:", "  hash: [md5]\n  servers:")),
+        "3:9: expected string scalar"
+    );
+}
+
+#[test]
+fn tw_bad_hash_and_distribution_and_tag() {
+    assert_eq!(
+        err(&TW.replace("  servers:", "  hash: sha1\n  servers:")),
+        "3:9: unknown hash 'sha1', expected one of one_at_a_time, md5, crc16, crc32, crc32a, fnv1_64, fnv1a_64, fnv1_32, fnv1a_32, hsieh, murmur, jenkins"
+    );
+    assert_eq!(
+        err(&TW.replace("  servers:", "  distribution: vnode\n  servers:")),
+        "3:17: unknown distribution 'vnode', expected one of ketama, modula, random"
+    );
+    assert_eq!(
+        err(&TW.replace("  servers:", "  hash_tag: \"{\"\n  servers:")),
+        "3:13: invalid hash_tag '{': must be exactly two characters, e.g. \"{}\""
+    );
+}
+
+#[test]
+fn tw_missing_listen_and_servers() {
+    assert_eq!(
+        err("alpha:\n  servers: [\"127.0.0.1:11211:1\"]\n"),
+        "1:1: pool 'alpha': missing `listen`"
+    );
+    assert_eq!(
+        err("alpha:\n  listen: 127.0.0.1:1\n"),
+        "1:1: pool 'alpha' has no servers"
+    );
+    assert_eq!(
+        err("alpha:\n  listen: 127.0.0.1:1\n  servers: []\n"),
+        "3:12: pool 'alpha' has no servers"
+    );
+}
+
+#[test]
+fn tw_bad_listen() {
+    assert_eq!(
+        err(&TW.replace("127.0.0.1:22121", "127.0.0.1")),
+        "2:11: invalid listen address '127.0.0.1': expected \"host:port\" or a unix socket path"
+    );
+    assert_eq!(
+        err(&TW.replace("127.0.0.1:22121", "127.0.0.1:0")),
+        "2:11: invalid port in listen address '127.0.0.1:0'"
+    );
+    assert_eq!(
+        err(&TW.replace("127.0.0.1:22121", "/tmp/x.sock 0999")),
+        "2:11: invalid permission '0999' in \"socket_path permission\" '/tmp/x.sock 0999' (octal, at most 0777)"
+    );
+    assert_eq!(
+        err(&TW.replace("127.0.0.1:22121", "nowhere.invalid:22121")),
+        "2:11: cannot resolve 'nowhere.invalid': unknown host"
+    );
+}
+
+#[test]
+fn tw_bad_servers() {
+    let with = |s: &str| err(&TW.replace("127.0.0.1:11211:1", s));
+    assert_eq!(
+        with("127.0.0.1:11211"),
+        "4:7: invalid server '127.0.0.1:11211': expected \"host:port:weight [name]\" or \"/path/unix_socket:weight [name]\""
+    );
+    assert_eq!(
+        with("127.0.0.1:11211:0"),
+        "4:7: zero weight in server '127.0.0.1:11211:0': weight must be at least 1"
+    );
+    assert_eq!(
+        with("127.0.0.1:11211:x"),
+        "4:7: invalid weight in server '127.0.0.1:11211:x'"
+    );
+    assert_eq!(
+        with("127.0.0.1:99999:1"),
+        "4:7: invalid port in server '127.0.0.1:99999:1'"
+    );
+    assert_eq!(with(":11211:1"), "4:7: invalid host in server ':11211:1'");
+    assert_eq!(with("/tmp/mc.sock"), "4:7: invalid server '/tmp/mc.sock': expected \"host:port:weight [name]\" or \"/path/unix_socket:weight [name]\"");
+}
+
+#[test]
+fn tw_duplicate_servers() {
+    // Unnamed: host:port (or host for 11211) must differ.
+    assert_eq!(
+        err(&TW.replace(
+            "    - 127.0.0.1:11211:1\n",
+            "    - 127.0.0.1:11211:1\n    - 127.0.0.1:11211:2\n"
+        )),
+        "5:7: pool 'alpha' has two servers named '127.0.0.1' (the other is at line 4)"
+    );
+    // Named: only the names count.
+    assert_eq!(
+        err(&TW.replace(
+            "    - 127.0.0.1:11211:1\n",
+            "    - 127.0.0.1:11211:1 a\n    - 127.0.0.1:11212:1 a\n"
+        )),
+        "5:7: pool 'alpha' has two servers named 'a' (the other is at line 4)"
+    );
+    // Same address under different names is fine (twemproxy agrees).
+    ok(&TW.replace(
+        "    - 127.0.0.1:11211:1\n",
+        "    - 127.0.0.1:11211:1 a\n    - 127.0.0.1:11211:1 b\n",
+    ));
+}
+
+#[test]
+fn tw_duplicate_listen_and_pool_names() {
+    let two = format!("{TW}{}", TW.replace("alpha", "beta"));
+    assert_eq!(
+        err(&two),
+        "6:11: listen address 127.0.0.1:22121 is already used at line 2"
+    );
+    let same = format!("{TW}{}", TW.replace("22121", "22122"));
+    assert_eq!(err(&same), "5:1: duplicate key `alpha`");
+}
+
+#[test]
+fn tw_server_connections_zero() {
+    assert_eq!(
+        err(&TW.replace("  servers:", "  server_connections: 0\n  servers:")),
+        "3:23: server_connections: cannot be 0"
+    );
+}
+
+#[test]
+fn empty_and_non_mapping_documents() {
+    assert_eq!(err(""), "1:1: no pools configured");
+    assert_eq!(err("# only a comment\n"), "1:1: no pools configured");
+    assert_eq!(err("- a\n"), "1:1: expected mapping start");
+    assert_eq!(err("alpha: 3\n"), "1:8: expected mapping start");
+}
+
+#[test]
+fn bad_yaml_syntax_has_a_location() {
+    let e = err("alpha:\n  listen: [1\n");
+    assert!(e.starts_with("2:") || e.starts_with("3:"), "{e}");
+}
+
+// ---- native format ----------------------------------------------------------------------
+
+const NATIVE: &str = "\
+pools:
+  users:
+    protocol: memcache
+    servers: [\"127.0.0.1:11211:1 mc-a\", \"127.0.0.1:11212:1 mc-b\"]
+listeners:
+  - listen: 127.0.0.1:11311
+    protocol: memcache
+    route: users
+";
+
+#[test]
+fn native_defaults() {
+    let c = ok(NATIVE);
+    assert_eq!(c.format, Format::Native);
+    assert_eq!((c.admin, c.workers), (None, None));
+    let p = &c.pools[0];
+    assert_eq!(p.protocol, Protocol::Memcache);
+    assert_eq!(p.hash, HashKind::Fnv1a_64);
+    assert_eq!(p.distribution, DistributionKind::Ketama);
+    assert_eq!(p.timeout, Some(Duration::from_secs(1)));
+    assert_eq!(p.connections, 1);
+    assert_eq!(p.failure_limit, 3);
+    assert_eq!(p.retry_timeout, Duration::from_secs(10));
+    assert!(!p.auto_eject_hosts && !p.preconnect && !p.tcpkeepalive);
+    assert_eq!(p.item_size_max, 1_048_576);
+    assert_eq!(p.location, Location { line: 2, col: 3 });
+    assert_eq!(p.servers[1].name.as_deref(), Some("mc-b"));
+    let l = &c.listeners[0];
+    assert_eq!(
+        l.route,
+        Route::Pool {
+            name: "users".into(),
+            location: Location { line: 8, col: 12 }
+        }
+    );
+    assert_eq!((l.backlog, l.max_clients, l.reuseport), (512, 0, false));
+    assert_eq!(l.location, Location { line: 6, col: 13 });
+}
+
+#[test]
+fn native_every_key() {
+    let c = ok("\
+admin: { listen: 127.0.0.1:9292 }
+workers: 4
+pools:
+  s:
+    protocol: redis
+    distribution: random
+    hash: crc32a
+    hash_tag: \"{}\"
+    servers: [\"127.0.0.1:6379:1\"]
+    timeout: 200ms
+    connections: 2
+    failure_limit: 5
+    retry_timeout: 1m
+    auto_eject_hosts: true
+    preconnect: true
+    tcpkeepalive: true
+    item_size_max: 2097152
+    redis_auth: pw
+    redis_db: 1
+listeners:
+  - { listen: /tmp/kv.sock 0600, protocol: redis, route: { pool: s }, max_clients: 9, backlog: 64, reuseport: true }
+");
+    assert_eq!(c.admin, Some("127.0.0.1:9292".parse().unwrap()));
+    assert_eq!(c.workers, Some(4));
+    let p = &c.pools[0];
+    assert_eq!(
+        (p.protocol, p.distribution, p.hash),
+        (Protocol::Redis, DistributionKind::Random, HashKind::Crc32a)
+    );
+    assert_eq!(p.timeout, Some(Duration::from_millis(200)));
+    assert_eq!((p.connections, p.failure_limit), (2, 5));
+    assert_eq!(p.retry_timeout, Duration::from_secs(60));
+    assert_eq!(p.item_size_max, 2 << 20);
+    let l = &c.listeners[0];
+    assert_eq!(
+        l.listen,
+        ListenAddr::Unix {
+            path: "/tmp/kv.sock".into(),
+            mode: Some(0o600)
+        }
+    );
+    assert_eq!((l.max_clients, l.backlog, l.reuseport), (9, 64, true));
+    assert_eq!(
+        l.route,
+        Route::Pool {
+            name: "s".into(),
+            location: Location { line: 21, col: 66 }
+        }
+    );
+}
+
+#[test]
+fn native_design_example_routes_parse_as_unsupported() {
+    let c = ok("\
+pools:
+  users: { protocol: memcache, servers: [\"127.0.0.1:11211:1\"] }
+  users-gutter: { protocol: memcache, servers: [\"127.0.0.1:11221:1\"] }
+listeners:
+  - listen: 127.0.0.1:11311
+    protocol: memcache
+    route:
+      failover: [users, { gutter: users-gutter, max_ttl: 10s }]
+  - listen: 127.0.0.1:11312
+    protocol: memcache
+    route:
+      failover: { children: [users, users-gutter], limit: 1, on: [timeout, tko], writes: false }
+  - listen: 127.0.0.1:11313
+    protocol: memcache
+    route: { prefix: { \"a:\": users, default: { pool: users-gutter } } }
+  - listen: 127.0.0.1:11314
+    protocol: memcache
+    route: { operation: { get: users, set: { all_sync: [users, users-gutter], reply: all_ok }, default: users } }
+  - listen: 127.0.0.1:11315
+    protocol: memcache
+    route: { shadow: { route: users, shadow: users-gutter, fraction: 0.1 } }
+  - listen: 127.0.0.1:11316
+    protocol: memcache
+    route: { warm_up: { cold: users, warm: users-gutter, exptime: 30s } }
+");
+    let handles: Vec<String> = c
+        .listeners
+        .iter()
+        .map(|l| match &l.route {
+            Route::Unsupported { handle, .. } => handle.clone(),
+            Route::Pool { .. } => "pool".into(),
+        })
+        .collect();
+    assert_eq!(
+        handles,
+        [
+            "failover",
+            "failover",
+            "prefix",
+            "operation",
+            "shadow",
+            "warm_up"
+        ]
+    );
+    assert_eq!(
+        c.listeners[0].route,
+        Route::Unsupported {
+            handle: "failover".into(),
+            location: Location { line: 8, col: 7 }
+        }
+    );
+}
+
+const NATIVE_TWO_POOLS: &str = "\
+pools:
+  users:
+    protocol: memcache
+    servers: [\"127.0.0.1:11211:1\"]
+  sessions:
+    protocol: redis
+    servers: [\"127.0.0.1:6379:1\"]
+listeners:
+  - listen: 127.0.0.1:11311
+    protocol: memcache
+    route: users
+";
+
+#[test]
+fn native_route_errors() {
+    let with = |route: &str| err(&NATIVE_TWO_POOLS.replace("route: users", route));
+    assert_eq!(with("route: nobody"), "11:12: unknown pool 'nobody'");
+    assert_eq!(
+        with("route: { pool: nobody }"),
+        "11:20: unknown pool 'nobody'"
+    );
+    assert_eq!(
+        with("route: sessions"),
+        "11:12: pool 'sessions' speaks redis, but this listener speaks memcache"
+    );
+    assert_eq!(
+        with("route: { failover: [users, { gutter: nobody }] }"),
+        "11:42: unknown pool 'nobody'"
+    );
+    assert_eq!(
+        with("route: { teleport: users }"),
+        "11:14: unknown route handle `teleport`, expected one of pool, failover, gutter, prefix, operation, all_sync, shadow, warm_up"
+    );
+    assert_eq!(
+        with("route: { pool: users, extra: 1 }"),
+        "11:27: unexpected key `extra` in a `pool` route"
+    );
+    assert_eq!(
+        with("route: { gutter: users, max_ttl: soon }"),
+        "11:38: invalid duration 'soon': expected a number and a unit (us, ms, s, m, h), e.g. 200ms"
+    );
+    assert_eq!(
+        with("route: [users]"),
+        "11:12: expected a route (a pool name or a mapping), found a list"
+    );
+    assert_eq!(
+        with("route: { operation: { get: users, put: users } }"),
+        "11:39: unexpected key `put` in `operation`"
+    );
+}
+
+#[test]
+fn native_duplicate_listeners() {
+    let text =
+        format!("{NATIVE}  - listen: 127.0.0.1:11311\n    protocol: memcache\n    route: users\n");
+    assert_eq!(
+        err(&text),
+        "9:13: listen address 127.0.0.1:11311 is already used at line 6"
+    );
+}
+
+#[test]
+fn native_unknown_keys() {
+    assert_eq!(
+        err(&format!("bogus: 1\n{NATIVE}")),
+        "1:1: unknown field `bogus`, expected one of admin, workers, log, pools, listeners"
+    );
+    assert!(err(&NATIVE.replace(
+        "    protocol: memcache\n    servers",
+        "    protocol: memcache\n    wieght: 1\n    servers"
+    ))
+    .starts_with("4:5: unknown field `wieght`, expected one of protocol,"));
+    assert!(
+        err(&NATIVE.replace("    route: users", "    route: users\n    colour: red"))
+            .starts_with("9:5: unknown field `colour`, expected one of listen,")
+    );
+}
+
+#[test]
+fn native_reserved_keys_are_refused() {
+    assert_eq!(
+        err(&format!("log: {{ level: info }}\n{NATIVE}")),
+        "1:6: `log` (use -v/--verbose and -o/--output) is not supported yet"
+    );
+    assert_eq!(
+        err(&NATIVE.replace(
+            "    protocol: memcache\n    servers",
+            "    protocol: memcache\n    cluster: { seeds: [\"127.0.0.1:7000\"] }\n    servers"
+        )),
+        "4:14: `cluster` (Redis Cluster pools) is not supported yet"
+    );
+    assert_eq!(
+        err(&NATIVE.replace(
+            "    route: users",
+            "    route: users\n    hot_keys: { split: 8 }"
+        )),
+        "9:15: `hot_keys` is not supported yet"
+    );
+}
+
+#[test]
+fn native_value_errors() {
+    assert_eq!(
+        err(&NATIVE.replace(
+            "    protocol: memcache\n    servers",
+            "    protocol: memcache\n    timeout: 200\n    servers"
+        )),
+        "4:14: invalid duration '200': expected a number and a unit (us, ms, s, m, h), e.g. 200ms"
+    );
+    assert_eq!(
+        err(&NATIVE.replacen("protocol: memcache", "protocol: memcached", 1)),
+        "3:15: unknown protocol 'memcached', expected memcache or redis"
+    );
+    assert_eq!(
+        err(&NATIVE.replace(
+            "    protocol: memcache\n    servers",
+            "    protocol: memcache\n    connections: 0\n    servers"
+        )),
+        "4:18: connections must be at least 1"
+    );
+    assert_eq!(
+        err(&NATIVE.replace(
+            "    protocol: memcache\n    servers",
+            "    protocol: memcache\n    connections: many\n    servers"
+        )),
+        "4:18: invalid u64"
+    );
+    assert_eq!(
+        err(&format!("workers: 0\n{NATIVE}")),
+        "1:10: workers must be at least 1"
+    );
+    assert_eq!(
+        err(&format!("admin: {{ listen: /tmp/a.sock }}\n{NATIVE}")),
+        "1:18: admin.listen must be a TCP host:port"
+    );
+    assert_eq!(
+        err(&NATIVE.replace("mc-b\"", "mc-a\"")),
+        "4:41: pool 'users' has two servers named 'mc-a' (the other is at line 4)"
+    );
+    assert_eq!(
+        err(&NATIVE.replace("127.0.0.1:11212:1 mc-b", "127.0.0.1:11212 mc-b")),
+        "4:41: invalid server '127.0.0.1:11212 mc-b': expected \"host:port:weight [name]\" or \"/path/unix_socket:weight [name]\""
+    );
+}
+
+#[test]
+fn native_missing_pieces() {
+    assert_eq!(err("pools: {}\n"), "1:8: no pools configured");
+    let no_listeners = NATIVE.split("listeners:").next().unwrap().to_string();
+    assert_eq!(err(&no_listeners), "1:1: no listeners configured");
+    assert_eq!(
+        err(&format!("{no_listeners}listeners: []\n")),
+        "5:12: no listeners configured"
+    );
+    assert_eq!(
+        err(&NATIVE.replace("    protocol: memcache\n    route", "    route")),
+        "7:5: missing field `protocol`"
+    );
+}
+
+#[test]
+fn durations() {
+    use syntax::parse_duration as d;
+    assert_eq!(d("200ms"), Ok(Duration::from_millis(200)));
+    assert_eq!(d("1s"), Ok(Duration::from_secs(1)));
+    assert_eq!(d("10s"), Ok(Duration::from_secs(10)));
+    assert_eq!(d("1m"), Ok(Duration::from_secs(60)));
+    assert_eq!(d("2h"), Ok(Duration::from_secs(7200)));
+    assert_eq!(d("5us"), Ok(Duration::from_micros(5)));
+    for bad in [
+        "",
+        "1",
+        "ms",
+        "1.5s",
+        "-1s",
+        "1 s",
+        "1S",
+        "99999999999999999999s",
+        "18446744073709551615h",
+    ] {
+        assert!(d(bad).is_err(), "{bad}");
+    }
+}
+
+// ---- robustness ---------------------------------------------------------------------------
+
+fn examples() -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.extend([
+        TW.to_string(),
+        NATIVE.to_string(),
+        NATIVE_TWO_POOLS.to_string(),
+    ]);
+    v
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Arbitrary text never panics.
+    #[test]
+    fn random_text_never_panics(text in "\\PC{0,200}") {
+        let _ = parse(&text);
+    }
+
+    /// Mutated valid configs (bytes replaced, inserted, deleted) never panic, and every error
+    /// carries a real location.
+    #[test]
+    fn mutated_configs_never_panic(
+        which in 0usize..16,
+        edits in proptest::collection::vec((any::<usize>(), 0u8..3, prop::sample::select(
+            vec![":", " ", "\n", "-", "{", "}", "[", "]", "0", "x", "\"", "'", "#", "&a", "*a", "\t", "/", "ms", "~"]
+        )), 1..6),
+    ) {
+        let all = examples();
+        let mut text = all[which % all.len()].clone();
+        for (pos, op, s) in edits {
+            if text.is_empty() { text.push_str(s); continue; }
+            let mut at = pos % text.len();
+            while !text.is_char_boundary(at) { at -= 1; }
+            match op {
+                0 => text.insert_str(at, s),
+                1 => { let end = (at + 1..=text.len()).find(|i| text.is_char_boundary(*i)).unwrap(); text.replace_range(at..end, s) }
+                _ => { let end = (at + 1..=text.len()).find(|i| text.is_char_boundary(*i)).unwrap(); text.replace_range(at..end, "") }
+            }
+        }
+        if let Err(e) = parse(&text) {
+            prop_assert!(e.location.line >= 1 && e.location.col >= 1, "{e}");
+        }
+    }
+}
+
+#[test]
+fn flow_sequence_locations() {
+    // Items of a flow sequence are located at their first character.
+    assert_eq!(
+        err(&NATIVE.replace("127.0.0.1:11211:1 mc-a", "127.0.0.1:11211:0 mc-a")),
+        "4:15: zero weight in server '127.0.0.1:11211:0 mc-a': weight must be at least 1"
+    );
+}
