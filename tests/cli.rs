@@ -12,7 +12,11 @@ use common::{free_port, kvrouter_bin, memcached, Mc, TempDir};
 fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let code = out.split(' ').nth(1).unwrap().parse().unwrap();
@@ -35,8 +39,17 @@ fn test_conf_accepts_a_valid_file_with_a_summary() {
         "ok.yml",
         "alpha:\n  listen: 127.0.0.1:22121\n  hash: fnv1a_64\n  distribution: ketama\n  servers:\n    - 127.0.0.1:11211:1\n    - 127.0.0.1:11212:1\n",
     );
-    let out = Command::new(kvrouter_bin()).arg("-t").arg("-c").arg(&conf).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(kvrouter_bin())
+        .arg("-t")
+        .arg("-c")
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(stdout.lines().count(), 1, "one-line summary: {stdout}");
     assert!(stdout.contains("ok"), "{stdout}");
@@ -56,7 +69,12 @@ fn test_conf_refuses_a_bad_file_with_file_line_col() {
         "bad.yml",
         "alpha:\n  listen: 127.0.0.1:22121\n  servers:\n    - 127.0.0.1:11211:1\n  bogus_key: 3\n",
     );
-    let out = Command::new(kvrouter_bin()).arg("-t").arg("-c").arg(&conf).output().unwrap();
+    let out = Command::new(kvrouter_bin())
+        .arg("-t")
+        .arg("-c")
+        .arg(&conf)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8(out.stderr).unwrap();
     let want = format!("{}:5:", conf.display());
@@ -84,7 +102,11 @@ fn keymap_prints_where_the_proxy_puts_each_key() {
         .args(&keys)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let proxy = common::kvrouter(&dir, &yaml, addr);
@@ -97,7 +119,11 @@ fn keymap_prints_where_the_proxy_puts_each_key() {
         assert_eq!(c.set(key, b"x"), "STORED");
         let idx: usize = f[2].trim_start_matches("mc").parse().unwrap();
         assert_eq!(f[3], backends[idx].addr.to_string());
-        assert!(Mc::connect(backends[idx].addr).get(key).is_some(), "{key} on {}", f[2]);
+        assert!(
+            Mc::connect(backends[idx].addr).get(key).is_some(),
+            "{key} on {}",
+            f[2]
+        );
     }
     assert_eq!(text.lines().count(), keys.len());
 }
@@ -115,7 +141,11 @@ fn keymap_diff_reports_the_fraction_of_keys_that_move() {
         .arg(&b)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let f: Vec<&str> = text.lines().next().unwrap().split('\t').collect();
     assert_eq!(f[0], "alpha");
@@ -128,7 +158,9 @@ fn keymap_diff_reports_the_fraction_of_keys_that_move() {
         .arg(&a)
         .output()
         .unwrap();
-    assert!(String::from_utf8(same.stdout).unwrap().contains("\t0.0000\t"));
+    assert!(String::from_utf8(same.stdout)
+        .unwrap()
+        .contains("\t0.0000\t"));
 }
 
 #[test]
@@ -139,7 +171,10 @@ fn healthz_and_twemproxy_flags() {
     let stats = free_port();
     let conf = dir.write(
         "h.yml",
-        &format!("alpha:\n  listen: 127.0.0.1:{port}\n  servers:\n    - {}:1\n", b.addr),
+        &format!(
+            "alpha:\n  listen: 127.0.0.1:{port}\n  servers:\n    - {}:1\n",
+            b.addr
+        ),
     );
     let pid = dir.0.join("kv.pid");
     let log = dir.0.join("kv.log");
@@ -147,7 +182,18 @@ fn healthz_and_twemproxy_flags() {
     let child = Command::new(kvrouter_bin())
         .arg("--conf-file")
         .arg(&conf)
-        .args(["-s", &stats.to_string(), "-a", "127.0.0.1", "-v", "6", "-i", "10000", "-m", "16384"])
+        .args([
+            "-s",
+            &stats.to_string(),
+            "-a",
+            "127.0.0.1",
+            "-v",
+            "6",
+            "-i",
+            "10000",
+            "-m",
+            "16384",
+        ])
         .arg("-p")
         .arg(&pid)
         .arg("-o")
@@ -162,10 +208,17 @@ fn healthz_and_twemproxy_flags() {
     wait_http(admin);
     let (code, body) = http_get(admin, "/healthz");
     assert_eq!(code, 200, "{body}");
-    let written: u32 = std::fs::read_to_string(&pid).unwrap().trim().parse().unwrap();
+    let written: u32 = std::fs::read_to_string(&pid)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert_eq!(written, guard.child.id());
     let logged = std::fs::read_to_string(&log).unwrap();
-    assert!(logged.contains("ignores"), "ignored flags are warned about: {logged}");
+    assert!(
+        logged.contains("ignores"),
+        "ignored flags are warned about: {logged}"
+    );
     // SIGHUP reopens the log file: move it away, signal, and a new one appears.
     std::fs::rename(&log, dir.0.join("kv.log.1")).unwrap();
     unsafe { kill(guard.child.id() as i32, 1) };
@@ -212,7 +265,10 @@ fn daemonize_detaches_and_writes_the_pid_file() {
     let port = free_port();
     let conf = dir.write(
         "d.yml",
-        &format!("alpha:\n  listen: 127.0.0.1:{port}\n  servers:\n    - {}:1\n", b.addr),
+        &format!(
+            "alpha:\n  listen: 127.0.0.1:{port}\n  servers:\n    - {}:1\n",
+            b.addr
+        ),
     );
     let pid = dir.0.join("d.pid");
     let admin = free_port();
@@ -232,7 +288,11 @@ fn daemonize_detaches_and_writes_the_pid_file() {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(50));
-    let daemon: i32 = std::fs::read_to_string(&pid).unwrap().trim().parse().unwrap();
+    let daemon: i32 = std::fs::read_to_string(&pid)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     while TcpStream::connect(addr).is_err() {
         assert!(Instant::now() < deadline);
@@ -257,7 +317,12 @@ extern "C" {
 /// Running and not a zombie (the daemon's parent is init, which may reap it late).
 fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
         Err(_) => false,
     }
 }

@@ -125,7 +125,10 @@ fn get_with_1000_keys_and_a_1mb_value() {
     c.send(format!("get {}\r\n", keys.join(" ")).as_bytes());
     let got = c.values().unwrap();
     assert_eq!(got.len(), keys.iter().step_by(3).count());
-    assert!(got.iter().zip(keys.iter().step_by(3)).all(|((k, _, _), e)| k == e));
+    assert!(got
+        .iter()
+        .zip(keys.iter().step_by(3))
+        .all(|((k, _, _), e)| k == e));
 
     let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
     assert_eq!(c.set("big", &big), "STORED");
@@ -138,7 +141,12 @@ fn every_storage_and_arithmetic_command() {
     let mut c = Mc::connect(s.proxy.addr);
     let mut ask = |c: &mut Mc, req: &[u8], want: &str| {
         c.send(req);
-        assert_eq!(c.line(), want, "reply to {:?}", String::from_utf8_lossy(req));
+        assert_eq!(
+            c.line(),
+            want,
+            "reply to {:?}",
+            String::from_utf8_lossy(req)
+        );
     };
     ask(&mut c, b"add a 5 0 1\r\nx\r\n", "STORED");
     ask(&mut c, b"add a 5 0 1\r\ny\r\n", "NOT_STORED");
@@ -147,15 +155,26 @@ fn every_storage_and_arithmetic_command() {
     ask(&mut c, b"append a 0 0 2\r\nzz\r\n", "STORED");
     ask(&mut c, b"prepend a 0 0 2\r\naa\r\n", "STORED");
     c.send(b"get a\r\n");
-    assert_eq!(c.values().unwrap(), vec![("a".into(), 6, b"aaxyzz".to_vec())]);
+    assert_eq!(
+        c.values().unwrap(),
+        vec![("a".into(), 6, b"aaxyzz".to_vec())]
+    );
     c.send(b"gets a\r\n");
     let l = c.line();
     let cas: u64 = l.rsplit(' ').next().unwrap().parse().unwrap();
     let mut rest = vec![0; 8];
     c.r.read_exact(&mut rest).unwrap();
     assert_eq!(c.line(), "END");
-    ask(&mut c, format!("cas a 0 0 1 {}\r\nq\r\n", cas + 1000).as_bytes(), "EXISTS");
-    ask(&mut c, format!("cas a 0 0 1 {cas}\r\nq\r\n").as_bytes(), "STORED");
+    ask(
+        &mut c,
+        format!("cas a 0 0 1 {}\r\nq\r\n", cas + 1000).as_bytes(),
+        "EXISTS",
+    );
+    ask(
+        &mut c,
+        format!("cas a 0 0 1 {cas}\r\nq\r\n").as_bytes(),
+        "STORED",
+    );
     ask(&mut c, b"cas nope 0 0 1 1\r\nq\r\n", "NOT_FOUND");
     ask(&mut c, b"set n 0 0 2\r\n10\r\n", "STORED");
     ask(&mut c, b"incr n 5\r\n", "15");
@@ -179,7 +198,9 @@ fn noreply_sends_no_bytes_and_pipelines_keep_order() {
     let mut c = Mc::connect(s.proxy.addr);
     let mut req = Vec::new();
     for i in 0..300 {
-        req.extend_from_slice(format!("set p{i} 0 0 {} noreply\r\nv{i}\r\n", format!("v{i}").len()).as_bytes());
+        req.extend_from_slice(
+            format!("set p{i} 0 0 {} noreply\r\nv{i}\r\n", format!("v{i}").len()).as_bytes(),
+        );
     }
     req.extend_from_slice(b"delete p0 noreply\r\nincr p1 1 noreply\r\ntouch p2 10 noreply\r\n");
     req.extend_from_slice(b"verbosity 1 noreply\r\nflush_all 100 noreply\r\n");
@@ -208,10 +229,16 @@ fn a_pipeline_split_at_every_byte_boundary() {
         std::thread::sleep(Duration::from_millis(1));
     }
     assert_eq!(c.line(), "STORED");
-    assert_eq!(c.values().unwrap(), vec![("s1".into(), 1, b"hello".to_vec())]);
     assert_eq!(
         c.values().unwrap(),
-        vec![("s1".into(), 1, b"hello".to_vec()), ("s2".into(), 2, b"abc".to_vec())]
+        vec![("s1".into(), 1, b"hello".to_vec())]
+    );
+    assert_eq!(
+        c.values().unwrap(),
+        vec![
+            ("s1".into(), 1, b"hello".to_vec()),
+            ("s2".into(), 2, b"abc".to_vec())
+        ]
     );
     assert_eq!(c.line(), "DELETED");
 }
@@ -267,7 +294,15 @@ fn local_commands_version_stats_verbosity_flush_quit() {
         assert_eq!(parts[0], "STAT");
         stats.insert(parts[1].to_string(), parts[2].to_string());
     }
-    for k in ["uptime", "curr_connections", "total_connections", "cmd_get", "cmd_set", "get_hits", "get_misses"] {
+    for k in [
+        "uptime",
+        "curr_connections",
+        "total_connections",
+        "cmd_get",
+        "cmd_set",
+        "get_hits",
+        "get_misses",
+    ] {
         assert!(stats.contains_key(k), "stats has {k}");
     }
     assert!(stats["get_hits"].parse::<u64>().unwrap() >= 1);
@@ -320,7 +355,10 @@ fn a_silent_backend_times_out_with_server_error_and_reconnects() {
         } else {
             assert!(r.starts_with("SERVER_ERROR"), "{r}");
             assert!(r.contains("timed out"), "{r}");
-            assert!(t.elapsed() < Duration::from_secs(2), "answered within the timeout");
+            assert!(
+                t.elapsed() < Duration::from_secs(2),
+                "answered within the timeout"
+            );
             on_hole.get_or_insert(k);
         }
         if on_hole.is_some() && on_real.is_some() {
@@ -339,7 +377,10 @@ fn a_silent_backend_times_out_with_server_error_and_reconnects() {
     while hole.accept().is_ok() {
         accepted += 1;
     }
-    assert!(accepted >= 2, "reconnected after timeouts ({accepted} connections)");
+    assert!(
+        accepted >= 2,
+        "reconnected after timeouts ({accepted} connections)"
+    );
 }
 
 #[test]
@@ -361,7 +402,10 @@ fn auto_eject_hosts_moves_keys_off_a_dead_server_and_back() {
             errors += 1;
         }
     }
-    assert!(errors >= 1 && errors < 10, "a few errors before ejection: {errors}");
+    assert!(
+        errors >= 1 && errors < 10,
+        "a few errors before ejection: {errors}"
+    );
     // Ejected: every key now goes to the live server.
     for i in 0..50 {
         assert_eq!(c.set(&format!("e{i}"), b"v"), "STORED");
@@ -389,7 +433,8 @@ fn many_clients_in_parallel_never_get_each_others_replies() {
                     let k = format!("c{t}:{i}");
                     let v = format!("{t}/{i}");
                     // Pipelined set then get of the same key: must never race.
-                    let mut req = format!("set {k} 0 0 {}\r\n{v}\r\nget {k}\r\n", v.len()).into_bytes();
+                    let mut req =
+                        format!("set {k} 0 0 {}\r\n{v}\r\nget {k}\r\n", v.len()).into_bytes();
                     req.extend_from_slice(format!("get {k} c{t}:0 nope\r\n").as_bytes());
                     c.send(&req);
                     assert_eq!(c.line(), "STORED");

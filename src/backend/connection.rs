@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::Interest;
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
 
@@ -74,8 +74,9 @@ pub struct Queued {
 /// What a connection needs to know about its server.
 #[derive(Clone, Debug)]
 pub struct ServerSpec {
-    /// `host:port`, resolved at each connect.
+    /// `host:port`, resolved at each connect, or a unix socket path.
     pub address: String,
+    pub unix: bool,
     pub timeout: Option<Duration>,
     pub tcpkeepalive: bool,
     pub health: Arc<ServerHealth>,
@@ -163,7 +164,11 @@ async fn run(spec: Arc<ServerSpec>, mut rx: mpsc::UnboundedReceiver<Queued>, pre
                 continue;
             }
         };
-        match serve(&spec, &stream, &mut rx, first.take()).await {
+        let served = match &stream {
+            Stream::Tcp(s) => serve(&spec, s, &mut rx, first.take()).await,
+            Stream::Unix(s) => serve(&spec, s, &mut rx, first.take()).await,
+        };
+        match served {
             Ok(()) => return, // channel closed: the worker is going away
             Err(err) => {
                 tracing::warn!(server = %spec.address, error = %err, "backend connection closed");
@@ -187,25 +192,35 @@ fn failure(spec: &ServerSpec, err: &BackendError) {
     }
 }
 
-async fn connect(spec: &ServerSpec) -> io::Result<TcpStream> {
-    let fut = TcpStream::connect(spec.address.as_str());
-    let stream = match spec.timeout {
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+async fn connect(spec: &ServerSpec) -> io::Result<Stream> {
+    let fut = async {
+        if spec.unix {
+            return Ok(Stream::Unix(UnixStream::connect(&spec.address).await?));
+        }
+        let stream = TcpStream::connect(spec.address.as_str()).await?;
+        stream.set_nodelay(true)?;
+        if spec.tcpkeepalive {
+            socket2::SockRef::from(&stream).set_keepalive(true)?;
+        }
+        Ok(Stream::Tcp(stream))
+    };
+    match spec.timeout {
         Some(t) => tokio::time::timeout(t, fut)
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??,
-        None => fut.await?,
-    };
-    stream.set_nodelay(true)?;
-    if spec.tcpkeepalive {
-        socket2::SockRef::from(&stream).set_keepalive(true)?;
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?,
+        None => fut.await,
     }
-    Ok(stream)
 }
 
 /// Drive one open connection until it breaks (Err) or the channel closes (Ok).
-async fn serve(
+async fn serve<S: Io>(
     spec: &ServerSpec,
-    stream: &TcpStream,
+    stream: &S,
     rx: &mut mpsc::UnboundedReceiver<Queued>,
     first: Option<Queued>,
 ) -> Result<(), BackendError> {
@@ -280,7 +295,7 @@ fn enqueue(spec: &ServerSpec, q: Queued, wbuf: &mut BytesMut, inflight: &mut Vec
     });
 }
 
-fn flush(stream: &TcpStream, wbuf: &mut BytesMut) -> Result<(), BackendError> {
+fn flush<S: Io>(stream: &S, wbuf: &mut BytesMut) -> Result<(), BackendError> {
     while !wbuf.is_empty() {
         match stream.try_write(wbuf) {
             Ok(0) => return Err(BackendError::Closed("write returned 0".into())),
@@ -294,8 +309,8 @@ fn flush(stream: &TcpStream, wbuf: &mut BytesMut) -> Result<(), BackendError> {
     Ok(())
 }
 
-fn read_replies(
-    stream: &TcpStream,
+fn read_replies<S: Io>(
+    stream: &S,
     rbuf: &mut BytesMut,
     inflight: &mut VecDeque<InFlight>,
 ) -> Result<usize, BackendError> {
@@ -304,7 +319,7 @@ fn read_replies(
         if rbuf.capacity() - rbuf.len() < 4096 {
             rbuf.reserve(16 * 1024);
         }
-        match Io::try_read_buf(stream, rbuf) {
+        match stream.try_read_buf(rbuf) {
             Ok(0) => return Err(BackendError::Closed("server closed the connection".into())),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(replies),

@@ -39,6 +39,7 @@ impl PoolRuntime {
             .map(|s| {
                 Arc::new(ServerSpec {
                     address: s.address(),
+                    unix: s.is_unix(),
                     timeout: config.timeout,
                     tcpkeepalive: config.tcpkeepalive,
                     health: Arc::new(ServerHealth::default()),

@@ -90,7 +90,20 @@ pub fn memcached() -> Proc {
     for _ in 0..20 {
         let port = free_port();
         let mut child = Command::new(which("memcached"))
-            .args(["-l", "127.0.0.1", "-p", &port.to_string(), "-U", "0", "-t", "1", "-m", "64", "-I", "2m"])
+            .args([
+                "-l",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "0",
+                "-t",
+                "1",
+                "-m",
+                "64",
+                "-I",
+                "2m",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -169,7 +182,11 @@ impl Mc {
     pub fn line(&mut self) -> String {
         let mut v = Vec::new();
         self.r.read_until(b'\n', &mut v).unwrap();
-        assert!(v.ends_with(b"\r\n"), "bad line {:?}", String::from_utf8_lossy(&v));
+        assert!(
+            v.ends_with(b"\r\n"),
+            "bad line {:?}",
+            String::from_utf8_lossy(&v)
+        );
         v.truncate(v.len() - 2);
         String::from_utf8_lossy(&v).into_owned()
     }
