@@ -89,7 +89,12 @@ fn which(bin: &str) -> PathBuf {
 pub fn memcached() -> Proc {
     for _ in 0..20 {
         let port = free_port();
-        let mut child = Command::new(which("memcached"))
+        let mut cmd = Command::new(which("memcached"));
+        // memcached refuses to start as root unless told which user to run as.
+        if unsafe { libc::geteuid() } == 0 {
+            cmd.args(["-u", "root"]);
+        }
+        let mut child = cmd
             .args(["-l", "127.0.0.1", "-p", &port.to_string(), "-U", "0", "-t", "1", "-m", "64", "-I", "2m"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
