@@ -30,10 +30,11 @@ DISTS = ["ketama", "modula"]
 
 # Server layouts: (weight, name or None), in config order (deliberately not sorted by name).
 # Names of different lengths exercise twemproxy's shorter-first sort; unnamed servers are named
-# "127.0.0.1:PORT" by nutcracker.
+# "127.0.0.1:PORT" by nutcracker. Total weights are not powers of two, so modula depends on the
+# high bits of each hash (where sign-extension bugs show).
 LAYOUTS = {
-    "A": {"hash_tag": "{}", "servers": [(1, "alpha"), (2, None), (1, "b"), (3, "server-delta"), (1, None)]},
-    "B": {"hash_tag": None, "servers": [(1, None), (1, None), (1, "zz"), (5, "aaa")]},
+    "A": {"hash_tag": "{}", "servers": [(1, "alpha"), (2, None), (1, "b"), (3, "server-delta"), (2, None)]},
+    "B": {"hash_tag": None, "servers": [(1, None), (1, None), (1, "zz"), (4, "aaa")]},
     "C": {"hash_tag": "$$", "servers": [(10, "mc-10"), (1, "mc-9"), (7, "mc-1"), (2, None), (1, "mc-100"), (4, None)]},
 }
 

@@ -95,7 +95,20 @@ pub fn memcached() -> Proc {
             cmd.args(["-u", "root"]);
         }
         let mut child = cmd
-            .args(["-l", "127.0.0.1", "-p", &port.to_string(), "-U", "0", "-t", "1", "-m", "64", "-I", "2m"])
+            .args([
+                "-l",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "0",
+                "-t",
+                "1",
+                "-m",
+                "64",
+                "-I",
+                "2m",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -174,7 +187,11 @@ impl Mc {
     pub fn line(&mut self) -> String {
         let mut v = Vec::new();
         self.r.read_until(b'\n', &mut v).unwrap();
-        assert!(v.ends_with(b"\r\n"), "bad line {:?}", String::from_utf8_lossy(&v));
+        assert!(
+            v.ends_with(b"\r\n"),
+            "bad line {:?}",
+            String::from_utf8_lossy(&v)
+        );
         v.truncate(v.len() - 2);
         String::from_utf8_lossy(&v).into_owned()
     }
