@@ -120,6 +120,11 @@ mod tests {
         // weight 1 of 3 among 3: 1/3 in f32 is 0.33333334, and the product rounds to 40.0.
         assert_eq!(points_for(1, 3, 3), 160);
         assert_eq!(points_for(1, 10, 3), 48);
+        // Five servers, total weight 25: 1/25 in f32 makes 7.9999995, so 7*4 = 28 points where
+        // double arithmetic gives 32. nutcracker agrees (golden layout D).
+        assert_eq!(points_for(1, 25, 5), 28);
+        assert_eq!(points_for(8, 25, 5), 252);
+        assert_eq!(points_for(10, 25, 5), 320);
     }
 
     #[test]
