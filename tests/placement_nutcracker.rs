@@ -131,14 +131,17 @@ fn locate(mcs: &[SocketAddr], keys: &[Vec<u8>]) -> HashMap<Vec<u8>, usize> {
 
 struct Setup {
     _dir: TempDir,
-    _mcs: Vec<Proc>,
+    mcs: Vec<Proc>,
     _nc: Proc,
     mc_addrs: Vec<SocketAddr>,
     nodes: Vec<Node>,
     pools: Vec<Pool>,
 }
 
-fn setup(with_random: bool) -> Setup {
+/// One nutcracker with a pool per `(hash, distribution)` (each on its own port) in front of
+/// fresh memcached instances laid out as `LAYOUT`. `eject` turns on `auto_eject_hosts` with a
+/// failure limit of 1 and a retry timeout longer than any test.
+fn setup(combos: &[(Option<HashKind>, DistributionKind)], eject: bool) -> Setup {
     let dir = TempDir::new();
     let mcs: Vec<Proc> = LAYOUT.iter().map(|_| memcached()).collect();
     let mc_addrs: Vec<SocketAddr> = mcs.iter().map(|p| p.addr).collect();
@@ -150,24 +153,19 @@ fn setup(with_random: bool) -> Setup {
             weight: *w,
         })
         .collect();
-    let mut pools = Vec::new();
-    if with_random {
-        pools.push(Pool {
-            hash: None,
-            dist: DistributionKind::Random,
+    let pools: Vec<Pool> = combos
+        .iter()
+        .map(|&(hash, dist)| Pool {
+            hash,
+            dist,
             listen: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-        });
+        })
+        .collect();
+    let eject = if eject {
+        "  auto_eject_hosts: true\n  server_failure_limit: 1\n  server_retry_timeout: 600000\n"
     } else {
-        for h in HashKind::ALL {
-            for d in [DistributionKind::Ketama, DistributionKind::Modula] {
-                pools.push(Pool {
-                    hash: Some(h),
-                    dist: d,
-                    listen: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-                });
-            }
-        }
-    }
+        "  auto_eject_hosts: false\n"
+    };
     let mut yaml = String::new();
     for (i, p) in pools.iter().enumerate() {
         yaml += &format!("pool{i}:\n  listen: {}\n", p.listen);
@@ -175,7 +173,7 @@ fn setup(with_random: bool) -> Setup {
             yaml += &format!("  hash: {}\n", h.name());
         }
         yaml += &format!(
-            "  distribution: {}\n  hash_tag: \"{HASH_TAG}\"\n  timeout: 5000\n  auto_eject_hosts: false\n  servers:\n",
+            "  distribution: {}\n  hash_tag: \"{HASH_TAG}\"\n  timeout: 5000\n{eject}  servers:\n",
             p.dist.name()
         );
         for ((w, name), a) in LAYOUT.iter().zip(&mc_addrs) {
@@ -191,7 +189,7 @@ fn setup(with_random: bool) -> Setup {
     }
     Setup {
         _dir: dir,
-        _mcs: mcs,
+        mcs,
         _nc: nc,
         mc_addrs,
         nodes,
@@ -210,7 +208,16 @@ fn seed() -> u64 {
 fn placement_matches_live_nutcracker() {
     let start = Instant::now();
     let seed = seed();
-    let s = setup(false);
+    let combos: Vec<_> = HashKind::ALL
+        .into_iter()
+        .flat_map(|h| {
+            [
+                (Some(h), DistributionKind::Ketama),
+                (Some(h), DistributionKind::Modula),
+            ]
+        })
+        .collect();
+    let s = setup(&combos, false);
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut seen = HashSet::new();
     let key_sets: Vec<Vec<Vec<u8>>> = s
@@ -280,7 +287,7 @@ fn placement_matches_live_nutcracker() {
 #[test]
 fn random_distribution_spreads_evenly() {
     let seed = seed();
-    let s = setup(true);
+    let s = setup(&[(None, DistributionKind::Random)], false);
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut seen = HashSet::new();
     let mut keys = Vec::new();
@@ -326,4 +333,75 @@ fn random_distribution_spreads_evenly() {
         "nutcracker's spread {theirs:?} is not uniform"
     );
     assert!(chi2(&ours) < 25.0, "our spread {ours:?} is not uniform");
+}
+
+/// With `auto_eject_hosts`, nutcracker rebuilds the ring without a failed server: keys move
+/// exactly as `Placement::new(.., live)` with that server dead predicts (ketama recomputes every
+/// server's points for the new live count and weight; modula drops the server's slots).
+#[test]
+fn ejected_server_matches_live_flags() {
+    let seed = seed();
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let combos = [
+        (Some(HashKind::Fnv1a_64), DistributionKind::Ketama),
+        (Some(HashKind::Md5), DistributionKind::Ketama),
+        (Some(HashKind::Murmur), DistributionKind::Modula),
+        (Some(HashKind::OneAtATime), DistributionKind::Modula),
+    ];
+    let mut s = setup(&combos, true);
+    let tag = Some(<[u8; 2]>::try_from(HASH_TAG.as_bytes()).unwrap());
+    let dead = 3; // "server-delta", weight 2
+    drop(s.mcs.remove(dead)); // stopped by its PID
+    let mut live = vec![true; s.nodes.len()];
+    live[dead] = false;
+
+    for pool in &s.pools {
+        let hash = pool.hash.unwrap();
+        let before = Placement::new(pool.dist, hash, tag, &s.nodes, &vec![true; s.nodes.len()]);
+        // Make nutcracker notice: a get for a key on the dead server fails once, which ejects it.
+        let mut mc = Mc::connect(pool.listen);
+        let mut probe = 0;
+        loop {
+            let k = format!("probe{probe}");
+            probe += 1;
+            if before.server_for(k.as_bytes()) != Some(dead) {
+                continue;
+            }
+            mc.send(format!("get {k}\r\n").as_bytes());
+            let reply = mc.line();
+            if reply == "END" {
+                break; // routed to a live server: the ring was rebuilt
+            }
+            assert!(
+                probe < 10_000,
+                "{}: server never ejected ({reply})",
+                hash.name()
+            );
+        }
+
+        let keys: Vec<Vec<u8>> = (0..KEYS_PER_POOL)
+            .map(|i| {
+                let mut k = random_key(&mut rng);
+                k.extend_from_slice(format!("#{}{i}", pool.listen.port()).as_bytes());
+                k
+            })
+            .collect();
+        set_all(pool.listen, &keys, b"e");
+        let mut addrs = s.mc_addrs.clone();
+        addrs.remove(dead);
+        let at = locate(&addrs, &keys);
+        let after = Placement::new(pool.dist, hash, tag, &s.nodes, &live);
+        for k in &keys {
+            let got = at.get(k).map(|&i| if i >= dead { i + 1 } else { i });
+            assert_eq!(
+                got,
+                after.server_for(k),
+                "seed {seed}: {} {} key {:?} after ejecting {}",
+                hash.name(),
+                pool.dist.name(),
+                String::from_utf8_lossy(k),
+                s.nodes[dead].name
+            );
+        }
+    }
 }
