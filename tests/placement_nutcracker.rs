@@ -12,6 +12,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Read};
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
 use common::{free_port, memcached, nutcracker, wait_port, Mc, Proc, TempDir};
@@ -153,40 +154,60 @@ fn setup(combos: &[(Option<HashKind>, DistributionKind)], eject: bool) -> Setup 
             weight: *w,
         })
         .collect();
-    let pools: Vec<Pool> = combos
-        .iter()
-        .map(|&(hash, dist)| Pool {
-            hash,
-            dist,
-            listen: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-        })
-        .collect();
     let eject = if eject {
         "  auto_eject_hosts: true\n  server_failure_limit: 1\n  server_retry_timeout: 600000\n"
     } else {
         "  auto_eject_hosts: false\n"
     };
-    let mut yaml = String::new();
-    for (i, p) in pools.iter().enumerate() {
-        yaml += &format!("pool{i}:\n  listen: {}\n", p.listen);
-        if let Some(h) = p.hash {
-            yaml += &format!("  hash: {}\n", h.name());
-        }
-        yaml += &format!(
-            "  distribution: {}\n  hash_tag: \"{HASH_TAG}\"\n  timeout: 5000\n{eject}  servers:\n",
-            p.dist.name()
-        );
-        for ((w, name), a) in LAYOUT.iter().zip(&mc_addrs) {
+    // Ports from `free_port` are only free "a moment ago": another test running in parallel can
+    // take one before nutcracker binds it. Retry with fresh ports when nutcracker cannot start.
+    let mut attempt = 0;
+    let (pools, nc) = loop {
+        attempt += 1;
+        let mut taken: HashSet<u16> = mc_addrs.iter().map(|a| a.port()).collect();
+        let pools: Vec<Pool> = combos
+            .iter()
+            .map(|&(hash, dist)| {
+                let port = std::iter::repeat_with(free_port)
+                    .find(|p| taken.insert(*p))
+                    .unwrap();
+                Pool {
+                    hash,
+                    dist,
+                    listen: SocketAddr::from(([127, 0, 0, 1], port)),
+                }
+            })
+            .collect();
+        let mut yaml = String::new();
+        for (i, p) in pools.iter().enumerate() {
+            yaml += &format!("pool{i}:\n  listen: {}\n", p.listen);
+            if let Some(h) = p.hash {
+                yaml += &format!("  hash: {}\n", h.name());
+            }
             yaml += &format!(
-                "    - {a}:{w}{}\n",
-                name.map(|n| format!(" {n}")).unwrap_or_default()
+                "  distribution: {}\n  hash_tag: \"{HASH_TAG}\"\n  timeout: 5000\n{eject}  servers:\n",
+                p.dist.name()
             );
+            for ((w, name), a) in LAYOUT.iter().zip(&mc_addrs) {
+                yaml += &format!(
+                    "    - {a}:{w}{}\n",
+                    name.map(|n| format!(" {n}")).unwrap_or_default()
+                );
+            }
         }
-    }
-    let mut nc = nutcracker(&dir, &yaml, pools[0].listen);
-    for p in &pools {
-        wait_port(p.listen, &mut nc.child);
-    }
+        let started = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let mut nc = nutcracker(&dir, &yaml, pools[0].listen);
+            for p in &pools {
+                wait_port(p.listen, &mut nc.child);
+            }
+            nc
+        }));
+        match started {
+            Ok(nc) => break (pools, nc),
+            Err(e) if attempt >= 5 => std::panic::resume_unwind(e),
+            Err(_) => eprintln!("nutcracker did not start (port taken?); retrying"),
+        }
+    };
     Setup {
         _dir: dir,
         mcs,
