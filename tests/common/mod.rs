@@ -10,13 +10,22 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, never the same one twice in one test process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap();
+        if given.get_or_insert_with(HashSet::new).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Wait until something accepts TCP connections on `addr`.
@@ -89,7 +98,12 @@ fn which(bin: &str) -> PathBuf {
 pub fn memcached() -> Proc {
     for _ in 0..20 {
         let port = free_port();
-        let mut child = Command::new(which("memcached"))
+        let mut cmd = Command::new(which("memcached"));
+        // memcached refuses to start as root unless told which user to run as.
+        if unsafe { libc::geteuid() } == 0 {
+            cmd.args(["-u", "root"]);
+        }
+        let mut child = cmd
             .args([
                 "-l",
                 "127.0.0.1",

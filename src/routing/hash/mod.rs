@@ -1,4 +1,25 @@
 //! twemproxy's key hashes (hashkit), one file per function, each tested against known vectors.
+//!
+//! Every function is a port of the C in twemproxy 0.5.0's `src/hashkit/`, including its
+//! accidents: most of them read the key through a signed `char`, so bytes >= 0x80 are
+//! sign-extended; `fnv1a_64` is really 32-bit; `crc32` keeps only 15 bits. Changing any of these
+//! would move keys relative to a nutcracker fleet, which is exactly what kvrouter must not do.
+
+pub mod crc16;
+pub mod crc32;
+pub mod crc32a;
+pub mod fnv1_32;
+pub mod fnv1_64;
+pub mod fnv1a_32;
+pub mod fnv1a_64;
+pub mod hsieh;
+pub mod jenkins;
+pub mod md5;
+pub mod murmur;
+pub mod one_at_a_time;
+
+#[cfg(test)]
+mod test_vectors;
 
 /// A twemproxy hash function, by its configuration name.
 #[allow(non_camel_case_types)]
@@ -36,7 +57,20 @@ impl HashKind {
 
     /// The name used in config files (`one_at_a_time`, `md5`, ..., `fnv1a_64`, ...).
     pub fn name(self) -> &'static str {
-        unimplemented!()
+        match self {
+            HashKind::OneAtATime => "one_at_a_time",
+            HashKind::Md5 => "md5",
+            HashKind::Crc16 => "crc16",
+            HashKind::Crc32 => "crc32",
+            HashKind::Crc32a => "crc32a",
+            HashKind::Fnv1_64 => "fnv1_64",
+            HashKind::Fnv1a_64 => "fnv1a_64",
+            HashKind::Fnv1_32 => "fnv1_32",
+            HashKind::Fnv1a_32 => "fnv1a_32",
+            HashKind::Hsieh => "hsieh",
+            HashKind::Murmur => "murmur",
+            HashKind::Jenkins => "jenkins",
+        }
     }
 
     pub fn from_name(name: &str) -> Option<HashKind> {
@@ -45,7 +79,40 @@ impl HashKind {
 
     /// The 32-bit hash twemproxy computes for `key`.
     pub fn hash(self, key: &[u8]) -> u32 {
-        let _ = key;
-        unimplemented!()
+        match self {
+            HashKind::OneAtATime => one_at_a_time::hash(key),
+            HashKind::Md5 => md5::hash(key),
+            HashKind::Crc16 => crc16::hash(key),
+            HashKind::Crc32 => crc32::hash(key),
+            HashKind::Crc32a => crc32a::hash(key),
+            HashKind::Fnv1_64 => fnv1_64::hash(key),
+            HashKind::Fnv1a_64 => fnv1a_64::hash(key),
+            HashKind::Fnv1_32 => fnv1_32::hash(key),
+            HashKind::Fnv1a_32 => fnv1a_32::hash(key),
+            HashKind::Hsieh => hsieh::hash(key),
+            HashKind::Murmur => murmur::hash(key),
+            HashKind::Jenkins => jenkins::hash(key),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HashKind;
+
+    #[test]
+    fn names_round_trip() {
+        for h in HashKind::ALL {
+            assert_eq!(HashKind::from_name(h.name()), Some(h));
+        }
+        assert_eq!(HashKind::from_name("fnv1a"), None);
+        assert_eq!(HashKind::from_name("FNV1A_64"), None);
+    }
+
+    #[test]
+    fn dispatch_reaches_each_function() {
+        assert_eq!(HashKind::Fnv1a_64.hash(b"a"), 0x8601_ec8c);
+        assert_eq!(HashKind::Crc32a.hash(b"123456789"), 0xcbf4_3926);
+        assert_eq!(HashKind::Jenkins.hash(b""), 0xdead_beef + 13);
     }
 }
