@@ -139,7 +139,7 @@ fn get_with_1000_keys_and_a_1mb_value() {
 fn every_storage_and_arithmetic_command() {
     let s = setup();
     let mut c = Mc::connect(s.proxy.addr);
-    let mut ask = |c: &mut Mc, req: &[u8], want: &str| {
+    let ask = |c: &mut Mc, req: &[u8], want: &str| {
         c.send(req);
         assert_eq!(
             c.line(),
