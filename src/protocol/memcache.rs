@@ -803,3 +803,6 @@ pub fn is_error_reply(line: &[u8]) -> bool {
         || line.starts_with(b"CLIENT_ERROR")
         || line.starts_with(b"SERVER_ERROR")
 }
+
+#[cfg(test)]
+mod tests;
