@@ -3,8 +3,20 @@
 //! Requests are parsed once into a `Request` whose fields are `Bytes` slices of the client's read
 //! buffer (no copies). Replies from backends are only *scanned* for their length; the proxy
 //! forwards them as they are, except multi-key retrievals which are split into items and merged.
+//!
+//! Why a full parser rather than "find the line end and forward": the proxy must know the key(s)
+//! to route, the data block length to frame storage commands, and it must refuse bad requests
+//! itself, because a request that a backend would misparse (e.g. a data block read as commands)
+//! would desynchronise a backend connection shared by many clients.
+//!
+//! Compatibility follows memcached 1.6 (`proto_text.c`): tokens are separated by one or more
+//! spaces, a line ends with `\n` optionally preceded by `\r`, command names are lowercase, and the
+//! error texts are memcached's own. Where memcached would read a refused data block as commands,
+//! we swallow it instead (a shared backend stream must never see it). Errors for a request that
+//! ends in `noreply` are silent, as in memcached: `Parsed::Error::reply` is then empty.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
+use memchr::memchr;
 
 /// Limits applied while parsing; they come from the pool/listener config.
 #[derive(Clone, Copy, Debug)]
@@ -53,7 +65,53 @@ pub enum Command {
 impl Command {
     /// The command word as sent on the wire (`get`, `flush_all`, ...).
     pub fn name(self) -> &'static str {
-        unimplemented!()
+        match self {
+            Command::Get => "get",
+            Command::Gets => "gets",
+            Command::Gat => "gat",
+            Command::Gats => "gats",
+            Command::Set => "set",
+            Command::Add => "add",
+            Command::Replace => "replace",
+            Command::Append => "append",
+            Command::Prepend => "prepend",
+            Command::Cas => "cas",
+            Command::Incr => "incr",
+            Command::Decr => "decr",
+            Command::Touch => "touch",
+            Command::Delete => "delete",
+            Command::Version => "version",
+            Command::Verbosity => "verbosity",
+            Command::Quit => "quit",
+            Command::Stats => "stats",
+            Command::FlushAll => "flush_all",
+        }
+    }
+
+    /// The command for a wire word; case-sensitive like memcached.
+    fn from_name(word: &[u8]) -> Option<Command> {
+        Some(match word {
+            b"get" => Command::Get,
+            b"gets" => Command::Gets,
+            b"gat" => Command::Gat,
+            b"gats" => Command::Gats,
+            b"set" => Command::Set,
+            b"add" => Command::Add,
+            b"replace" => Command::Replace,
+            b"append" => Command::Append,
+            b"prepend" => Command::Prepend,
+            b"cas" => Command::Cas,
+            b"incr" => Command::Incr,
+            b"decr" => Command::Decr,
+            b"touch" => Command::Touch,
+            b"delete" => Command::Delete,
+            b"version" => Command::Version,
+            b"verbosity" => Command::Verbosity,
+            b"quit" => Command::Quit,
+            b"stats" => Command::Stats,
+            b"flush_all" => Command::FlushAll,
+            _ => return None,
+        })
     }
 
     /// get, gets, gat, gats: replies are `VALUE ...` items ended by `END`.
@@ -98,7 +156,28 @@ impl Request {
     /// reply from the backend so the backend stream stays in step; it drops it for the client).
     /// Zero-copy when the request has no `noreply`.
     pub fn to_backend(&self) -> Bytes {
-        unimplemented!()
+        if !self.noreply {
+            return self.raw.clone();
+        }
+        let raw = &self.raw[..];
+        let Some(nl) = memchr(b'\n', raw) else {
+            return self.raw.clone();
+        };
+        // `content_end`: end of the command line before its `\r\n` / `\n`.
+        let content_end = if nl > 0 && raw[nl - 1] == b'\r' {
+            nl - 1
+        } else {
+            nl
+        };
+        let end = trim_spaces_end(raw, content_end);
+        if end < 8 || &raw[end - 7..end] != b"noreply" || raw[end - 8] != b' ' {
+            return self.raw.clone();
+        }
+        let cut = trim_spaces_end(raw, end - 7);
+        let mut out = BytesMut::with_capacity(raw.len() - (content_end - cut));
+        out.extend_from_slice(&raw[..cut]);
+        out.extend_from_slice(&raw[content_end..]);
+        out.freeze()
     }
 }
 
@@ -110,6 +189,8 @@ pub enum Parsed {
     /// A bad request: its command line was removed from the buffer; send `reply` (a complete
     /// protocol line such as `CLIENT_ERROR bad data chunk\r\n` or `ERROR\r\n`), then discard the
     /// next `swallow` bytes as they arrive (a refused data block), and go on parsing after them.
+    /// `reply` is empty when the request carried `noreply` (memcached is silent then too).
+    /// For `bad data chunk` the whole data block has already been removed (`swallow` is 0).
     Error { reply: Bytes, swallow: usize },
 }
 
@@ -120,28 +201,555 @@ pub struct Fatal {
     pub reply: Bytes,
 }
 
+// Reply texts, exactly as memcached 1.6 sends them.
+const ERROR: &[u8] = b"ERROR\r\n";
+const BAD_FORMAT: &[u8] = b"CLIENT_ERROR bad command line format\r\n";
+const BAD_DELETE: &[u8] =
+    b"CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n";
+const BAD_DELTA: &[u8] = b"CLIENT_ERROR invalid numeric delta argument\r\n";
+const BAD_EXPTIME: &[u8] = b"CLIENT_ERROR invalid exptime argument\r\n";
+const BAD_CHUNK: &[u8] = b"CLIENT_ERROR bad data chunk\r\n";
+const TOO_LARGE: &[u8] = b"SERVER_ERROR object too large for cache\r\n";
+const LINE_TOO_LONG: &[u8] = b"CLIENT_ERROR line too long\r\n";
+// memcached says "bad command line format" for a key over 250 bytes; we keep its text. It has no
+// check for control characters (we refuse them: they would corrupt the lines we compose).
+const KEY_TOO_LONG: &[u8] = BAD_FORMAT;
+const BAD_KEY: &[u8] = b"CLIENT_ERROR bad key\r\n";
+
+/// Most argument tokens any non-retrieval command takes (cas: 5, plus `noreply`), plus one so
+/// that "too many" is detectable.
+const MAX_ARGS: usize = 7;
+
 /// Parse one request from the front of `buf`. Ok(None): need more bytes (nothing is consumed).
 pub fn parse_request(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Parsed>, Fatal> {
-    let _ = (buf, limits);
-    unimplemented!()
+    let (line_len, content_end) = match find_line(buf, limits.max_line_len) {
+        LineEnd::Found { len, content_end } => (len, content_end),
+        LineEnd::Incomplete => return Ok(None),
+        LineEnd::TooLong => {
+            return Err(Fatal {
+                reply: Bytes::from_static(LINE_TOO_LONG),
+            })
+        }
+    };
+    let line = &buf[..content_end];
+    let mut toks = Tokens { line, pos: 0 };
+    let Some(word) = toks.next() else {
+        // Empty (or all spaces) line: memcached answers ERROR.
+        return Ok(Some(error(buf, line_len, ERROR, 0, false)));
+    };
+    let Some(command) = Command::from_name(&line[word.0..word.1]) else {
+        return Ok(Some(error(buf, line_len, ERROR, 0, false)));
+    };
+    if command.is_retrieval() {
+        return Ok(Some(parse_retrieval(
+            buf,
+            line_len,
+            content_end,
+            command,
+            limits,
+        )));
+    }
+
+    let mut args = [(0usize, 0usize); MAX_ARGS];
+    let mut nargs = 0;
+    for t in toks {
+        if nargs == MAX_ARGS {
+            nargs += 1; // too many; the exact count no longer matters
+            break;
+        }
+        args[nargs] = t;
+        nargs += 1;
+    }
+    let arg = |i: usize| &line[args[i].0..args[i].1];
+    // memcached: an optional last token is accepted whatever it is, and means noreply only when
+    // it is exactly `noreply`.
+    let noreply_at = |required: usize| nargs == required + 1 && arg(required) == b"noreply";
+
+    if command.is_storage() {
+        return Ok(parse_storage(
+            buf,
+            line_len,
+            command,
+            &args[..nargs.min(MAX_ARGS)],
+            nargs,
+            limits,
+        ));
+    }
+
+    let ok = |buf: &mut BytesMut, key: Option<(usize, usize)>, noreply: bool| {
+        let raw = buf.split_to(line_len).freeze();
+        let keys = key.map(|(s, e)| vec![raw.slice(s..e)]).unwrap_or_default();
+        Some(Parsed::Request(Request {
+            command,
+            keys,
+            gat_exptime: None,
+            noreply,
+            raw,
+        }))
+    };
+
+    match command {
+        Command::Incr | Command::Decr | Command::Touch => {
+            if nargs != 2 && nargs != 3 {
+                return Ok(Some(error(buf, line_len, BAD_FORMAT, 0, false)));
+            }
+            let noreply = noreply_at(2);
+            if let Err(reply) = check_key(arg(0), limits) {
+                return Ok(Some(error(buf, line_len, reply, 0, noreply)));
+            }
+            let valid = if command == Command::Touch {
+                parse_i64(arg(1)).is_some()
+            } else {
+                parse_u64(arg(1)).is_some()
+            };
+            if !valid {
+                let reply = if command == Command::Touch {
+                    BAD_EXPTIME
+                } else {
+                    BAD_DELTA
+                };
+                return Ok(Some(error(buf, line_len, reply, 0, noreply)));
+            }
+            Ok(ok(buf, Some(args[0]), noreply))
+        }
+        Command::Delete => {
+            if !(1..=3).contains(&nargs) {
+                return Ok(Some(error(buf, line_len, BAD_FORMAT, 0, false)));
+            }
+            // Valid: `delete k`, `delete k 0`, `delete k noreply`, `delete k 0 noreply`.
+            let noreply = nargs > 1 && arg(nargs - 1) == b"noreply";
+            let hold_zero = nargs > 1 && arg(1) == b"0";
+            let valid =
+                nargs == 1 || (nargs == 2 && (hold_zero || noreply)) || (hold_zero && noreply);
+            if !valid {
+                return Ok(Some(error(buf, line_len, BAD_DELETE, 0, noreply)));
+            }
+            if let Err(reply) = check_key(arg(0), limits) {
+                return Ok(Some(error(buf, line_len, reply, 0, noreply)));
+            }
+            Ok(ok(buf, Some(args[0]), noreply))
+        }
+        Command::Verbosity => {
+            if nargs != 1 && nargs != 2 {
+                return Ok(Some(error(buf, line_len, BAD_FORMAT, 0, false)));
+            }
+            let noreply = noreply_at(1);
+            if parse_u32(arg(0)).is_none() {
+                return Ok(Some(error(buf, line_len, BAD_FORMAT, 0, noreply)));
+            }
+            Ok(ok(buf, None, noreply))
+        }
+        Command::FlushAll => {
+            if nargs > 2 {
+                return Ok(Some(error(buf, line_len, BAD_FORMAT, 0, false)));
+            }
+            let noreply = nargs > 0 && arg(nargs - 1) == b"noreply";
+            // `flush_all noreply` has no delay; otherwise the first argument is the delay (a
+            // second one that is not `noreply` is ignored, as memcached does). memcached parses
+            // it as a signed number and accepts e.g. -1, so we do too.
+            let has_delay = nargs == 2 || (nargs == 1 && !noreply);
+            if has_delay && parse_i64(arg(0)).is_none() {
+                return Ok(Some(error(buf, line_len, BAD_EXPTIME, 0, noreply)));
+            }
+            Ok(ok(buf, None, noreply))
+        }
+        // memcached ignores any arguments of version and quit; stats arguments go to the backend.
+        Command::Version | Command::Quit | Command::Stats => Ok(ok(buf, None, false)),
+        _ => unreachable!("retrieval and storage commands are handled above"),
+    }
+}
+
+/// get/gets/gat/gats: every outcome consumes exactly the command line.
+fn parse_retrieval(
+    buf: &mut BytesMut,
+    line_len: usize,
+    content_end: usize,
+    command: Command,
+    limits: &Limits,
+) -> Parsed {
+    let raw = buf.split_to(line_len).freeze();
+    let mut toks = Tokens {
+        line: &raw[..content_end],
+        pos: 0,
+    };
+    toks.next(); // the command word
+    let gat = matches!(command, Command::Gat | Command::Gats);
+    let mut gat_exptime = None;
+    if gat {
+        let Some((s, e)) = toks.next() else {
+            return error_reply(BAD_FORMAT, 0, false);
+        };
+        if parse_i64(&raw[s..e]).is_none() {
+            return error_reply(BAD_EXPTIME, 0, false);
+        }
+        gat_exptime = Some(raw.slice(s..e));
+    }
+    let mut keys = Vec::new();
+    for (s, e) in toks {
+        if let Err(reply) = check_key(&raw[s..e], limits) {
+            return error_reply(reply, 0, false);
+        }
+        keys.push(raw.slice(s..e));
+    }
+    if keys.is_empty() {
+        return error_reply(BAD_FORMAT, 0, false);
+    }
+    Parsed::Request(Request {
+        command,
+        keys,
+        gat_exptime,
+        noreply: false,
+        raw,
+    })
+}
+
+/// set/add/replace/append/prepend/cas. `args` are the (first MAX_ARGS) argument tokens, `nargs`
+/// their real count.
+fn parse_storage(
+    buf: &mut BytesMut,
+    line_len: usize,
+    command: Command,
+    args: &[(usize, usize)],
+    nargs: usize,
+    limits: &Limits,
+) -> Option<Parsed> {
+    let required = if command == Command::Cas { 5 } else { 4 };
+    let arg = |i: usize| &buf[args[i].0..args[i].1];
+    // The data length, when its token is there and sane; memcached reads it as an int32 and then
+    // adds 2 for the `\r\n`.
+    let bytes = if nargs > 3 {
+        parse_u64(arg(3))
+            .filter(|&n| n <= i32::MAX as u64 - 2)
+            .map(|n| n as usize)
+    } else {
+        None
+    };
+    if nargs != required && nargs != required + 1 {
+        // Wrong token count: still swallow the data block if we can tell its length, so that
+        // it is never read as commands.
+        let swallow = bytes.map_or(0, |n| n + 2);
+        return Some(error(buf, line_len, BAD_FORMAT, swallow, false));
+    }
+    let noreply = nargs == required + 1 && arg(required) == b"noreply";
+    let Some(bytes) = bytes else {
+        return Some(error(buf, line_len, BAD_FORMAT, 0, noreply));
+    };
+    let swallow = bytes + 2;
+    if let Err(reply) = check_key(arg(0), limits) {
+        return Some(error(buf, line_len, reply, swallow, noreply));
+    }
+    let numbers_ok = parse_u32(arg(1)).is_some()
+        && parse_i64(arg(2)).is_some()
+        && (command != Command::Cas || parse_u64(arg(4)).is_some());
+    if !numbers_ok {
+        return Some(error(buf, line_len, BAD_FORMAT, swallow, noreply));
+    }
+    if bytes > limits.item_size_max {
+        return Some(error(buf, line_len, TOO_LARGE, swallow, noreply));
+    }
+    let total = line_len + bytes + 2;
+    if buf.len() < total {
+        return None;
+    }
+    if &buf[total - 2..total] != b"\r\n" {
+        // memcached reads exactly <bytes>+2 and then refuses them.
+        return Some(error(buf, total, BAD_CHUNK, 0, noreply));
+    }
+    let key = args[0];
+    let raw = buf.split_to(total).freeze();
+    Some(Parsed::Request(Request {
+        command,
+        keys: vec![raw.slice(key.0..key.1)],
+        gat_exptime: None,
+        noreply,
+        raw,
+    }))
+}
+
+/// Drop `consume` bytes and build the error (silent when the request had noreply).
+fn error(
+    buf: &mut BytesMut,
+    consume: usize,
+    reply: &'static [u8],
+    swallow: usize,
+    noreply: bool,
+) -> Parsed {
+    let _ = buf.split_to(consume);
+    error_reply(reply, swallow, noreply)
+}
+
+fn error_reply(reply: &'static [u8], swallow: usize, noreply: bool) -> Parsed {
+    Parsed::Error {
+        reply: if noreply {
+            Bytes::new()
+        } else {
+            Bytes::from_static(reply)
+        },
+        swallow,
+    }
+}
+
+fn check_key(key: &[u8], limits: &Limits) -> Result<(), &'static [u8]> {
+    if key.len() > limits.max_key_len {
+        Err(KEY_TOO_LONG)
+    } else if key.iter().any(|&c| c < 0x21 || c == 0x7f) {
+        Err(BAD_KEY)
+    } else {
+        Ok(())
+    }
+}
+
+enum LineEnd {
+    /// `len` includes the `\n`; `content_end` excludes the `\r\n` (or `\n`).
+    Found {
+        len: usize,
+        content_end: usize,
+    },
+    Incomplete,
+    TooLong,
+}
+
+/// Find the first line; it must fit, `\n` included, in `max_line_len` bytes. Deciding on the
+/// first `max_line_len` bytes only makes the outcome independent of how the input was split.
+fn find_line(buf: &[u8], max_line_len: usize) -> LineEnd {
+    let window = &buf[..buf.len().min(max_line_len)];
+    match memchr(b'\n', window) {
+        Some(nl) => LineEnd::Found {
+            len: nl + 1,
+            content_end: if nl > 0 && buf[nl - 1] == b'\r' {
+                nl - 1
+            } else {
+                nl
+            },
+        },
+        None if buf.len() >= max_line_len => LineEnd::TooLong,
+        None => LineEnd::Incomplete,
+    }
+}
+
+fn trim_spaces_end(b: &[u8], mut end: usize) -> usize {
+    while end > 0 && b[end - 1] == b' ' {
+        end -= 1;
+    }
+    end
+}
+
+/// Space-separated tokens of a line as `(start, end)` ranges; runs of spaces are one separator.
+struct Tokens<'a> {
+    line: &'a [u8],
+    pos: usize,
+}
+
+impl Iterator for Tokens<'_> {
+    type Item = (usize, usize);
+
+    fn next(&mut self) -> Option<(usize, usize)> {
+        let line = self.line;
+        while self.pos < line.len() && line[self.pos] == b' ' {
+            self.pos += 1;
+        }
+        if self.pos == line.len() {
+            return None;
+        }
+        let start = self.pos;
+        let end = memchr(b' ', &line[start..]).map_or(line.len(), |i| start + i);
+        self.pos = end;
+        Some((start, end))
+    }
+}
+
+/// Unsigned decimal, optional leading `+` (strtoul accepts it), no overflow.
+fn parse_u64(t: &[u8]) -> Option<u64> {
+    let digits = t.strip_prefix(b"+").unwrap_or(t);
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |acc, &c| {
+        if c.is_ascii_digit() {
+            acc.checked_mul(10)?.checked_add(u64::from(c - b'0'))
+        } else {
+            None
+        }
+    })
+}
+
+fn parse_u32(t: &[u8]) -> Option<u32> {
+    parse_u64(t).and_then(|n| u32::try_from(n).ok())
+}
+
+/// Signed decimal (exptime: negative means "already expired").
+fn parse_i64(t: &[u8]) -> Option<i64> {
+    match t.strip_prefix(b"-") {
+        Some(rest) if !rest.starts_with(b"+") => {
+            let n = parse_u64(rest)?;
+            if n == 1 << 63 {
+                Some(i64::MIN)
+            } else {
+                i64::try_from(n).ok().map(|n| -n)
+            }
+        }
+        Some(_) => None,
+        None => parse_u64(t).and_then(|n| i64::try_from(n).ok()),
+    }
 }
 
 /// Compose a retrieval request for a subset of keys: `get k1 k2\r\n`, `gat 10 k1 k2\r\n`.
 pub fn compose_retrieval(command: Command, gat_exptime: Option<&[u8]>, keys: &[Bytes]) -> Bytes {
-    let _ = (command, gat_exptime, keys);
-    unimplemented!()
+    let name = command.name().as_bytes();
+    let len = name.len()
+        + gat_exptime.map_or(0, |e| e.len() + 1)
+        + keys.iter().map(|k| k.len() + 1).sum::<usize>()
+        + 2;
+    let mut out = BytesMut::with_capacity(len);
+    out.put_slice(name);
+    if let Some(e) = gat_exptime {
+        out.put_u8(b' ');
+        out.put_slice(e);
+    }
+    for k in keys {
+        out.put_u8(b' ');
+        out.put_slice(k);
+    }
+    out.put_slice(b"\r\n");
+    out.freeze()
 }
 
 /// A reply stream that cannot be parsed (the backend connection must be closed).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplyError(pub String);
 
+/// A reply line (not data) longer than this means the backend stream is garbage: memcached's own
+/// lines are a few hundred bytes at most.
+const MAX_REPLY_LINE: usize = 64 * 1024;
+
 /// Scan one complete reply at the front of `buf` without consuming it. `retrieval` says whether
 /// the request was get/gets/gat/gats (then the reply is VALUE items ended by END, or one error
 /// line); otherwise a reply is one `\r\n`-terminated line. Ok(Some(n)): the reply is `buf[..n]`.
+///
+/// Also: a `stats` reply (`STAT`/`ITEM`/`PREFIX` lines) runs to its `END` line; an error line
+/// after some items ends a retrieval reply (memcached sends that on e.g. out of memory).
 pub fn scan_reply(buf: &[u8], retrieval: bool) -> Result<Option<usize>, ReplyError> {
-    let _ = (buf, retrieval);
-    unimplemented!()
+    ReplyScanner::new().scan(buf, retrieval)
+}
+
+/// A resumable `scan_reply`: it remembers the complete items (or stats lines) already seen, so a
+/// large reply arriving in many reads is not re-parsed from its start each time.
+///
+/// Use one per backend connection: call `scan` with the same, growing buffer until it returns
+/// `Some(n)`; the scanner then resets itself, expecting the caller to drop `buf[..n]` before the
+/// next call. Call `reset` if the buffer is discarded otherwise.
+#[derive(Clone, Debug, Default)]
+pub struct ReplyScanner {
+    /// Offset of the first line not yet accepted.
+    pos: usize,
+    /// Inside a multi-line stats reply.
+    multiline: bool,
+}
+
+impl ReplyScanner {
+    pub fn new() -> ReplyScanner {
+        ReplyScanner::default()
+    }
+
+    pub fn reset(&mut self) {
+        *self = ReplyScanner::default();
+    }
+
+    /// See `scan_reply`.
+    pub fn scan(&mut self, buf: &[u8], retrieval: bool) -> Result<Option<usize>, ReplyError> {
+        let r = self.scan_inner(buf, retrieval);
+        if !matches!(r, Ok(None)) {
+            self.reset();
+        }
+        r
+    }
+
+    fn scan_inner(&mut self, buf: &[u8], retrieval: bool) -> Result<Option<usize>, ReplyError> {
+        loop {
+            let start = self.pos;
+            let rest = buf.get(start..).unwrap_or_default();
+            let Some(nl) = memchr(b'\n', &rest[..rest.len().min(MAX_REPLY_LINE)]) else {
+                if rest.len() >= MAX_REPLY_LINE {
+                    return Err(ReplyError("reply line too long".into()));
+                }
+                return Ok(None);
+            };
+            let line_end = start + nl + 1;
+            let line = strip_cr(&rest[..nl]);
+            if !retrieval {
+                let stat = line.starts_with(b"STAT ")
+                    || line.starts_with(b"ITEM ")
+                    || line.starts_with(b"PREFIX ");
+                if stat {
+                    self.multiline = true;
+                    self.pos = line_end;
+                    continue;
+                }
+                if self.multiline && line != b"END" {
+                    return Err(bad_line("in a stats reply", line));
+                }
+                if line.starts_with(b"VALUE ") {
+                    return Err(bad_line("for a non-retrieval request", line));
+                }
+                return Ok(Some(line_end));
+            }
+            if line == b"END" || is_error_reply(line) {
+                return Ok(Some(line_end));
+            }
+            let Some(header) = parse_value_line(line) else {
+                return Err(bad_line("in a retrieval reply", line));
+            };
+            let data_end = line_end
+                .checked_add(header.bytes)
+                .and_then(|n| n.checked_add(2))
+                .ok_or_else(|| bad_line("(size)", line))?;
+            if buf.len() < data_end {
+                return Ok(None);
+            }
+            if &buf[data_end - 2..data_end] != b"\r\n" {
+                return Err(ReplyError("VALUE data not followed by \\r\\n".into()));
+            }
+            self.pos = data_end;
+        }
+    }
+}
+
+fn bad_line(what: &str, line: &[u8]) -> ReplyError {
+    let shown = &line[..line.len().min(80)];
+    ReplyError(format!(
+        "unexpected line {what}: {:?}",
+        String::from_utf8_lossy(shown)
+    ))
+}
+
+fn strip_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+struct ValueHeader {
+    /// Key range within the line.
+    key: (usize, usize),
+    bytes: usize,
+}
+
+/// `VALUE <key> <flags> <bytes> [<cas>]`
+fn parse_value_line(line: &[u8]) -> Option<ValueHeader> {
+    let mut toks = Tokens { line, pos: 0 };
+    if toks.next().map(|(s, e)| &line[s..e]) != Some(b"VALUE") {
+        return None;
+    }
+    let key = toks.next()?;
+    let (fs, fe) = toks.next()?;
+    parse_u32(&line[fs..fe])?;
+    let (bs, be) = toks.next()?;
+    let bytes = usize::try_from(parse_u64(&line[bs..be])?).ok()?;
+    if let Some((cs, ce)) = toks.next() {
+        parse_u64(&line[cs..ce])?;
+    }
+    if toks.next().is_some() {
+        return None;
+    }
+    Some(ValueHeader { key, bytes })
 }
 
 /// One item of a retrieval reply.
@@ -154,9 +762,39 @@ pub struct Item {
 
 /// Split a complete retrieval reply (as found by `scan_reply`) into its items. Err when the reply
 /// is an error line instead of items (the line is returned).
+///
+/// An error line after some items also gives Err(that line): the request failed part-way. Input
+/// that `scan_reply` would not accept gives Err(the rest of the reply from the bad point).
 pub fn split_items(reply: &Bytes) -> Result<Vec<Item>, Bytes> {
-    let _ = reply;
-    unimplemented!()
+    let mut items = Vec::new();
+    let mut pos = 0;
+    loop {
+        let rest = &reply[pos..];
+        let Some(nl) = memchr(b'\n', rest) else {
+            return Err(reply.slice(pos..));
+        };
+        let line_end = pos + nl + 1;
+        let line = strip_cr(&rest[..nl]);
+        if line == b"END" {
+            return Ok(items);
+        }
+        let Some(header) = parse_value_line(line) else {
+            return Err(reply.slice(pos..line_end));
+        };
+        let data_end = match header
+            .bytes
+            .checked_add(2)
+            .and_then(|b| line_end.checked_add(b))
+        {
+            Some(n) if n <= reply.len() && &reply[n - 2..n] == b"\r\n" => n,
+            _ => return Err(reply.slice(pos..)),
+        };
+        items.push(Item {
+            key: reply.slice(pos + header.key.0..pos + header.key.1),
+            raw: reply.slice(pos..data_end),
+        });
+        pos = data_end;
+    }
 }
 
 /// True when a single-line reply is an error (`ERROR`, `CLIENT_ERROR ...`, `SERVER_ERROR ...`).
@@ -165,3 +803,6 @@ pub fn is_error_reply(line: &[u8]) -> bool {
         || line.starts_with(b"CLIENT_ERROR")
         || line.starts_with(b"SERVER_ERROR")
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1131 @@
+//! Unit tests and property tests for the memcached parser and reply scanner.
+
+use super::*;
+use proptest::prelude::*;
+
+fn lim() -> Limits {
+    Limits::default()
+}
+
+/// Parse one item from `input`; returns it and how many bytes it consumed.
+fn one(input: &[u8]) -> (Option<Parsed>, usize) {
+    one_with(input, &lim())
+}
+
+fn one_with(input: &[u8], limits: &Limits) -> (Option<Parsed>, usize) {
+    let mut buf = BytesMut::from(input);
+    let p = parse_request(&mut buf, limits).expect("not fatal");
+    (p, input.len() - buf.len())
+}
+
+fn req(input: &[u8]) -> Request {
+    match one(input) {
+        (Some(Parsed::Request(r)), n) => {
+            assert_eq!(n, r.raw.len());
+            r
+        }
+        other => panic!("expected a request for {input:?}, got {other:?}"),
+    }
+}
+
+/// Expect an error: (reply, swallow, consumed).
+fn err(input: &[u8]) -> (Vec<u8>, usize, usize) {
+    match one(input) {
+        (Some(Parsed::Error { reply, swallow }), n) => (reply.to_vec(), swallow, n),
+        other => panic!("expected an error for {input:?}, got {other:?}"),
+    }
+}
+
+fn keys(r: &Request) -> Vec<&[u8]> {
+    r.keys.iter().map(|k| &k[..]).collect()
+}
+
+// ---- retrieval ----
+
+#[test]
+fn get_one_and_many_keys() {
+    let r = req(b"get foo\r\n");
+    assert_eq!(r.command, Command::Get);
+    assert_eq!(keys(&r), [b"foo"]);
+    assert!(!r.noreply && r.gat_exptime.is_none());
+    assert_eq!(&r.raw[..], b"get foo\r\n");
+
+    let r = req(b"gets a  bb   ccc\r\nget x\r\n");
+    assert_eq!(r.command, Command::Gets);
+    assert_eq!(keys(&r), [&b"a"[..], b"bb", b"ccc"]);
+    assert_eq!(&r.raw[..], b"gets a  bb   ccc\r\n");
+}
+
+#[test]
+fn get_keys_are_slices_of_raw() {
+    let r = req(b"get alpha beta\r\n");
+    let base = r.raw.as_ptr() as usize;
+    let k = r.keys[1].as_ptr() as usize;
+    assert_eq!(k - base, 10);
+}
+
+#[test]
+fn get_bare_newline_and_trailing_spaces() {
+    let r = req(b"get a b\n");
+    assert_eq!(keys(&r), [b"a", b"b"]);
+    assert_eq!(r.raw.len(), 8);
+    let r = req(b"get a   \r\n");
+    assert_eq!(keys(&r), [b"a"]);
+}
+
+#[test]
+fn gat_and_gats() {
+    let r = req(b"gat 100 k1 k2\r\n");
+    assert_eq!(r.command, Command::Gat);
+    assert_eq!(r.gat_exptime.as_deref(), Some(&b"100"[..]));
+    assert_eq!(keys(&r), [b"k1", b"k2"]);
+    let r = req(b"gats -1 k\r\n");
+    assert_eq!(r.command, Command::Gats);
+    assert_eq!(r.gat_exptime.as_deref(), Some(&b"-1"[..]));
+    assert_eq!(keys(&r), [b"k"]);
+}
+
+#[test]
+fn retrieval_errors() {
+    assert_eq!(err(b"get\r\n"), (BAD_FORMAT.to_vec(), 0, 5));
+    assert_eq!(err(b"gets   \r\n"), (BAD_FORMAT.to_vec(), 0, 9));
+    assert_eq!(err(b"gat 10\r\n"), (BAD_FORMAT.to_vec(), 0, 8));
+    assert_eq!(err(b"gat\r\n"), (BAD_FORMAT.to_vec(), 0, 5));
+    assert_eq!(err(b"gat x k\r\n"), (BAD_EXPTIME.to_vec(), 0, 9));
+    let long = format!("get a {}\r\nget b\r\n", "k".repeat(251));
+    assert_eq!(err(long.as_bytes()), (BAD_FORMAT.to_vec(), 0, 6 + 251 + 2));
+    assert_eq!(err(b"get a\tb\r\n"), (BAD_KEY.to_vec(), 0, 9));
+    assert_eq!(err(b"get a\x7f\r\n"), (BAD_KEY.to_vec(), 0, 8));
+    assert_eq!(err(b"get a\r\r\n"), (BAD_KEY.to_vec(), 0, 8));
+}
+
+#[test]
+fn key_of_exactly_max_len_is_fine() {
+    let line = format!("get {}\r\n", "k".repeat(250));
+    assert_eq!(req(line.as_bytes()).keys[0].len(), 250);
+    let small = Limits {
+        max_key_len: 3,
+        ..lim()
+    };
+    assert!(matches!(
+        one_with(b"get abc\r\n", &small).0,
+        Some(Parsed::Request(_))
+    ));
+    assert!(matches!(
+        one_with(b"get abcd\r\n", &small).0,
+        Some(Parsed::Error { .. })
+    ));
+}
+
+#[test]
+fn get_of_1000_keys() {
+    let keys_in: Vec<String> = (0..1000)
+        .map(|i| format!("key:{i:06}:{}", "x".repeat(i % 200)))
+        .collect();
+    let line = format!("get {}\r\n", keys_in.join(" "));
+    let r = req(line.as_bytes());
+    assert_eq!(r.keys.len(), 1000);
+    for (k, want) in r.keys.iter().zip(&keys_in) {
+        assert_eq!(&k[..], want.as_bytes());
+    }
+    assert_eq!(r.raw.len(), line.len());
+    // Recomposing the full key list gives the same line back.
+    assert_eq!(
+        compose_retrieval(Command::Get, None, &r.keys),
+        line.as_bytes()
+    );
+}
+
+// ---- storage ----
+
+#[test]
+fn storage_commands() {
+    for (word, cmd) in [
+        ("set", Command::Set),
+        ("add", Command::Add),
+        ("replace", Command::Replace),
+        ("append", Command::Append),
+        ("prepend", Command::Prepend),
+    ] {
+        let input = format!("{word} key 5 0 3\r\nabc\r\nget key\r\n");
+        let r = req(input.as_bytes());
+        assert_eq!(r.command, cmd);
+        assert_eq!(keys(&r), [b"key"]);
+        assert_eq!(
+            &r.raw[..],
+            format!("{word} key 5 0 3\r\nabc\r\n").as_bytes()
+        );
+        assert!(!r.noreply);
+        assert!(cmd.is_storage() && !cmd.is_retrieval());
+    }
+}
+
+#[test]
+fn cas_command() {
+    let r = req(b"cas k 0 -1 2 12345\r\nhi\r\n");
+    assert_eq!(r.command, Command::Cas);
+    assert_eq!(keys(&r), [b"k"]);
+    assert_eq!(r.raw.len(), 24);
+    let r = req(b"cas k 0 0 2 1 noreply\r\nhi\r\n");
+    assert!(r.noreply);
+    assert_eq!(&r.to_backend()[..], b"cas k 0 0 2 1\r\nhi\r\n");
+}
+
+#[test]
+fn storage_data_may_contain_crlf_and_anything() {
+    let r = req(b"set k 0 0 6\r\na\r\nb\x00\n\r\n");
+    assert_eq!(r.raw.len(), 13 + 8);
+    let r = req(b"set k 0 0 0\r\n\r\n");
+    assert_eq!(r.raw.len(), 15);
+}
+
+#[test]
+fn storage_waits_for_whole_data_block() {
+    let full = b"set k 0 0 5\r\nhello\r\n";
+    for cut in 0..full.len() {
+        assert_eq!(one(&full[..cut]), (None, 0), "cut at {cut}");
+    }
+    assert_eq!(req(full).raw.len(), full.len());
+}
+
+#[test]
+fn storage_noreply_and_extra_token() {
+    let r = req(b"set k 1 2 3 noreply\r\nabc\r\n");
+    assert!(r.noreply);
+    assert_eq!(&r.to_backend()[..], b"set k 1 2 3\r\nabc\r\n");
+    // memcached accepts any fifth token; only `noreply` means noreply.
+    let r = req(b"set k 1 2 3 whatever\r\nabc\r\n");
+    assert!(!r.noreply);
+    assert_eq!(r.to_backend(), r.raw);
+}
+
+#[test]
+fn storage_flexible_spacing_and_numbers() {
+    let r = req(b"set  k  +1 +5 01 \r\nx\r\n");
+    assert_eq!(keys(&r), [b"k"]);
+    let r = req(b"set k 4294967295 0 1\nx\r\n");
+    assert_eq!(r.raw.len(), 24);
+}
+
+#[test]
+fn storage_errors() {
+    // Bad data terminator: exactly <bytes>+2 consumed, nothing more to swallow.
+    assert_eq!(
+        err(b"set k 0 0 2\r\nabcd\r\n"),
+        (BAD_CHUNK.to_vec(), 0, 13 + 4)
+    );
+    assert_eq!(
+        err(b"set k 0 0 1\nx\nget a\n"),
+        (BAD_CHUNK.to_vec(), 0, 12 + 3)
+    );
+    // Bad numbers: the line is consumed and the data block swallowed.
+    assert_eq!(err(b"set k x 0 2\r\nab\r\n"), (BAD_FORMAT.to_vec(), 4, 13));
+    assert_eq!(err(b"set k -1 0 2\r\n"), (BAD_FORMAT.to_vec(), 4, 14));
+    assert_eq!(
+        err(b"set k 4294967296 0 2\r\n"),
+        (BAD_FORMAT.to_vec(), 4, 22)
+    );
+    assert_eq!(err(b"set k 0 x1 2\r\n"), (BAD_FORMAT.to_vec(), 4, 14));
+    assert_eq!(err(b"cas k 0 0 2 -5\r\n"), (BAD_FORMAT.to_vec(), 4, 16));
+    assert_eq!(err(b"cas k 0 0 2 x\r\n"), (BAD_FORMAT.to_vec(), 4, 15));
+    // Bad length: nothing to swallow.
+    assert_eq!(err(b"set k 0 0 -1\r\n"), (BAD_FORMAT.to_vec(), 0, 14));
+    assert_eq!(err(b"set k 0 0 abc\r\n"), (BAD_FORMAT.to_vec(), 0, 15));
+    assert_eq!(
+        err(b"set k 0 0 2147483646\r\n"),
+        (BAD_FORMAT.to_vec(), 0, 22)
+    );
+    // Wrong token counts.
+    assert_eq!(err(b"set k 0 0\r\n"), (BAD_FORMAT.to_vec(), 0, 11));
+    assert_eq!(err(b"set\r\n"), (BAD_FORMAT.to_vec(), 0, 5));
+    assert_eq!(err(b"cas k 0 0 2\r\nab\r\n"), (BAD_FORMAT.to_vec(), 4, 13));
+    assert_eq!(
+        err(b"set k 0 0 1 noreply extra\r\nx\r\n"),
+        (BAD_FORMAT.to_vec(), 3, 27)
+    );
+    assert_eq!(
+        err(b"set k 0 0 1 a b c d e f\r\nx\r\n"),
+        (BAD_FORMAT.to_vec(), 3, 25)
+    );
+    // Keys.
+    let long = format!("set {} 0 0 2\r\nab\r\n", "k".repeat(251));
+    assert_eq!(
+        err(long.as_bytes()),
+        (KEY_TOO_LONG.to_vec(), 4, 4 + 251 + 8)
+    );
+    assert_eq!(err(b"set a\x01b 0 0 1\r\nx\r\n"), (BAD_KEY.to_vec(), 3, 15));
+    // Too large: the reply comes at once, without waiting for the data.
+    assert_eq!(
+        err(b"set k 0 0 2000000\r\n"),
+        (TOO_LARGE.to_vec(), 2_000_002, 19)
+    );
+    let small = Limits {
+        item_size_max: 4,
+        ..lim()
+    };
+    assert!(matches!(
+        one_with(b"set k 0 0 4\r\nabcd\r\n", &small).0,
+        Some(Parsed::Request(_))
+    ));
+    assert_eq!(
+        one_with(b"set k 0 0 5\r\nabcde\r\n", &small),
+        (
+            Some(Parsed::Error {
+                reply: Bytes::from_static(TOO_LARGE),
+                swallow: 7
+            }),
+            13
+        )
+    );
+}
+
+#[test]
+fn storage_bad_chunk_waits_for_the_block() {
+    assert_eq!(one(b"set k 0 0 2\r\nabc"), (None, 0));
+}
+
+#[test]
+fn noreply_errors_are_silent() {
+    assert_eq!(err(b"set k x 0 2 noreply\r\nab\r\n"), (vec![], 4, 21));
+    assert_eq!(err(b"set k 0 0 2 noreply\r\nabcd\r\n"), (vec![], 0, 25));
+    assert_eq!(
+        err(b"set k 0 0 2000000 noreply\r\n"),
+        (vec![], 2_000_002, 27)
+    );
+    assert_eq!(err(b"incr a x noreply\r\n"), (vec![], 0, 18));
+    assert_eq!(err(b"touch a x noreply\r\n"), (vec![], 0, 19));
+    assert_eq!(err(b"verbosity x noreply\r\n"), (vec![], 0, 21));
+    assert_eq!(err(b"delete a b noreply\r\n"), (vec![], 0, 20));
+    assert_eq!(err(b"flush_all x noreply\r\n"), (vec![], 0, 21));
+    // Unknown commands and wrong arity are not silenced (memcached does not know noreply yet).
+    assert_eq!(err(b"foo noreply\r\n"), (ERROR.to_vec(), 0, 13));
+    assert_eq!(
+        err(b"touch a noreply\r\n").0,
+        b"CLIENT_ERROR invalid exptime argument\r\n"
+    );
+}
+
+#[test]
+fn one_megabyte_value() {
+    let data = vec![b'v'; 1_000_000];
+    let mut input = b"set big 0 0 1000000\r\n".to_vec();
+    input.extend_from_slice(&data);
+    input.extend_from_slice(b"\r\nget big\r\n");
+    let mut buf = BytesMut::new();
+    // Arrives in 64 KiB reads.
+    let mut out = Vec::new();
+    for chunk in input.chunks(65536) {
+        buf.extend_from_slice(chunk);
+        while let Some(p) = parse_request(&mut buf, &lim()).unwrap() {
+            out.push(p);
+        }
+    }
+    assert!(buf.is_empty());
+    assert_eq!(out.len(), 2);
+    let Parsed::Request(set) = &out[0] else {
+        panic!()
+    };
+    assert_eq!(set.raw.len(), 21 + 1_000_002);
+    assert_eq!(&set.raw[21..21 + 1_000_000], &data[..]);
+    // And exactly at the limit (1 MiB) is accepted, one more byte is not.
+    let n = lim().item_size_max;
+    let line = format!("set k 0 0 {n}\r\n");
+    let mut input = line.clone().into_bytes();
+    input.resize(line.len() + n, b'x');
+    input.extend_from_slice(b"\r\n");
+    assert!(matches!(one(&input).0, Some(Parsed::Request(_))));
+    assert_eq!(err(format!("set k 0 0 {}\r\n", n + 1).as_bytes()).1, n + 3);
+}
+
+// ---- other keyed commands ----
+
+#[test]
+fn incr_decr() {
+    let r = req(b"incr c 5\r\n");
+    assert_eq!((r.command, keys(&r)), (Command::Incr, vec![&b"c"[..]]));
+    let r = req(b"decr c 18446744073709551615 noreply\r\n");
+    assert_eq!(r.command, Command::Decr);
+    assert!(r.noreply);
+    assert_eq!(&r.to_backend()[..], b"decr c 18446744073709551615\r\n");
+    assert!(!req(b"incr c 1 2\r\n").noreply);
+    assert_eq!(err(b"incr c x\r\n"), (BAD_DELTA.to_vec(), 0, 10));
+    assert_eq!(err(b"incr c -1\r\n"), (BAD_DELTA.to_vec(), 0, 11));
+    assert_eq!(err(b"decr c 18446744073709551616\r\n").0, BAD_DELTA);
+    assert_eq!(err(b"incr c\r\n"), (BAD_FORMAT.to_vec(), 0, 8));
+    assert_eq!(err(b"incr c 1 noreply x\r\n"), (BAD_FORMAT.to_vec(), 0, 20));
+    assert_eq!(err(b"incr \x01 1\r\n").0, BAD_KEY);
+}
+
+#[test]
+fn touch() {
+    let r = req(b"touch k 10\r\n");
+    assert_eq!((r.command, keys(&r)), (Command::Touch, vec![&b"k"[..]]));
+    let r = req(b"touch k -10 noreply\r\n");
+    assert!(r.noreply);
+    assert_eq!(&r.to_backend()[..], b"touch k -10\r\n");
+    assert_eq!(err(b"touch k x\r\n"), (BAD_EXPTIME.to_vec(), 0, 11));
+    assert_eq!(err(b"touch k\r\n"), (BAD_FORMAT.to_vec(), 0, 9));
+}
+
+#[test]
+fn delete() {
+    let r = req(b"delete k\r\n");
+    assert_eq!(
+        (r.command, keys(&r), r.noreply),
+        (Command::Delete, vec![&b"k"[..]], false)
+    );
+    assert!(!req(b"delete k 0\r\n").noreply);
+    let r = req(b"delete k noreply\r\n");
+    assert!(r.noreply);
+    assert_eq!(&r.to_backend()[..], b"delete k\r\n");
+    let r = req(b"delete k 0 noreply\r\n");
+    assert!(r.noreply);
+    assert_eq!(&r.to_backend()[..], b"delete k 0\r\n");
+    assert_eq!(err(b"delete k 5\r\n"), (BAD_DELETE.to_vec(), 0, 12));
+    assert_eq!(err(b"delete k 0 0\r\n"), (BAD_DELETE.to_vec(), 0, 14));
+    assert_eq!(err(b"delete\r\n"), (BAD_FORMAT.to_vec(), 0, 8));
+    assert_eq!(
+        err(b"delete k 0 noreply x\r\n"),
+        (BAD_FORMAT.to_vec(), 0, 22)
+    );
+    let long = format!("delete {}\r\n", "k".repeat(251));
+    assert_eq!(err(long.as_bytes()).0, KEY_TOO_LONG);
+}
+
+// ---- keyless commands ----
+
+#[test]
+fn keyless_commands() {
+    for (input, cmd, noreply) in [
+        (&b"version\r\n"[..], Command::Version, false),
+        (b"version extra\r\n", Command::Version, false),
+        (b"quit\r\n", Command::Quit, false),
+        (b"stats\r\n", Command::Stats, false),
+        (b"stats slabs\r\n", Command::Stats, false),
+        (b"stats cachedump 1 2\r\n", Command::Stats, false),
+        (b"verbosity 1\r\n", Command::Verbosity, false),
+        (b"verbosity 1 noreply\r\n", Command::Verbosity, true),
+        (b"flush_all\r\n", Command::FlushAll, false),
+        (b"flush_all 10\r\n", Command::FlushAll, false),
+        (b"flush_all -1\r\n", Command::FlushAll, false),
+        (b"flush_all noreply\r\n", Command::FlushAll, true),
+        (b"flush_all 10 noreply\r\n", Command::FlushAll, true),
+        (b"flush_all 10 x\r\n", Command::FlushAll, false),
+    ] {
+        let r = req(input);
+        assert_eq!((r.command, r.noreply), (cmd, noreply), "{input:?}");
+        assert!(r.keys.is_empty());
+        assert_eq!(&r.raw[..], input);
+    }
+    assert_eq!(
+        &req(b"flush_all noreply\r\n").to_backend()[..],
+        b"flush_all\r\n"
+    );
+    assert_eq!(
+        &req(b"flush_all 10 noreply\r\n").to_backend()[..],
+        b"flush_all 10\r\n"
+    );
+    assert_eq!(
+        &req(b"verbosity 1  noreply \n").to_backend()[..],
+        b"verbosity 1\n"
+    );
+}
+
+#[test]
+fn keyless_errors() {
+    assert_eq!(err(b"verbosity\r\n"), (BAD_FORMAT.to_vec(), 0, 11));
+    assert_eq!(err(b"verbosity x\r\n"), (BAD_FORMAT.to_vec(), 0, 13));
+    assert_eq!(err(b"verbosity 1 2 3\r\n"), (BAD_FORMAT.to_vec(), 0, 17));
+    assert_eq!(err(b"flush_all x\r\n"), (BAD_EXPTIME.to_vec(), 0, 13));
+    assert_eq!(err(b"flush_all 1 2 3\r\n"), (BAD_FORMAT.to_vec(), 0, 17));
+}
+
+#[test]
+fn unknown_and_empty() {
+    assert_eq!(err(b"\r\n"), (ERROR.to_vec(), 0, 2));
+    assert_eq!(err(b"\n"), (ERROR.to_vec(), 0, 1));
+    assert_eq!(err(b"   \r\n"), (ERROR.to_vec(), 0, 5));
+    assert_eq!(err(b"GET a\r\n"), (ERROR.to_vec(), 0, 7));
+    assert_eq!(err(b"bogus a b c\r\nget a\r\n"), (ERROR.to_vec(), 0, 13));
+    assert_eq!(err(b"get\ta\r\n"), (ERROR.to_vec(), 0, 7));
+}
+
+#[test]
+fn incomplete_line_consumes_nothing() {
+    for input in [&b""[..], b"g", b"get a", b"get a\r", b"set k 0 0 1\r"] {
+        assert_eq!(one(input), (None, 0));
+    }
+}
+
+#[test]
+fn line_too_long_is_fatal() {
+    let l = Limits {
+        max_line_len: 10,
+        ..lim()
+    };
+    // 10 bytes including the newline fit.
+    assert!(matches!(
+        one_with(b"get 12345\n", &l).0,
+        Some(Parsed::Request(_))
+    ));
+    assert!(matches!(
+        one_with(b"get 1234\r\n", &l).0,
+        Some(Parsed::Request(_))
+    ));
+    assert_eq!(one_with(b"get 12345", &l), (None, 0));
+    let mut buf = BytesMut::from(&b"get 1234567"[..]);
+    assert_eq!(
+        parse_request(&mut buf, &l),
+        Err(Fatal {
+            reply: Bytes::from_static(b"CLIENT_ERROR line too long\r\n")
+        })
+    );
+    let mut buf = BytesMut::from(&b"get 123456\r\n"[..]);
+    assert!(parse_request(&mut buf, &l).is_err());
+    // The data block does not count against the line limit.
+    let mut buf = BytesMut::from(&b"set k 0 0 20\r\n01234567890123456789\r\n"[..]);
+    let l = Limits {
+        max_line_len: 16,
+        ..lim()
+    };
+    assert!(matches!(
+        parse_request(&mut buf, &l),
+        Ok(Some(Parsed::Request(_)))
+    ));
+}
+
+#[test]
+fn to_backend_is_zero_copy_without_noreply() {
+    let r = req(b"set k 0 0 1\r\nx\r\n");
+    let b = r.to_backend();
+    assert_eq!(b.as_ptr(), r.raw.as_ptr());
+    assert_eq!(b.len(), r.raw.len());
+    // A key named noreply is not the noreply token.
+    let r = req(b"delete noreply\r\n");
+    assert!(!r.noreply);
+    assert_eq!(r.keys[0], "noreply");
+}
+
+#[test]
+fn command_names_round_trip() {
+    use Command::*;
+    for c in [
+        Get, Gets, Gat, Gats, Set, Add, Replace, Append, Prepend, Cas, Incr, Decr, Touch, Delete,
+        Version, Verbosity, Quit, Stats, FlushAll,
+    ] {
+        assert_eq!(Command::from_name(c.name().as_bytes()), Some(c));
+    }
+    assert_eq!(FlushAll.name(), "flush_all");
+}
+
+#[test]
+fn compose() {
+    let ks = [Bytes::from_static(b"k1"), Bytes::from_static(b"k2")];
+    assert_eq!(
+        compose_retrieval(Command::Get, None, &ks),
+        &b"get k1 k2\r\n"[..]
+    );
+    assert_eq!(
+        compose_retrieval(Command::Gets, None, &ks[..1]),
+        &b"gets k1\r\n"[..]
+    );
+    assert_eq!(
+        compose_retrieval(Command::Gats, Some(b"-5"), &ks),
+        &b"gats -5 k1 k2\r\n"[..]
+    );
+    assert_eq!(
+        compose_retrieval(Command::Gat, Some(b"10"), &ks),
+        &b"gat 10 k1 k2\r\n"[..]
+    );
+}
+
+// ---- replies ----
+
+#[test]
+fn scan_single_line_replies() {
+    for line in [
+        &b"STORED\r\n"[..],
+        b"NOT_STORED\r\n",
+        b"EXISTS\r\n",
+        b"NOT_FOUND\r\n",
+        b"DELETED\r\n",
+        b"TOUCHED\r\n",
+        b"OK\r\n",
+        b"VERSION 1.6.18\r\n",
+        b"12345\r\n",
+        b"ERROR\r\n",
+        b"CLIENT_ERROR bad command line format\r\n",
+        b"SERVER_ERROR out of memory\r\n",
+        b"END\r\n",
+    ] {
+        let mut buf = line.to_vec();
+        buf.extend_from_slice(b"STORED\r\n");
+        assert_eq!(scan_reply(&buf, false), Ok(Some(line.len())));
+        for cut in 0..line.len() {
+            assert_eq!(scan_reply(&line[..cut], false), Ok(None));
+        }
+    }
+    assert!(scan_reply(b"VALUE k 0 1\r\nx\r\nEND\r\n", false).is_err());
+}
+
+#[test]
+fn scan_stats_reply() {
+    let r = b"STAT pid 1\r\nSTAT uptime 2\r\nEND\r\nOK\r\n";
+    assert_eq!(scan_reply(r, false), Ok(Some(r.len() - 4)));
+    assert_eq!(scan_reply(&r[..20], false), Ok(None));
+    assert_eq!(
+        scan_reply(b"ITEM a [1 b; 0 s]\r\nEND\r\n", false),
+        Ok(Some(24))
+    );
+    assert!(scan_reply(b"STAT a 1\r\nSTORED\r\n", false).is_err());
+}
+
+#[test]
+fn scan_retrieval_replies() {
+    let r = b"VALUE a 0 1\r\nx\r\nVALUE bb 5 4 99\r\n\r\n\r\n\r\nEND\r\nSTORED\r\n";
+    let n = r.len() - 8;
+    assert_eq!(scan_reply(r, true), Ok(Some(n)));
+    for cut in 0..n {
+        assert_eq!(scan_reply(&r[..cut], true), Ok(None), "cut {cut}");
+    }
+    assert_eq!(scan_reply(b"END\r\n", true), Ok(Some(5)));
+    assert_eq!(scan_reply(b"SERVER_ERROR x\r\nEND\r\n", true), Ok(Some(16)));
+    assert_eq!(
+        scan_reply(b"VALUE a 0 1\r\nx\r\nSERVER_ERROR oom\r\n", true),
+        Ok(Some(34))
+    );
+    // Garbage.
+    for bad in [
+        &b"STORED\r\n"[..],
+        b"VALUE a 0\r\n",
+        b"VALUE a 0 x\r\n",
+        b"VALUE a x 1\r\nx\r\nEND\r\n",
+        b"VALUE a 0 1 2 3\r\nx\r\nEND\r\n",
+        b"VALUE a 0 1 z\r\nx\r\nEND\r\n",
+        b"VALUE a 0 1\r\nxy\r\nEND\r\n",
+        b"VALUE a 0 99999999999999999999\r\n",
+        b"VALUE a 0 18446744073709551615\r\n",
+        b"VALUE\r\n",
+    ] {
+        assert!(scan_reply(bad, true).is_err(), "{bad:?}");
+    }
+    let long = vec![b'V'; MAX_REPLY_LINE];
+    assert!(scan_reply(&long, true).is_err());
+    assert_eq!(scan_reply(&long[..MAX_REPLY_LINE - 1], true), Ok(None));
+}
+
+#[test]
+fn scanner_resumes() {
+    let r = b"VALUE a 0 1\r\nx\r\nVALUE b 0 3\r\nyyy\r\nEND\r\n";
+    let mut s = ReplyScanner::new();
+    assert_eq!(s.scan(&r[..20], true), Ok(None));
+    assert_eq!(s.pos, 16);
+    assert_eq!(s.scan(&r[..30], true), Ok(None));
+    assert_eq!(s.scan(r, true), Ok(Some(r.len())));
+    assert_eq!(s.pos, 0);
+    assert_eq!(s.scan(b"OK\r\n", false), Ok(Some(4)));
+}
+
+#[test]
+fn split_items_works() {
+    let reply = Bytes::from_static(b"VALUE a 0 1\r\nx\r\nVALUE bb 5 4 99\r\n\r\n\r\n\r\nEND\r\n");
+    let items = split_items(&reply).unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0].key, "a");
+    assert_eq!(items[0].raw, &b"VALUE a 0 1\r\nx\r\n"[..]);
+    assert_eq!(items[1].key, "bb");
+    assert_eq!(items[1].raw, &b"VALUE bb 5 4 99\r\n\r\n\r\n\r\n"[..]);
+    assert_eq!(items[1].raw.as_ptr() as usize - reply.as_ptr() as usize, 16);
+    assert_eq!(split_items(&Bytes::from_static(b"END\r\n")), Ok(vec![]));
+    let e = Bytes::from_static(b"SERVER_ERROR oops\r\n");
+    assert_eq!(split_items(&e), Err(e.clone()));
+    let e = Bytes::from_static(b"VALUE a 0 1\r\nx\r\nSERVER_ERROR oom\r\n");
+    assert_eq!(
+        split_items(&e),
+        Err(Bytes::from_static(b"SERVER_ERROR oom\r\n"))
+    );
+}
+
+#[test]
+fn error_reply_detection() {
+    assert!(is_error_reply(b"ERROR"));
+    assert!(is_error_reply(b"CLIENT_ERROR x"));
+    assert!(is_error_reply(b"SERVER_ERROR x"));
+    assert!(!is_error_reply(b"END"));
+    assert!(!is_error_reply(b"STORED"));
+}
+
+// ---- property tests ----
+
+/// Drive the parser like the server does: parse until None or Fatal, honouring swallow.
+/// Returns every outcome with the number of bytes it accounted for (consumed + swallowed).
+#[derive(Default)]
+struct Driver {
+    buf: BytesMut,
+    swallow: usize,
+    out: Vec<(Parsed, usize)>,
+    fatal: bool,
+}
+
+impl Driver {
+    fn feed(&mut self, mut chunk: &[u8], limits: &Limits) {
+        if self.fatal {
+            return;
+        }
+        let skip = self.swallow.min(chunk.len());
+        self.swallow -= skip;
+        if let Some(last) = self.out.last_mut() {
+            last.1 += skip;
+        }
+        chunk = &chunk[skip..];
+        self.buf.extend_from_slice(chunk);
+        loop {
+            if self.swallow > 0 {
+                let skip = self.swallow.min(self.buf.len());
+                let _ = self.buf.split_to(skip);
+                self.swallow -= skip;
+                self.out.last_mut().unwrap().1 += skip;
+                if self.swallow > 0 {
+                    return;
+                }
+            }
+            let before = self.buf.len();
+            match parse_request(&mut self.buf, limits) {
+                Ok(None) => {
+                    assert_eq!(before, self.buf.len(), "Ok(None) consumed bytes");
+                    return;
+                }
+                Ok(Some(p)) => {
+                    let used = before - self.buf.len();
+                    if let Parsed::Request(r) = &p {
+                        assert_eq!(r.raw.len(), used);
+                    }
+                    if let Parsed::Error { swallow, .. } = &p {
+                        self.swallow = *swallow;
+                    }
+                    self.out.push((p, used));
+                }
+                Err(_) => {
+                    self.fatal = true;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A request to generate, with what the parser must make of it.
+#[derive(Clone, Debug)]
+struct Gen {
+    bytes: Vec<u8>,
+    command: Option<Command>,
+    keys: Vec<Vec<u8>>,
+    noreply: bool,
+    /// Some((reply, swallow)) when it must be refused.
+    error: Option<(Vec<u8>, usize)>,
+}
+
+fn key_strategy() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        8 => proptest::collection::vec(0x21u8..0x7f, 1..12),
+        1 => proptest::collection::vec(0x21u8..0x7f, 240..=250),
+        1 => proptest::collection::vec(prop_oneof![0x21u8..0x7f, 0x80u8..=0xff], 1..20),
+    ]
+}
+
+fn value_strategy() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        6 => proptest::collection::vec(any::<u8>(), 0..40),
+        2 => proptest::collection::vec(prop_oneof![Just(b'\r'), Just(b'\n'), Just(b' '), any::<u8>()], 0..40),
+        1 => proptest::collection::vec(any::<u8>(), 0..4096),
+    ]
+}
+
+fn sp() -> impl Strategy<Value = String> {
+    prop_oneof![8 => Just(" ".to_string()), 1 => Just("  ".to_string()), 1 => Just("   ".to_string())]
+}
+
+fn eol() -> impl Strategy<Value = &'static str> {
+    prop_oneof![6 => Just("\r\n"), 1 => Just("\n")]
+}
+
+fn gen_request() -> impl Strategy<Value = Gen> {
+    let storage = (
+        prop::sample::select(vec!["set", "add", "replace", "append", "prepend", "cas"]),
+        key_strategy(),
+        any::<u32>(),
+        -100i64..100_000,
+        value_strategy(),
+        any::<u64>(),
+        any::<bool>(),
+        sp(),
+        eol(),
+    )
+        .prop_map(|(w, k, flags, exp, v, cas, noreply, s, eol)| {
+            let mut b = format!("{w}{s}").into_bytes();
+            b.extend_from_slice(&k);
+            b.extend_from_slice(format!("{s}{flags}{s}{exp}{s}{}", v.len()).as_bytes());
+            if w == "cas" {
+                b.extend_from_slice(format!(" {cas}").as_bytes());
+            }
+            if noreply {
+                b.extend_from_slice(b" noreply");
+            }
+            b.extend_from_slice(eol.as_bytes());
+            b.extend_from_slice(&v);
+            b.extend_from_slice(b"\r\n");
+            Gen {
+                bytes: b,
+                command: Command::from_name(w.as_bytes()),
+                keys: vec![k],
+                noreply,
+                error: None,
+            }
+        });
+    let retrieval = (
+        prop::sample::select(vec!["get", "gets", "gat", "gats"]),
+        proptest::collection::vec(key_strategy(), 1..20),
+        -10i64..1000,
+        sp(),
+        eol(),
+    )
+        .prop_map(|(w, keys, exp, s, eol)| {
+            let mut b = w.as_bytes().to_vec();
+            if w.starts_with("gat") {
+                b.extend_from_slice(format!("{s}{exp}").as_bytes());
+            }
+            for k in &keys {
+                b.extend_from_slice(s.as_bytes());
+                b.extend_from_slice(k);
+            }
+            b.extend_from_slice(eol.as_bytes());
+            Gen {
+                bytes: b,
+                command: Command::from_name(w.as_bytes()),
+                keys,
+                noreply: false,
+                error: None,
+            }
+        });
+    let keyed = (
+        prop::sample::select(vec!["incr", "decr", "touch", "delete", "delete0"]),
+        key_strategy(),
+        any::<u32>(),
+        any::<bool>(),
+        eol(),
+    )
+        .prop_map(|(w, k, n, noreply, eol)| {
+            let word = if w == "delete0" { "delete" } else { w };
+            let mut b = format!("{word} ").into_bytes();
+            b.extend_from_slice(&k);
+            match w {
+                "delete" => {}
+                "delete0" => b.extend_from_slice(b" 0"),
+                _ => b.extend_from_slice(format!(" {n}").as_bytes()),
+            }
+            if noreply {
+                b.extend_from_slice(b" noreply");
+            }
+            b.extend_from_slice(eol.as_bytes());
+            Gen {
+                bytes: b,
+                command: Command::from_name(word.as_bytes()),
+                keys: vec![k],
+                noreply,
+                error: None,
+            }
+        });
+    let keyless = prop::sample::select(vec![
+        ("version\r\n", Command::Version, false),
+        ("verbosity 1\r\n", Command::Verbosity, false),
+        ("verbosity 0 noreply\r\n", Command::Verbosity, true),
+        ("quit\r\n", Command::Quit, false),
+        ("stats\r\n", Command::Stats, false),
+        ("stats items\r\n", Command::Stats, false),
+        ("flush_all\r\n", Command::FlushAll, false),
+        ("flush_all 30\n", Command::FlushAll, false),
+        ("flush_all noreply\r\n", Command::FlushAll, true),
+        ("flush_all 0 noreply\r\n", Command::FlushAll, true),
+    ])
+    .prop_map(|(s, c, noreply)| Gen {
+        bytes: s.as_bytes().to_vec(),
+        command: Some(c),
+        keys: vec![],
+        noreply,
+        error: None,
+    });
+    let errors = (
+        prop::sample::select(vec![0u8, 1, 2, 3, 4, 5, 6]),
+        value_strategy(),
+    )
+        .prop_map(|(kind, v)| {
+            let n = v.len();
+            let (line, data, reply, swallow): (String, Vec<u8>, &[u8], usize) = match kind {
+                0 => (
+                    format!("set {} 0 0 {n}\r\n", "k".repeat(251)),
+                    v,
+                    KEY_TOO_LONG,
+                    n + 2,
+                ),
+                1 => (format!("set k x 0 {n}\r\n"), v, BAD_FORMAT, n + 2),
+                2 => (
+                    format!("set k 0 0 {}\r\n", 2_000_000 + n),
+                    vec![b'z'; 2_000_000 + n],
+                    TOO_LARGE,
+                    2_000_002 + n,
+                ),
+                3 => {
+                    let mut d = v;
+                    d.extend_from_slice(b"xx");
+                    (format!("set k 0 0 {n}\r\n"), d, BAD_CHUNK, 0)
+                }
+                4 => ("bogus command\r\n".into(), vec![], ERROR, 0),
+                5 => ("\r\n".into(), vec![], ERROR, 0),
+                _ => ("get a\x01b\r\n".into(), vec![], BAD_KEY, 0),
+            };
+            let mut b = line.into_bytes();
+            b.extend_from_slice(&data);
+            if kind < 3 {
+                b.extend_from_slice(b"\r\n");
+            }
+            Gen {
+                bytes: b,
+                command: None,
+                keys: vec![],
+                noreply: false,
+                error: Some((reply.to_vec(), swallow)),
+            }
+        });
+    prop_oneof![4 => storage, 4 => retrieval, 3 => keyed, 1 => keyless, 1 => errors]
+}
+
+fn check_against_gen(out: &[(Parsed, usize)], gens: &[Gen]) {
+    assert_eq!(out.len(), gens.len());
+    for ((p, used), g) in out.iter().zip(gens) {
+        assert_eq!(
+            *used,
+            g.bytes.len(),
+            "bytes accounted for {:?}",
+            String::from_utf8_lossy(&g.bytes[..g.bytes.len().min(60)])
+        );
+        match (p, &g.error) {
+            (Parsed::Request(r), None) => {
+                assert_eq!(Some(r.command), g.command);
+                assert_eq!(r.noreply, g.noreply);
+                assert_eq!(&r.raw[..], &g.bytes[..]);
+                let ks: Vec<&[u8]> = r.keys.iter().map(|k| &k[..]).collect();
+                let want: Vec<&[u8]> = g.keys.iter().map(|k| &k[..]).collect();
+                assert_eq!(ks, want);
+                let back = r.to_backend();
+                if r.noreply {
+                    assert_eq!(back.len(), r.raw.len() - 8);
+                    assert!(!back.windows(8).any(|w| w == b" noreply") || r.command.is_storage());
+                } else {
+                    assert_eq!(back, r.raw);
+                }
+            }
+            (Parsed::Error { reply, swallow }, Some((want, want_swallow))) => {
+                assert_eq!(&reply[..], &want[..]);
+                assert_eq!(swallow, want_swallow);
+            }
+            other => panic!("mismatch: {other:?} for {g:?}"),
+        }
+    }
+}
+
+fn splits(len: usize, cuts: &[usize]) -> Vec<usize> {
+    let mut v: Vec<usize> = cuts.iter().map(|c| c % (len + 1)).collect();
+    v.push(0);
+    v.push(len);
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn pipelines_parse_the_same_however_split(
+        gens in proptest::collection::vec(gen_request(), 1..30),
+        cuts in proptest::collection::vec(any::<usize>(), 0..40),
+    ) {
+        let input: Vec<u8> = gens.iter().flat_map(|g| g.bytes.iter().copied()).collect();
+        let limits = lim();
+        let mut whole = Driver::default();
+        whole.feed(&input, &limits);
+        prop_assert!(!whole.fatal);
+        prop_assert!(whole.buf.is_empty());
+        check_against_gen(&whole.out, &gens);
+
+        let mut split = Driver::default();
+        let points = splits(input.len(), &cuts);
+        for w in points.windows(2) {
+            split.feed(&input[w[0]..w[1]], &limits);
+        }
+        prop_assert!(split.buf.is_empty() && split.swallow == 0 && !split.fatal);
+        prop_assert_eq!(&split.out, &whole.out);
+        let total: usize = split.out.iter().map(|(_, n)| n).sum();
+        prop_assert_eq!(total, input.len());
+    }
+
+    #[test]
+    fn replies_scan_the_same_however_split(
+        replies in proptest::collection::vec(gen_reply(), 1..20),
+        cuts in proptest::collection::vec(any::<usize>(), 0..40),
+    ) {
+        let input: Vec<u8> = replies.iter().flat_map(|r| r.bytes.iter().copied()).collect();
+        let points = splits(input.len(), &cuts);
+        let mut buf = BytesMut::new();
+        let mut scanner = ReplyScanner::new();
+        let mut next = 0;
+        for w in points.windows(2) {
+            buf.extend_from_slice(&input[w[0]..w[1]]);
+            while let Some(want) = replies.get(next) {
+                let stateless = scan_reply(&buf, want.retrieval);
+                let resumed = scanner.scan(&buf, want.retrieval);
+                prop_assert_eq!(&stateless, &resumed);
+                match resumed {
+                    Ok(Some(n)) => {
+                        prop_assert_eq!(n, want.bytes.len());
+                        let reply = buf.split_to(n).freeze();
+                        if want.retrieval {
+                            match split_items(&reply) {
+                                Ok(items) => {
+                                    prop_assert!(want.error.is_none());
+                                    let ks: Vec<&[u8]> = items.iter().map(|i| &i.key[..]).collect();
+                                    let wk: Vec<&[u8]> = want.items.iter().map(|(k, _)| &k[..]).collect();
+                                    prop_assert_eq!(ks, wk);
+                                    for (item, (_, raw)) in items.iter().zip(&want.items) {
+                                        prop_assert_eq!(&item.raw[..], &raw[..]);
+                                    }
+                                }
+                                Err(line) => prop_assert_eq!(Some(&line[..]), want.error.as_deref()),
+                            }
+                        }
+                        next += 1;
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Err(TestCaseError::fail(format!("{e:?}"))),
+                }
+            }
+        }
+        prop_assert_eq!(next, replies.len());
+        prop_assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn random_bytes_never_panic(
+        chunks in proptest::collection::vec(
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..64),
+                prop::sample::select(vec![
+                    &b"get "[..], b"gat ", b"set ", b"cas ", b"delete ", b"incr ", b"noreply",
+                    b" ", b"\r\n", b"\n", b"0", b"-1", b"99999999999999999999", b"5", b"VALUE ",
+                    b"END", b"STAT ", b"SERVER_ERROR", b"flush_all", b"verbosity", b"touch ",
+                ]).prop_map(|s| s.to_vec()),
+            ],
+            0..40,
+        ),
+        max_line in 1usize..64,
+        max_key in 0usize..8,
+        item_max in 0usize..32,
+    ) {
+        let input: Vec<u8> = chunks.concat();
+        let limits = Limits { max_key_len: max_key, item_size_max: item_max, max_line_len: max_line };
+        let mut d = Driver::default();
+        for c in &chunks {
+            d.feed(c, &limits);
+        }
+        let mut d = Driver::default();
+        d.feed(&input, &lim());
+        for retrieval in [false, true] {
+            let _ = scan_reply(&input, retrieval);
+            let mut s = ReplyScanner::new();
+            let mut buf = Vec::new();
+            for c in &chunks {
+                buf.extend_from_slice(c);
+                match s.scan(&buf, retrieval) {
+                    Ok(Some(n)) => { buf.drain(..n); }
+                    Ok(None) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        let _ = split_items(&Bytes::from(input));
+    }
+}
+
+#[derive(Clone, Debug)]
+struct GenReply {
+    bytes: Vec<u8>,
+    retrieval: bool,
+    items: Vec<(Vec<u8>, Vec<u8>)>,
+    error: Option<Vec<u8>>,
+}
+
+fn gen_reply() -> impl Strategy<Value = GenReply> {
+    let item = (
+        key_strategy(),
+        any::<u32>(),
+        value_strategy(),
+        proptest::option::of(any::<u64>()),
+    )
+        .prop_map(|(k, flags, v, cas)| {
+            let mut raw = b"VALUE ".to_vec();
+            raw.extend_from_slice(&k);
+            raw.extend_from_slice(format!(" {flags} {}", v.len()).as_bytes());
+            if let Some(c) = cas {
+                raw.extend_from_slice(format!(" {c}").as_bytes());
+            }
+            raw.extend_from_slice(b"\r\n");
+            raw.extend_from_slice(&v);
+            raw.extend_from_slice(b"\r\n");
+            (k, raw)
+        });
+    let err_line = prop::sample::select(vec![
+        &b"ERROR\r\n"[..],
+        b"CLIENT_ERROR bad command line format\r\n",
+        b"SERVER_ERROR out of memory\r\n",
+    ]);
+    let retrieval = (
+        proptest::collection::vec(item, 0..6),
+        proptest::option::of(err_line.clone()),
+    )
+        .prop_map(|(items, error)| {
+            let mut bytes: Vec<u8> = items.iter().flat_map(|(_, r)| r.iter().copied()).collect();
+            match &error {
+                Some(e) => bytes.extend_from_slice(e),
+                None => bytes.extend_from_slice(b"END\r\n"),
+            }
+            GenReply {
+                bytes,
+                retrieval: true,
+                items,
+                error: error.map(|e| e.to_vec()),
+            }
+        });
+    let line = prop_oneof![
+        prop::sample::select(vec![
+            &b"STORED\r\n"[..],
+            b"NOT_STORED\r\n",
+            b"EXISTS\r\n",
+            b"NOT_FOUND\r\n",
+            b"DELETED\r\n",
+            b"TOUCHED\r\n",
+            b"OK\r\n",
+            b"VERSION 1.6.18\r\n",
+            b"STAT pid 1\r\nSTAT threads 4\r\nEND\r\n",
+        ])
+        .prop_map(|s| s.to_vec()),
+        any::<u64>().prop_map(|n| format!("{n}\r\n").into_bytes()),
+        err_line.prop_map(|s| s.to_vec()),
+    ]
+    .prop_map(|bytes| GenReply {
+        bytes,
+        retrieval: false,
+        items: vec![],
+        error: None,
+    });
+    prop_oneof![retrieval, line]
+}
