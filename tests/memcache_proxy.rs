@@ -406,7 +406,7 @@ fn auto_eject_hosts_moves_keys_off_a_dead_server_and_back() {
         }
     }
     assert!(
-        errors >= 1 && errors < 10,
+        (1..10).contains(&errors),
         "a few errors before ejection: {errors}"
     );
     // Ejected: every key now goes to the live server.

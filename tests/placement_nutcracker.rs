@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
-use common::{free_port, memcached, nutcracker, wait_port, Mc, Proc, TempDir};
+use common::{free_port, kvrouter, memcached, nutcracker, wait_port, Mc, Proc, TempDir};
 use kvrouter::routing::{hash_tag_key, DistributionKind, HashKind, Node, Placement};
 
 const KEYS_PER_POOL: usize = 1000;
@@ -134,6 +134,9 @@ struct Setup {
     _dir: TempDir,
     mcs: Vec<Proc>,
     _nc: Proc,
+    /// kvrouter on the same config (only the listen ports differ), one port per pool.
+    _kv: Proc,
+    kv_listen: Vec<SocketAddr>,
     mc_addrs: Vec<SocketAddr>,
     nodes: Vec<Node>,
     pools: Vec<Pool>,
@@ -162,7 +165,7 @@ fn setup(combos: &[(Option<HashKind>, DistributionKind)], eject: bool) -> Setup 
     // Ports from `free_port` are only free "a moment ago": another test running in parallel can
     // take one before nutcracker binds it. Retry with fresh ports when nutcracker cannot start.
     let mut attempt = 0;
-    let (pools, nc) = loop {
+    let (pools, nc, yaml) = loop {
         attempt += 1;
         let mut taken: HashSet<u16> = mc_addrs.iter().map(|a| a.port()).collect();
         let pools: Vec<Pool> = combos
@@ -203,15 +206,34 @@ fn setup(combos: &[(Option<HashKind>, DistributionKind)], eject: bool) -> Setup 
             nc
         }));
         match started {
-            Ok(nc) => break (pools, nc),
+            Ok(nc) => break (pools, nc, yaml),
             Err(e) if attempt >= 5 => std::panic::resume_unwind(e),
             Err(_) => eprintln!("nutcracker did not start (port taken?); retrying"),
         }
     };
+    let (pools, nc, yaml) = (pools, nc, yaml);
+    // kvrouter reads the very same nutcracker.yml; only the listen ports change.
+    let kv_listen: Vec<SocketAddr> = pools
+        .iter()
+        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+        .collect();
+    let mut kv_yaml = yaml.clone();
+    for (p, kv) in pools.iter().zip(&kv_listen) {
+        kv_yaml = kv_yaml.replace(
+            &format!("listen: {}\n", p.listen),
+            &format!("listen: {kv}\n"),
+        );
+    }
+    let mut kv = kvrouter(&dir, &kv_yaml, kv_listen[0]);
+    for a in &kv_listen {
+        wait_port(*a, &mut kv.child);
+    }
     Setup {
         _dir: dir,
         mcs,
         _nc: nc,
+        _kv: kv,
+        kv_listen,
         mc_addrs,
         nodes,
         pools,
@@ -261,7 +283,8 @@ fn placement_matches_live_nutcracker() {
             .pools
             .iter()
             .zip(&key_sets)
-            .map(|(pool, keys)| {
+            .zip(&s.kv_listen)
+            .map(|((pool, keys), &kv)| {
                 let (nodes, mc_addrs) = (&s.nodes, &s.mc_addrs);
                 scope.spawn(move || {
                     let hash = pool.hash.unwrap();
@@ -284,6 +307,23 @@ fn placement_matches_live_nutcracker() {
                                 want.map(|i| &nodes[i].name),
                             ));
                         }
+                    }
+                    // Cut-over: every key nutcracker wrote is a hit through kvrouter...
+                    let hits = held(&mut Mc::connect(kv), keys).len();
+                    if hits != keys.len() {
+                        bad.push(format!(
+                            "{} {}: only {hits} of {} keys written by nutcracker are hits through kvrouter",
+                            hash.name(), pool.dist.name(), keys.len()
+                        ));
+                    }
+                    // ...and what kvrouter writes lands where nutcracker put it.
+                    set_all(kv, keys, b"kv");
+                    let again = locate(mc_addrs, keys);
+                    if again != at {
+                        bad.push(format!(
+                            "{} {}: kvrouter placed keys differently from nutcracker",
+                            hash.name(), pool.dist.name()
+                        ));
                     }
                     bad
                 })
