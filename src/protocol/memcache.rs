@@ -522,7 +522,7 @@ fn find_line(buf: &[u8], max_line_len: usize) -> LineEnd {
                 nl
             },
         },
-        None if buf.len() >= max_line_len => LineEnd::TooLong,
+        None if !buf.is_empty() && buf.len() >= max_line_len => LineEnd::TooLong,
         None => LineEnd::Incomplete,
     }
 }
