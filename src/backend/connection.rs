@@ -31,11 +31,17 @@ pub enum ReplyKind {
     McLine,
 }
 
-impl ReplyKind {
-    fn scan(self, buf: &[u8]) -> Result<Option<usize>, String> {
-        match self {
-            ReplyKind::McRetrieval => memcache::scan_reply(buf, true).map_err(|e| e.0),
-            ReplyKind::McLine => memcache::scan_reply(buf, false).map_err(|e| e.0),
+/// Finds reply boundaries, resuming where it stopped when a reply arrives in pieces.
+#[derive(Default)]
+struct Scanner {
+    mc: memcache::ReplyScanner,
+}
+
+impl Scanner {
+    fn scan(&mut self, kind: ReplyKind, buf: &[u8]) -> Result<Option<usize>, String> {
+        match kind {
+            ReplyKind::McRetrieval => self.mc.scan(buf, true).map_err(|e| e.0),
+            ReplyKind::McLine => self.mc.scan(buf, false).map_err(|e| e.0),
         }
     }
 }
@@ -227,6 +233,7 @@ async fn serve<S: Io>(
     let mut inflight: VecDeque<InFlight> = VecDeque::new();
     let mut wbuf = BytesMut::with_capacity(16 * 1024);
     let mut rbuf = BytesMut::with_capacity(16 * 1024);
+    let mut scanner = Scanner::default();
     let mut closed = false;
     let result = async {
         if let Some(q) = first {
@@ -246,7 +253,7 @@ async fn serve<S: Io>(
                 biased;
                 ready = stream.ready(interest) => {
                     let ready = ready.map_err(|e| BackendError::Closed(e.to_string()))?;
-                    if ready.is_readable() && read_replies(stream, &mut rbuf, &mut inflight)? > 0 {
+                    if ready.is_readable() && read_replies(stream, &mut rbuf, &mut scanner, &mut inflight)? > 0 {
                         spec.health.record_success();
                     }
                     if ready.is_writable() && !wbuf.is_empty() {
@@ -312,6 +319,7 @@ fn flush<S: Io>(stream: &S, wbuf: &mut BytesMut) -> Result<(), BackendError> {
 fn read_replies<S: Io>(
     stream: &S,
     rbuf: &mut BytesMut,
+    scanner: &mut Scanner,
     inflight: &mut VecDeque<InFlight>,
 ) -> Result<usize, BackendError> {
     let mut replies = 0;
@@ -326,7 +334,7 @@ fn read_replies<S: Io>(
             Err(e) => return Err(BackendError::Closed(e.to_string())),
         }
         while let Some(front) = inflight.front() {
-            match front.kind.scan(rbuf) {
+            match scanner.scan(front.kind, rbuf) {
                 Ok(Some(n)) => {
                     let reply = rbuf.split_to(n).freeze();
                     let f = inflight.pop_front().expect("front exists");
