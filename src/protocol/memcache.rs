@@ -58,7 +58,10 @@ impl Command {
 
     /// get, gets, gat, gats: replies are `VALUE ...` items ended by `END`.
     pub fn is_retrieval(self) -> bool {
-        matches!(self, Command::Get | Command::Gets | Command::Gat | Command::Gats)
+        matches!(
+            self,
+            Command::Get | Command::Gets | Command::Gat | Command::Gats
+        )
     }
 
     /// set, add, replace, append, prepend, cas: the command line is followed by a data block.
@@ -158,5 +161,7 @@ pub fn split_items(reply: &Bytes) -> Result<Vec<Item>, Bytes> {
 
 /// True when a single-line reply is an error (`ERROR`, `CLIENT_ERROR ...`, `SERVER_ERROR ...`).
 pub fn is_error_reply(line: &[u8]) -> bool {
-    line.starts_with(b"ERROR") || line.starts_with(b"CLIENT_ERROR") || line.starts_with(b"SERVER_ERROR")
+    line.starts_with(b"ERROR")
+        || line.starts_with(b"CLIENT_ERROR")
+        || line.starts_with(b"SERVER_ERROR")
 }

@@ -62,9 +62,17 @@ pub enum Begin {
 pub enum Find {
     /// Keys up to `lastkey` (relative; negative counts from the end, or with `limit` a fraction
     /// of the remaining args), every `step`.
-    Range { lastkey: i32, step: i32, limit: i32 },
+    Range {
+        lastkey: i32,
+        step: i32,
+        limit: i32,
+    },
     /// The key count is the argument at `idx` (relative), keys start at `first` (relative).
-    Keynum { idx: i32, first: i32, step: i32 },
+    Keynum {
+        idx: i32,
+        first: i32,
+        step: i32,
+    },
     Unknown,
 }
 
@@ -117,7 +125,9 @@ impl CommandInfo {
 
     /// Whether the command can have keys at all (redis's `doesCommandHaveKeys`, plus channels).
     pub fn has_keys(&self) -> bool {
-        self.key_specs.iter().any(|s| s.flags & key_flags::NOT_KEY == 0)
+        self.key_specs
+            .iter()
+            .any(|s| s.flags & key_flags::NOT_KEY == 0)
             || proc_for(self.name).is_some()
             || matches!(self.name, "publish" | "spublish")
     }
@@ -134,7 +144,11 @@ fn cmp_ci(table: &str, name: &[u8]) -> std::cmp::Ordering {
     t.len().cmp(&name.len())
 }
 
-fn find_in(table: &'static [CommandInfo], name: &[u8], strip: usize) -> Option<&'static CommandInfo> {
+fn find_in(
+    table: &'static [CommandInfo],
+    name: &[u8],
+    strip: usize,
+) -> Option<&'static CommandInfo> {
     table
         .binary_search_by(|c| cmp_ci(&c.name[strip..], name))
         .ok()
@@ -214,7 +228,8 @@ pub fn key_indices(info: &CommandInfo, args: &[Bytes]) -> Result<Vec<usize>, &'s
             Begin::Index(i) => i as i64,
             Begin::Keyword(kw, startfrom) => {
                 let found = if startfrom > 0 {
-                    (startfrom as i64..argc - 1).find(|&i| args[i as usize].eq_ignore_ascii_case(kw.as_bytes()))
+                    (startfrom as i64..argc - 1)
+                        .find(|&i| args[i as usize].eq_ignore_ascii_case(kw.as_bytes()))
                 } else {
                     // Backwards from argc+startfrom down to 2 (redis stops before index 1).
                     let start = argc + startfrom as i64;
@@ -230,7 +245,11 @@ pub fn key_indices(info: &CommandInfo, args: &[Bytes]) -> Result<Vec<usize>, &'s
             Begin::Unknown => return Err("cannot find the keys of this command"),
         };
         let (last, step) = match spec.find {
-            Find::Range { lastkey, step, limit } => {
+            Find::Range {
+                lastkey,
+                step,
+                limit,
+            } => {
                 let last = if lastkey >= 0 {
                     first + lastkey as i64
                 } else if limit == 0 {
@@ -240,7 +259,11 @@ pub fn key_indices(info: &CommandInfo, args: &[Bytes]) -> Result<Vec<usize>, &'s
                 };
                 (last, step as i64)
             }
-            Find::Keynum { idx, first: fk, step } => {
+            Find::Keynum {
+                idx,
+                first: fk,
+                step,
+            } => {
                 let at = first + idx as i64;
                 if at >= argc {
                     return Err("syntax error");
@@ -256,7 +279,7 @@ pub fn key_indices(info: &CommandInfo, args: &[Bytes]) -> Result<Vec<usize>, &'s
                 if n == 0 {
                     continue; // EVAL/FCALL with no keys: valid, nothing to route by
                 }
-                if first + n * step as i64 - 1 >= argc {
+                if first + n * step as i64 > argc {
                     return Err("Number of keys can't be greater than number of args");
                 }
                 (first + n * step as i64 - 1, step as i64)
@@ -416,7 +439,10 @@ pub fn handling(info: &CommandInfo) -> Handling {
             || info.name.starts_with("client")
             || info.name.starts_with("pubsub")
             || info.name.starts_with("function|")
-                && !matches!(info.name, "function|load" | "function|delete" | "function|flush")
+                && !matches!(
+                    info.name,
+                    "function|load" | "function|delete" | "function|flush"
+                )
             || info.name == "asking"
             || info.name == "readonly"
             || info.name == "readwrite" =>
@@ -434,7 +460,9 @@ pub fn handling(info: &CommandInfo) -> Handling {
 pub fn handling_for(info: &CommandInfo, args: &[Bytes]) -> Handling {
     if matches!(info.name, "xread" | "xreadgroup") {
         let opts = xread_keys(args).map(|k| k[0] - 1).unwrap_or(args.len());
-        let block = args[1..opts.max(1)].iter().any(|a| a.eq_ignore_ascii_case(b"block"));
+        let block = args[1..opts.max(1)]
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(b"block"));
         return if block {
             Handling::Dedicated
         } else {
@@ -464,7 +492,9 @@ mod tests {
     use super::*;
 
     fn args(s: &str) -> Vec<Bytes> {
-        s.split(' ').map(|w| Bytes::copy_from_slice(w.as_bytes())).collect()
+        s.split(' ')
+            .map(|w| Bytes::copy_from_slice(w.as_bytes()))
+            .collect()
     }
 
     fn keys(s: &str) -> Result<Vec<usize>, &'static str> {
@@ -478,7 +508,10 @@ mod tests {
         for c in COMMANDS {
             assert!(c.subcommands.windows(2).all(|w| w[0].name < w[1].name));
             for s in c.subcommands {
-                assert!(std::ptr::eq(lookup_sub(c, s.short_name().as_bytes()).unwrap(), s));
+                assert!(std::ptr::eq(
+                    lookup_sub(c, s.short_name().as_bytes()).unwrap(),
+                    s
+                ));
             }
         }
         assert_eq!(lookup(b"GeT").unwrap().name, "get");
@@ -494,7 +527,10 @@ mod tests {
         assert_eq!(keys("mset a 1 b 2"), Ok(vec![1, 3]));
         assert_eq!(keys("eval s 2 a b x"), Ok(vec![3, 4]));
         assert_eq!(keys("eval s 0 x"), Ok(vec![]));
-        assert_eq!(keys("eval s 3 a b"), Err("Number of keys can't be greater than number of args"));
+        assert_eq!(
+            keys("eval s 3 a b"),
+            Err("Number of keys can't be greater than number of args")
+        );
         assert_eq!(keys("eval s -1 a"), Err("Number of keys can't be negative"));
         assert_eq!(keys("zunionstore d 2 a b weights 1 2"), Ok(vec![1, 3, 4]));
         assert_eq!(keys("xread count 2 streams a b 0 0"), Ok(vec![4, 5]));
