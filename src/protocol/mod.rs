@@ -4,3 +4,5 @@
 //! whatever bytes have arrived so far, asking for more when a frame is incomplete.
 
 pub mod memcache;
+pub mod redis_commands;
+pub mod resp;

@@ -242,3 +242,33 @@ impl Mc {
         v.pop().map(|(_, _, d)| d)
     }
 }
+
+/// A real redis-server on an ephemeral loopback port (no persistence).
+pub fn redis_server() -> Proc {
+    for _ in 0..20 {
+        let port = free_port();
+        let mut child = Command::new(which("redis-server"))
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        if let Ok(Some(_)) = child.try_wait() {
+            continue; // port taken meanwhile: try another
+        }
+        wait_port(addr, &mut child);
+        return Proc { child, addr };
+    }
+    panic!("could not start redis-server");
+}
