@@ -8,6 +8,7 @@ pub mod admin;
 pub mod backend;
 pub mod config;
 pub mod daemon;
+pub mod failover;
 pub mod keymap;
 pub mod logging;
 pub mod protocol;

@@ -18,7 +18,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
 
-use super::health::{FailureOutcome, ServerHealth};
+use super::health::{FailureKind, FailureOutcome, ServerHealth};
 use super::io::Io;
 use crate::protocol::memcache;
 
@@ -55,6 +55,8 @@ pub enum BackendError {
     Closed(String),
     /// The server sent bytes that do not parse as a reply.
     Protocol(String),
+    /// The server is marked down (TKO): the request was not sent.
+    Down,
 }
 
 impl std::fmt::Display for BackendError {
@@ -64,6 +66,7 @@ impl std::fmt::Display for BackendError {
             BackendError::Connect(e) => write!(f, "connect failed: {e}"),
             BackendError::Closed(e) => write!(f, "connection closed: {e}"),
             BackendError::Protocol(e) => write!(f, "bad reply: {e}"),
+            BackendError::Down => write!(f, "is marked down (TKO)"),
         }
     }
 }
@@ -91,6 +94,15 @@ pub struct ServerSpec {
     pub auto_eject: bool,
     pub failure_limit: u32,
     pub retry_timeout: Duration,
+    /// TKO (native pools): how to probe a down server. None: no TKO (twemproxy pools).
+    pub tko: Option<Probe>,
+}
+
+/// The request a probe sends to a down server, and how its reply ends.
+#[derive(Clone, Debug)]
+pub struct Probe {
+    pub request: Bytes,
+    pub kind: ReplyKind,
 }
 
 /// The client side of a backend connection: cheap to clone, used from the worker's tasks.
@@ -112,6 +124,10 @@ impl BackendHandle {
     pub fn send(&self, bytes: Bytes, kind: ReplyKind) -> oneshot::Receiver<Reply> {
         let (reply, rx) = oneshot::channel();
         self.spec.health.requests.fetch_add(1, Ordering::Relaxed);
+        if self.spec.tko.is_some() && self.spec.health.is_down() {
+            let _ = reply.send(Err(BackendError::Down));
+            return rx;
+        }
         if let Err(mpsc::error::SendError(q)) = self.tx.send(Queued { bytes, kind, reply }) {
             let _ = q
                 .reply
@@ -150,7 +166,12 @@ async fn run(spec: Arc<ServerSpec>, mut rx: mpsc::UnboundedReceiver<Queued>, pre
             Err(e) => {
                 let err = BackendError::Connect(e.to_string());
                 tracing::warn!(server = %spec.address, error = %e, "backend connect failed");
-                failure(&spec, &err);
+                let kind = if e.kind() == io::ErrorKind::ConnectionRefused {
+                    FailureKind::Refused
+                } else {
+                    FailureKind::Soft
+                };
+                failure(&spec, &err, kind);
                 if let Some(q) = first.take() {
                     let _ = q.reply.send(Err(err.clone()));
                 }
@@ -178,15 +199,26 @@ async fn run(spec: Arc<ServerSpec>, mut rx: mpsc::UnboundedReceiver<Queued>, pre
             Ok(()) => return, // channel closed: the worker is going away
             Err(err) => {
                 tracing::warn!(server = %spec.address, error = %err, "backend connection closed");
-                failure(&spec, &err);
+                let kind = match err {
+                    BackendError::Timeout(_) => FailureKind::Soft,
+                    _ => FailureKind::Other,
+                };
+                failure(&spec, &err, kind);
             }
         }
     }
 }
 
-fn failure(spec: &ServerSpec, err: &BackendError) {
+fn failure(spec: &Arc<ServerSpec>, err: &BackendError, kind: FailureKind) {
     if matches!(err, BackendError::Timeout(_)) {
         spec.health.timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+    if spec.tko.is_some() && spec.health.tko_failure(kind, spec.failure_limit) {
+        tracing::warn!(server = %spec.address, error = %err,
+            "server marked down (TKO); requests to it fail fast until a probe gets an answer");
+        if spec.health.claim_probe() {
+            tokio::task::spawn_local(super::probe::probe(spec.clone()));
+        }
     }
     let outcome =
         spec.health
@@ -198,12 +230,12 @@ fn failure(spec: &ServerSpec, err: &BackendError) {
     }
 }
 
-enum Stream {
+pub(crate) enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
 }
 
-async fn connect(spec: &ServerSpec) -> io::Result<Stream> {
+pub(crate) async fn connect(spec: &ServerSpec) -> io::Result<Stream> {
     let fut = async {
         if spec.unix {
             return Ok(Stream::Unix(UnixStream::connect(&spec.address).await?));
@@ -255,6 +287,7 @@ async fn serve<S: Io>(
                     let ready = ready.map_err(|e| BackendError::Closed(e.to_string()))?;
                     if ready.is_readable() && read_replies(stream, &mut rbuf, &mut scanner, &mut inflight)? > 0 {
                         spec.health.record_success();
+                        spec.health.tko_success();
                     }
                     if ready.is_writable() && !wbuf.is_empty() {
                         flush(stream, &mut wbuf)?;

@@ -1,10 +1,16 @@
-//! Per-server health shared by all workers: consecutive failures and twemproxy-style ejection.
+//! Per-server health shared by all workers: consecutive failures, twemproxy-style ejection, and
+//! mcrouter-style TKO ("technical knock-out").
 //!
-//! Atomics only, so the request path takes no lock. With `auto_eject_hosts` a server that fails
-//! `failure_limit` times in a row is ejected for `retry_timeout` and the pool's ring is rebuilt
-//! without it (twemproxy semantics: its keys move); after the timeout it is retried.
+//! Atomics only, so the request path takes no lock. Two policies, chosen per pool:
+//! - twemproxy pools with `auto_eject_hosts`: a server that fails `failure_limit` times in a row
+//!   is ejected for `retry_timeout` and the pool's ring is rebuilt without it (its keys move);
+//!   after the timeout it is simply retried.
+//! - native pools: TKO never changes the ring. `failure_limit` consecutive timeouts or connect
+//!   errors mark a server down (soft TKO); a refused connection marks it down at once (hard TKO).
+//!   While down, requests to it fail at once (no waiting for a timeout) so a failover route can
+//!   take over, and one probe (see `probe.rs`) checks it with backoff until it answers.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -22,6 +28,29 @@ pub struct ServerHealth {
     pub requests: AtomicU64,
     pub errors: AtomicU64,
     pub timeouts: AtomicU64,
+    /// TKO state: UP, SOFT_TKO or HARD_TKO.
+    tko: AtomicU8,
+    /// Consecutive failures counted towards a soft TKO.
+    tko_failures: AtomicU32,
+    /// A probe task is running for this server.
+    probing: AtomicBool,
+    /// Times this server was marked down.
+    pub tko_count: AtomicU64,
+}
+
+pub const UP: u8 = 0;
+pub const SOFT_TKO: u8 = 1;
+pub const HARD_TKO: u8 = 2;
+
+/// A failure as TKO sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Connection refused: the server is certainly down.
+    Refused,
+    /// A timeout or another connect error.
+    Soft,
+    /// The connection broke or sent garbage: not counted towards TKO.
+    Other,
 }
 
 /// What a failure did to the server.
@@ -70,11 +99,86 @@ impl ServerHealth {
     pub fn consecutive_failures(&self) -> u32 {
         self.failures.load(Ordering::Relaxed)
     }
+
+    /// True while the server is marked down (TKO): requests to it fail at once.
+    pub fn is_down(&self) -> bool {
+        self.tko.load(Ordering::Relaxed) != UP
+    }
+
+    pub fn tko_state(&self) -> u8 {
+        self.tko.load(Ordering::Relaxed)
+    }
+
+    /// Count a failure towards TKO; true when this call marked the server down.
+    pub fn tko_failure(&self, kind: FailureKind, limit: u32) -> bool {
+        let next = match kind {
+            FailureKind::Refused => HARD_TKO,
+            FailureKind::Soft => {
+                let n = self.tko_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if n < limit.max(1) {
+                    return false;
+                }
+                SOFT_TKO
+            }
+            FailureKind::Other => return false,
+        };
+        let marked = self
+            .tko
+            .compare_exchange(UP, next, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok();
+        if marked {
+            self.tko_count.fetch_add(1, Ordering::Relaxed);
+        }
+        marked
+    }
+
+    /// A reply arrived: consecutive failures start again from zero.
+    pub fn tko_success(&self) {
+        if self.tko_failures.load(Ordering::Relaxed) != 0 {
+            self.tko_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Claim the right to run the one probe for this server.
+    pub fn claim_probe(&self) -> bool {
+        self.probing
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// The probe got an answer: back in service.
+    pub fn probe_succeeded(&self) {
+        self.tko_failures.store(0, Ordering::Relaxed);
+        self.tko.store(UP, Ordering::Release);
+        self.probing.store(false, Ordering::Release);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn soft_tko_after_limit_hard_tko_at_once_probe_restores() {
+        let h = ServerHealth::default();
+        assert!(!h.tko_failure(FailureKind::Soft, 3));
+        assert!(!h.tko_failure(FailureKind::Soft, 3));
+        h.tko_success();
+        assert!(!h.tko_failure(FailureKind::Soft, 3));
+        assert!(!h.tko_failure(FailureKind::Soft, 3));
+        assert!(!h.is_down());
+        assert!(h.tko_failure(FailureKind::Soft, 3));
+        assert_eq!(h.tko_state(), SOFT_TKO);
+        assert!(!h.tko_failure(FailureKind::Refused, 3), "already down");
+        assert!(h.claim_probe());
+        assert!(!h.claim_probe(), "one probe at a time");
+        h.probe_succeeded();
+        assert!(!h.is_down());
+        assert!(h.tko_failure(FailureKind::Refused, 3));
+        assert_eq!(h.tko_state(), HARD_TKO);
+        assert!(!h.tko_failure(FailureKind::Other, 1));
+        assert_eq!(h.tko_count.load(Ordering::Relaxed), 2);
+    }
 
     #[test]
     fn ejects_after_limit_only_with_auto_eject() {

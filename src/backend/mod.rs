@@ -4,6 +4,7 @@
 pub mod connection;
 pub mod health;
 pub mod io;
+pub mod probe;
 
-pub use connection::{BackendError, BackendHandle, Reply, ReplyKind, ServerSpec};
+pub use connection::{BackendError, BackendHandle, Probe, Reply, ReplyKind, ServerSpec};
 pub use health::ServerHealth;

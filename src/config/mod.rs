@@ -141,6 +141,9 @@ pub struct PoolConfig {
     /// `connections`; default 1).
     pub connections: usize,
     pub auto_eject_hosts: bool,
+    /// Mark failing servers down (TKO) without changing the ring: native pools unless they ask
+    /// for twemproxy's `auto_eject_hosts`. twemproxy-format pools never do.
+    pub tko: bool,
     /// Consecutive failures before a server is ejected / marked down (twemproxy default 2).
     pub failure_limit: u32,
     /// How long an ejected server stays out before it is retried (twemproxy default 30 s).
@@ -154,14 +157,167 @@ pub struct PoolConfig {
     pub location: Location,
 }
 
-/// A route tree (the grammar of design.md). Only `Pool` is served by this version; the other
-/// handles are parsed and validated so configs can be checked, and refused at startup with a
-/// message saying they are not implemented yet.
+/// A route tree (the grammar of design.md's "Route grammar"), as written in the config.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Route {
+    /// `POOL` or `{ pool: POOL }`.
     Pool { name: String, location: Location },
-    Unsupported { handle: String, location: Location },
+    /// `{ failover: [route, ...] }` or the long form with `children`, `limit`, `on`, `writes`.
+    Failover {
+        children: Vec<Route>,
+        /// Most children tried (the first included); None = all of them.
+        limit: Option<usize>,
+        on: FailoverOn,
+        /// Sets fail over too (default true); false makes a failed set fail.
+        writes: bool,
+        location: Location,
+    },
+    /// `{ gutter: POOL, max_ttl: DURATION }`: only as a failover child.
+    Gutter {
+        pool: String,
+        max_ttl: std::time::Duration,
+        location: Location,
+    },
+    /// `{ prefix: { "PREFIX": route, ..., default: route } }`: longest prefix wins.
+    Prefix {
+        prefixes: Vec<(String, Route)>,
+        default: Option<Box<Route>>,
+        location: Location,
+    },
+    /// `{ operation: { get, set, delete, default } }`.
+    Operation {
+        get: Option<Box<Route>>,
+        set: Option<Box<Route>>,
+        delete: Option<Box<Route>>,
+        default: Option<Box<Route>>,
+        location: Location,
+    },
+    /// `{ all_sync: [route, ...], reply: first | all_ok }`.
+    AllSync {
+        children: Vec<Route>,
+        reply: AllSyncReply,
+        location: Location,
+    },
+    /// `{ shadow: { route, shadow, fraction } }`: the shadow's replies are dropped.
+    Shadow {
+        route: Box<Route>,
+        shadow: Box<Route>,
+        fraction: f64,
+        location: Location,
+    },
+    /// `{ warm_up: { cold, warm, exptime } }`: a miss on cold reads warm and fills cold.
+    WarmUp {
+        cold: Box<Route>,
+        warm: Box<Route>,
+        exptime: std::time::Duration,
+        location: Location,
+    },
 }
+
+impl Route {
+    /// The handle's name as written in the config.
+    pub fn handle(&self) -> &'static str {
+        match self {
+            Route::Pool { .. } => "pool",
+            Route::Failover { .. } => "failover",
+            Route::Gutter { .. } => "gutter",
+            Route::Prefix { .. } => "prefix",
+            Route::Operation { .. } => "operation",
+            Route::AllSync { .. } => "all_sync",
+            Route::Shadow { .. } => "shadow",
+            Route::WarmUp { .. } => "warm_up",
+        }
+    }
+
+    pub fn location(&self) -> Location {
+        match self {
+            Route::Pool { location, .. }
+            | Route::Failover { location, .. }
+            | Route::Gutter { location, .. }
+            | Route::Prefix { location, .. }
+            | Route::Operation { location, .. }
+            | Route::AllSync { location, .. }
+            | Route::Shadow { location, .. }
+            | Route::WarmUp { location, .. } => *location,
+        }
+    }
+
+    /// Every pool this route can send to, each once, in first-seen order.
+    pub fn pools(&self) -> Vec<&str> {
+        fn walk<'a>(r: &'a Route, out: &mut Vec<&'a str>) {
+            let add = |n: &'a str, out: &mut Vec<&'a str>| {
+                if !out.contains(&n) {
+                    out.push(n)
+                }
+            };
+            match r {
+                Route::Pool { name, .. } => add(name, out),
+                Route::Gutter { pool, .. } => add(pool, out),
+                Route::Failover { children, .. } | Route::AllSync { children, .. } => {
+                    children.iter().for_each(|c| walk(c, out))
+                }
+                Route::Prefix {
+                    prefixes, default, ..
+                } => {
+                    prefixes.iter().for_each(|(_, c)| walk(c, out));
+                    default.iter().for_each(|c| walk(c, out));
+                }
+                Route::Operation {
+                    get,
+                    set,
+                    delete,
+                    default,
+                    ..
+                } => [get, set, delete, default]
+                    .into_iter()
+                    .flatten()
+                    .for_each(|c| walk(c, out)),
+                Route::Shadow { route, shadow, .. } => {
+                    walk(route, out);
+                    walk(shadow, out);
+                }
+                Route::WarmUp { cold, warm, .. } => {
+                    walk(cold, out);
+                    walk(warm, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(self, &mut out);
+        out
+    }
+}
+
+/// Which failures make a failover route try its next child.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FailoverOn {
+    pub timeout: bool,
+    pub refused: bool,
+    pub tko: bool,
+    pub server_error: bool,
+}
+
+impl Default for FailoverOn {
+    fn default() -> Self {
+        FailoverOn {
+            timeout: true,
+            refused: true,
+            tko: true,
+            server_error: true,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllSyncReply {
+    /// The first child's reply.
+    First,
+    /// The first child's reply when every child succeeded, else the first failure.
+    AllOk,
+}
+
+/// Default `max_ttl` of a gutter route (mcrouter's FailoverWithExptime uses 10 s too).
+pub const DEFAULT_GUTTER_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ListenerConfig {

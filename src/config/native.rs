@@ -189,6 +189,7 @@ fn convert_pool(name: &Spanned<String>, sp: &Spanned<NativePool>) -> Res<PoolCon
         servers: parsed,
         connections,
         auto_eject_hosts: p.auto_eject_hosts.unwrap_or(false),
+        tko: !p.auto_eject_hosts.unwrap_or(false),
         failure_limit: p.failure_limit.unwrap_or(3),
         retry_timeout: opt(&p.retry_timeout, syntax::parse_duration)?
             .unwrap_or(Duration::from_secs(10)),

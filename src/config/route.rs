@@ -1,13 +1,11 @@
-//! Route expressions (design.md's route grammar). Only `POOL` / `{ pool: POOL }` is served by
-//! this version; every other handle is still checked structurally, and each pool it names must
-//! exist and speak the listener's protocol, so `kvrouter -t` catches mistakes today. Such routes
-//! come back as `Route::Unsupported`, which the server refuses at startup.
+//! Route expressions (design.md's route grammar), parsed into `Route` trees. Every pool a route
+//! names must exist and speak the listener's protocol; every error carries its location.
 
 use serde_saphyr::Spanned;
 
 use super::syntax::{self, protocol_name};
 use super::yaml::{loc, problem, Node, Res};
-use super::{PoolConfig, Protocol, Route};
+use super::{AllSyncReply, FailoverOn, PoolConfig, Protocol, Route, DEFAULT_GUTTER_TTL};
 
 const HANDLES: &str = "pool, failover, gutter, prefix, operation, all_sync, shadow, warm_up";
 
@@ -46,6 +44,11 @@ impl Checker<'_> {
     }
 
     fn route(&self, node: &Spanned<Node>) -> Res<Route> {
+        self.route_in(node, false)
+    }
+
+    /// A route; `gutter_ok` when it is a direct child of a failover route.
+    fn route_in(&self, node: &Spanned<Node>, gutter_ok: bool) -> Res<Route> {
         let entries = match &node.value {
             Node::Scalar(_) => {
                 return Ok(Route::Pool {
@@ -82,112 +85,231 @@ impl Checker<'_> {
                 );
             }
         }
-        match handle {
-            "pool" => {
-                return Ok(Route::Pool {
-                    name: self.pool(value)?,
-                    location: loc(value),
-                })
-            }
-            "failover" => self.failover(value)?,
+        let location = loc(key);
+        let sibling = |name: &str| {
+            entries
+                .iter()
+                .find(|(k, _)| k.value == name)
+                .map(|(_, v)| v)
+        };
+        Ok(match handle {
+            "pool" => Route::Pool {
+                name: self.pool(value)?,
+                location: loc(value),
+            },
+            "failover" => self.failover(value, location)?,
             "gutter" => {
-                self.pool(value)?;
-                if let Some((_, ttl)) = entries.iter().find(|(k, _)| k.value == "max_ttl") {
-                    duration(ttl)?;
+                if !gutter_ok {
+                    return problem(
+                        location,
+                        "`gutter` is a failover child: use it inside `failover: [...]`",
+                    );
+                }
+                Route::Gutter {
+                    pool: self.pool(value)?,
+                    max_ttl: match sibling("max_ttl") {
+                        Some(ttl) => duration(ttl)?,
+                        None => DEFAULT_GUTTER_TTL,
+                    },
+                    location,
                 }
             }
             "prefix" => {
-                for (_, child) in map(value, "prefix")? {
-                    self.route(child)?;
+                let mut prefixes = Vec::new();
+                let mut default = None;
+                for (k, child) in map(value, "prefix")? {
+                    let route = self.route(child)?;
+                    if k.value == "default" {
+                        default = Some(Box::new(route));
+                    } else {
+                        prefixes.push((k.value.clone(), route));
+                    }
+                }
+                Route::Prefix {
+                    prefixes,
+                    default,
+                    location,
                 }
             }
-            "operation" => self.fields(
-                value,
-                "operation",
-                &["get", "set", "delete", "default"],
-                &[],
-            )?,
-            "all_sync" => {
-                self.children(value, "all_sync")?;
-                if let Some((_, reply)) = entries.iter().find(|(k, _)| k.value == "reply") {
-                    one_of(reply, &["first", "all_ok"])?;
+            "operation" => {
+                let mut ops: [Option<Box<Route>>; 4] = Default::default();
+                for (k, v) in map(value, "operation")? {
+                    let i = match k.value.as_str() {
+                        "get" => 0,
+                        "set" => 1,
+                        "delete" => 2,
+                        "default" => 3,
+                        other => {
+                            return problem(
+                                loc(k),
+                                format!("unexpected key `{other}` in `operation` (get, set, delete, default)"),
+                            )
+                        }
+                    };
+                    ops[i] = Some(Box::new(self.route(v)?));
+                }
+                let [get, set, delete, default] = ops;
+                if default.is_none() && (get.is_none() || set.is_none() || delete.is_none()) {
+                    return problem(
+                        location,
+                        "`operation` needs a `default` route unless get, set and delete are all given",
+                    );
+                }
+                Route::Operation {
+                    get,
+                    set,
+                    delete,
+                    default,
+                    location,
                 }
             }
-            "shadow" => self.fields(value, "shadow", &["route", "shadow"], &["fraction"])?,
-            "warm_up" => self.fields(value, "warm_up", &["cold", "warm"], &["exptime"])?,
+            "all_sync" => Route::AllSync {
+                children: self.children(value, "all_sync", false)?,
+                reply: match sibling("reply") {
+                    Some(r) => match one_of(r, &["first", "all_ok"])? {
+                        "first" => AllSyncReply::First,
+                        _ => AllSyncReply::AllOk,
+                    },
+                    None => AllSyncReply::First,
+                },
+                location,
+            },
+            "shadow" => {
+                let f = self.fields(value, "shadow", &["route", "shadow"])?;
+                Route::Shadow {
+                    route: Box::new(f.routes[0].clone().expect("required")),
+                    shadow: Box::new(f.routes[1].clone().expect("required")),
+                    fraction: f.fraction.unwrap_or(1.0),
+                    location,
+                }
+            }
+            "warm_up" => {
+                let f = self.fields(value, "warm_up", &["cold", "warm"])?;
+                Route::WarmUp {
+                    cold: Box::new(f.routes[0].clone().expect("required")),
+                    warm: Box::new(f.routes[1].clone().expect("required")),
+                    exptime: f.exptime.unwrap_or(std::time::Duration::ZERO),
+                    location,
+                }
+            }
             _ => {
                 return problem(
-                    loc(key),
+                    location,
                     format!("unknown route handle `{handle}`, expected one of {HANDLES}"),
                 )
             }
-        }
-        Ok(Route::Unsupported {
-            handle: handle.to_string(),
-            location: loc(key),
         })
     }
 
     /// A list of child routes.
-    fn children(&self, node: &Spanned<Node>, handle: &str) -> Res<()> {
+    fn children(&self, node: &Spanned<Node>, handle: &str, gutter_ok: bool) -> Res<Vec<Route>> {
         let Node::Seq(items) = &node.value else {
             return problem(loc(node), format!("`{handle}` expects a list of routes"));
         };
-        for item in items {
-            self.route(item)?;
+        if items.is_empty() {
+            return problem(loc(node), format!("`{handle}` needs at least one route"));
         }
-        Ok(())
+        items.iter().map(|i| self.route_in(i, gutter_ok)).collect()
     }
 
     /// `failover: [routes]` or `failover: { children, limit, on, writes }`.
-    fn failover(&self, node: &Spanned<Node>) -> Res<()> {
+    fn failover(&self, node: &Spanned<Node>, location: super::Location) -> Res<Route> {
         if let Node::Seq(_) = node.value {
-            return self.children(node, "failover");
+            return Ok(Route::Failover {
+                children: self.children(node, "failover", true)?,
+                limit: None,
+                on: FailoverOn::default(),
+                writes: true,
+                location,
+            });
         }
+        let mut children = None;
+        let mut limit = None;
+        let mut on = FailoverOn::default();
+        let mut writes = true;
         for (k, v) in map(node, "failover")? {
             match k.value.as_str() {
-                "children" => self.children(v, "failover")?,
-                "limit" => number(v)?,
-                "writes" => one_of(v, &["true", "false"])?,
+                "children" => children = Some(self.children(v, "failover", true)?),
+                "limit" => {
+                    let n = number(v)?;
+                    if n == 0 {
+                        return problem(loc(v), "`limit` must be at least 1");
+                    }
+                    limit = Some(n as usize);
+                }
+                "writes" => writes = one_of(v, &["true", "false"])? == "true",
                 "on" => {
                     let Node::Seq(items) = &v.value else {
                         return problem(loc(v), "`on` expects a list");
                     };
+                    on = FailoverOn {
+                        timeout: false,
+                        refused: false,
+                        tko: false,
+                        server_error: false,
+                    };
                     for i in items {
-                        one_of(i, &["timeout", "refused", "tko", "server_error"])?;
+                        match one_of(i, &["timeout", "refused", "tko", "server_error"])? {
+                            "timeout" => on.timeout = true,
+                            "refused" => on.refused = true,
+                            "tko" => on.tko = true,
+                            _ => on.server_error = true,
+                        }
                     }
                 }
                 other => return problem(loc(k), format!("unexpected key `{other}` in `failover`")),
             }
         }
-        Ok(())
+        let Some(children) = children else {
+            return problem(location, "`failover` needs `children: [route, ...]`");
+        };
+        Ok(Route::Failover {
+            children,
+            limit,
+            on,
+            writes,
+            location,
+        })
     }
 
-    /// A mapping whose `routes` keys hold child routes and `scalars` keys hold plain values.
-    fn fields(
-        &self,
-        node: &Spanned<Node>,
-        handle: &str,
-        routes: &[&str],
-        scalars: &[&str],
-    ) -> Res<()> {
+    /// A mapping with the child routes `routes` (all required) and the optional scalars
+    /// `exptime` and `fraction`.
+    fn fields(&self, node: &Spanned<Node>, handle: &str, routes: &[&str]) -> Res<Fields> {
+        let mut f = Fields {
+            routes: vec![None; routes.len()],
+            exptime: None,
+            fraction: None,
+        };
         for (k, v) in map(node, handle)? {
             let key = k.value.as_str();
-            if routes.contains(&key) {
-                self.route(v)?;
-            } else if key == "exptime" {
-                duration(v)?;
-            } else if key == "fraction" {
-                let ok = matches!(&v.value, Node::Scalar(s) if s.parse::<f64>().is_ok_and(|f| (0.0..=1.0).contains(&f)));
-                if !ok {
-                    return problem(loc(v), "`fraction` must be a number from 0.0 to 1.0");
+            if let Some(i) = routes.iter().position(|r| *r == key) {
+                f.routes[i] = Some(self.route(v)?);
+            } else if key == "exptime" && handle == "warm_up" {
+                f.exptime = Some(duration(v)?);
+            } else if key == "fraction" && handle == "shadow" {
+                match &v.value {
+                    Node::Scalar(s) if s.parse::<f64>().is_ok_and(|f| (0.0..=1.0).contains(&f)) => {
+                        f.fraction = s.parse().ok();
+                    }
+                    _ => return problem(loc(v), "`fraction` must be a number from 0.0 to 1.0"),
                 }
-            } else if !scalars.contains(&key) {
+            } else {
                 return problem(loc(k), format!("unexpected key `{key}` in `{handle}`"));
             }
         }
-        Ok(())
+        for (i, r) in routes.iter().enumerate() {
+            if f.routes[i].is_none() {
+                return problem(loc(node), format!("`{handle}` needs `{r}`"));
+            }
+        }
+        Ok(f)
     }
+}
+
+struct Fields {
+    routes: Vec<Option<Route>>,
+    exptime: Option<std::time::Duration>,
+    fraction: Option<f64>,
 }
 
 fn map<'n>(node: &'n Spanned<Node>, handle: &str) -> Res<&'n [(Spanned<String>, Spanned<Node>)]> {
@@ -200,11 +322,9 @@ fn map<'n>(node: &'n Spanned<Node>, handle: &str) -> Res<&'n [(Spanned<String>, 
     }
 }
 
-fn duration(node: &Spanned<Node>) -> Res<()> {
+fn duration(node: &Spanned<Node>) -> Res<std::time::Duration> {
     match &node.value {
-        Node::Scalar(s) => syntax::parse_duration(s)
-            .map(|_| ())
-            .or_else(|reason| problem(loc(node), reason)),
+        Node::Scalar(s) => syntax::parse_duration(s).or_else(|reason| problem(loc(node), reason)),
         other => problem(
             loc(node),
             format!("expected a duration, found {}", other.kind()),
@@ -212,16 +332,18 @@ fn duration(node: &Spanned<Node>) -> Res<()> {
     }
 }
 
-fn number(node: &Spanned<Node>) -> Res<()> {
+fn number(node: &Spanned<Node>) -> Res<u32> {
     match &node.value {
-        Node::Scalar(s) if s.parse::<u32>().is_ok() => Ok(()),
+        Node::Scalar(s) if s.parse::<u32>().is_ok() => Ok(s.parse().expect("checked")),
         _ => problem(loc(node), "expected a non-negative integer"),
     }
 }
 
-fn one_of(node: &Spanned<Node>, allowed: &[&str]) -> Res<()> {
+fn one_of<'a>(node: &Spanned<Node>, allowed: &[&'a str]) -> Res<&'a str> {
     match &node.value {
-        Node::Scalar(s) if allowed.contains(&s.as_str()) => Ok(()),
+        Node::Scalar(s) if allowed.contains(&s.as_str()) => {
+            Ok(allowed.iter().find(|a| **a == s.as_str()).expect("checked"))
+        }
         _ => problem(loc(node), format!("expected one of {}", allowed.join(", "))),
     }
 }

@@ -451,7 +451,7 @@ listeners:
 }
 
 #[test]
-fn native_design_example_routes_parse_as_unsupported() {
+fn native_design_example_routes_parse_into_trees() {
     let c = ok("\
 pools:
   users: { protocol: memcache, servers: [\"127.0.0.1:11211:1\"] }
@@ -478,14 +478,7 @@ listeners:
     protocol: memcache
     route: { warm_up: { cold: users, warm: users-gutter, exptime: 30s } }
 ");
-    let handles: Vec<String> = c
-        .listeners
-        .iter()
-        .map(|l| match &l.route {
-            Route::Unsupported { handle, .. } => handle.clone(),
-            Route::Pool { .. } => "pool".into(),
-        })
-        .collect();
+    let handles: Vec<&str> = c.listeners.iter().map(|l| l.route.handle()).collect();
     assert_eq!(
         handles,
         [
@@ -497,13 +490,76 @@ listeners:
             "warm_up"
         ]
     );
+    let pool = |n: &str, line, col| Route::Pool {
+        name: n.into(),
+        location: Location { line, col },
+    };
     assert_eq!(
         c.listeners[0].route,
-        Route::Unsupported {
-            handle: "failover".into(),
+        Route::Failover {
+            children: vec![
+                pool("users", 8, 18),
+                Route::Gutter {
+                    pool: "users-gutter".into(),
+                    max_ttl: Duration::from_secs(10),
+                    location: Location { line: 8, col: 27 },
+                },
+            ],
+            limit: None,
+            on: FailoverOn::default(),
+            writes: true,
             location: Location { line: 8, col: 7 }
         }
     );
+    let Route::Failover {
+        limit, on, writes, ..
+    } = &c.listeners[1].route
+    else {
+        panic!("failover")
+    };
+    assert_eq!((*limit, *writes), (Some(1), false));
+    assert!(on.timeout && on.tko && !on.refused && !on.server_error);
+    let Route::Prefix {
+        prefixes, default, ..
+    } = &c.listeners[2].route
+    else {
+        panic!("prefix")
+    };
+    assert_eq!(prefixes[0].0, "a:");
+    assert!(default.is_some());
+    let Route::Shadow { fraction, .. } = &c.listeners[4].route else {
+        panic!("shadow")
+    };
+    assert_eq!(*fraction, 0.1);
+    let Route::WarmUp { exptime, .. } = &c.listeners[5].route else {
+        panic!("warm_up")
+    };
+    assert_eq!(*exptime, Duration::from_secs(30));
+    assert_eq!(c.listeners[0].route.pools(), vec!["users", "users-gutter"]);
+}
+
+#[test]
+fn gutter_outside_failover_and_incomplete_routes_are_refused() {
+    let base = "\
+pools:
+  a: { protocol: memcache, servers: [\"127.0.0.1:11211:1\"] }
+  b: { protocol: memcache, servers: [\"127.0.0.1:11212:1\"] }
+listeners:
+  - listen: 127.0.0.1:11311
+    protocol: memcache
+    route: ";
+    for (route, want) in [
+        ("{ gutter: b }", "`gutter` is a failover child"),
+        ("{ operation: { get: a } }", "needs a `default` route"),
+        ("{ shadow: { route: a } }", "`shadow` needs `shadow`"),
+        ("{ failover: { limit: 2 } }", "needs `children"),
+        ("{ failover: { children: [a], limit: 0 } }", "at least 1"),
+        ("{ all_sync: [] }", "at least one route"),
+    ] {
+        let err = Config::parse(Path::new("r.yml"), &format!("{base}{route}\n")).unwrap_err();
+        assert!(err.reason.contains(want), "{route}: {err}");
+        assert_eq!(err.location.line, 7, "{route}: {err}");
+    }
 }
 
 const NATIVE_TWO_POOLS: &str = "\
@@ -545,8 +601,8 @@ fn native_route_errors() {
         "11:27: unexpected key `extra` in a `pool` route"
     );
     assert_eq!(
-        with("route: { gutter: users, max_ttl: soon }"),
-        "11:38: invalid duration 'soon': expected a number and a unit (us, ms, s, m, h), e.g. 200ms"
+        with("route: { failover: [users, { gutter: users, max_ttl: soon }] }"),
+        "11:58: invalid duration 'soon': expected a number and a unit (us, ms, s, m, h), e.g. 200ms"
     );
     assert_eq!(
         with("route: [users]"),

@@ -153,6 +153,7 @@ fn convert(
         servers: parsed,
         connections: server_connections as usize,
         auto_eject_hosts: boolean(&p.auto_eject_hosts, "auto_eject_hosts")?.unwrap_or(false),
+        tko: false,
         failure_limit: num(&p.server_failure_limit, "server_failure_limit")?.unwrap_or(2),
         retry_timeout: Duration::from_millis(
             num(&p.server_retry_timeout, "server_retry_timeout")?

@@ -614,6 +614,77 @@ pub fn compose_retrieval(command: Command, gat_exptime: Option<&[u8]>, keys: &[B
     out.freeze()
 }
 
+/// Rewrite the exptime argument of a request (`bytes` as sent to a backend, no `noreply`):
+/// storage commands, `touch`, `gat`/`gats`. None for commands without an exptime or when the
+/// token does not parse (the parser already refused those).
+pub fn rewrite_exptime(
+    command: Command,
+    bytes: &Bytes,
+    f: impl FnOnce(i64) -> i64,
+) -> Option<Bytes> {
+    let index = match command {
+        c if c.is_storage() => 3,
+        Command::Touch => 2,
+        Command::Gat | Command::Gats => 1,
+        _ => return None,
+    };
+    let nl = memchr(b'\n', bytes)?;
+    let line = strip_cr(&bytes[..nl]);
+    let mut seen = 0;
+    let mut i = 0;
+    let (tok_start, tok_end) = loop {
+        while i < line.len() && line[i] == b' ' {
+            i += 1;
+        }
+        if i >= line.len() {
+            return None;
+        }
+        let s = i;
+        while i < line.len() && line[i] != b' ' {
+            i += 1;
+        }
+        if seen == index {
+            break (s, i);
+        }
+        seen += 1;
+    };
+    let old: i64 = std::str::from_utf8(&line[tok_start..tok_end])
+        .ok()?
+        .parse()
+        .ok()?;
+    let new = f(old).to_string();
+    let mut out = BytesMut::with_capacity(bytes.len() + new.len());
+    out.put_slice(&bytes[..tok_start]);
+    out.put_slice(new.as_bytes());
+    out.put_slice(&bytes[tok_end..]);
+    Some(out.freeze())
+}
+
+/// A `set` that stores `item` (a retrieval item: `VALUE key flags bytes [cas]\r\n<data>\r\n`)
+/// with `exptime`; None when the item does not parse.
+pub fn set_from_item(item: &Item, exptime: i64) -> Option<Bytes> {
+    let nl = memchr(b'\n', &item.raw)?;
+    let line = strip_cr(&item.raw[..nl]);
+    let mut tokens = line.split(|&b| b == b' ').filter(|t| !t.is_empty());
+    let (_value, key, flags, len) = (
+        tokens.next()?,
+        tokens.next()?,
+        tokens.next()?,
+        tokens.next()?,
+    );
+    let data = item.raw.get(nl + 1..)?;
+    let mut out = BytesMut::with_capacity(item.raw.len() + 32);
+    out.put_slice(b"set ");
+    out.put_slice(key);
+    out.put_u8(b' ');
+    out.put_slice(flags);
+    out.put_slice(format!(" {exptime} ").as_bytes());
+    out.put_slice(len);
+    out.put_slice(b"\r\n");
+    out.put_slice(data);
+    Some(out.freeze())
+}
+
 /// A reply stream that cannot be parsed (the backend connection must be closed).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplyError(pub String);

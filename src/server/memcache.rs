@@ -19,6 +19,7 @@ use tokio::io::Interest;
 use tokio::sync::{oneshot, watch};
 
 use super::pool::PoolRuntime;
+use super::route::{self, McOp};
 use super::stats::{bump, Stats};
 use crate::backend::io::Io;
 use crate::backend::{BackendError, BackendHandle, Reply, ReplyKind};
@@ -36,6 +37,8 @@ pub struct McContext {
     pub backends: Rc<Vec<Vec<BackendHandle>>>,
     pub stats: Arc<Stats>,
     pub threads: usize,
+    /// The listener's route tree, when it is more than a plain pool (`pool` is then unused).
+    pub route: Option<Rc<route::Node>>,
 }
 
 /// One request's reply, in the order the client sent it.
@@ -43,13 +46,15 @@ enum Pending {
     Ready(Bytes),
     Single {
         rx: oneshot::Receiver<Reply>,
-        server: usize,
+        /// The server it went to (None: it went down a route tree, which reports its own errors).
+        server: Option<usize>,
         noreply: bool,
         hit_check: bool,
     },
     Multi(Box<MultiGet>),
     Flush {
-        rxs: Vec<(usize, Option<oneshot::Receiver<Reply>>)>,
+        /// Each server's address and its reply.
+        rxs: Vec<(String, Option<oneshot::Receiver<Reply>>)>,
         failed: Option<String>,
         noreply: bool,
     },
@@ -65,7 +70,8 @@ struct MultiGet {
 }
 
 struct Part {
-    server: usize,
+    /// None: the key went down a route tree (its errors arrive as SERVER_ERROR replies).
+    server: Option<usize>,
     rx: Option<oneshot::Receiver<Reply>>,
     result: Option<Reply>,
 }
@@ -131,7 +137,7 @@ impl Pending {
                 noreply,
             } => {
                 let mut waiting = false;
-                for (server, slot) in rxs.iter_mut() {
+                for (addr, slot) in rxs.iter_mut() {
                     if let Some(rx) = slot.as_mut() {
                         match Pin::new(rx).poll(cx) {
                             Poll::Pending => waiting = true,
@@ -145,7 +151,6 @@ impl Pending {
                                     Err(e) => Some(e.to_string()),
                                 };
                                 if let (Some(why), None) = (why, failed.as_ref()) {
-                                    let addr = &ctx.pool.specs[*server].address;
                                     *failed = Some(format!("flush_all failed on {addr}: {why}"));
                                 }
                             }
@@ -173,10 +178,15 @@ fn trim_crlf(b: &[u8]) -> &[u8] {
     b.strip_suffix(b"\r\n").unwrap_or(b)
 }
 
-fn server_error(ctx: &McContext, server: usize, e: &BackendError) -> Bytes {
+fn server_error(ctx: &McContext, server: Option<usize>, e: &BackendError) -> Bytes {
     bump(&ctx.stats.server_errors, 1);
-    let addr = &ctx.pool.specs[server].address;
-    Bytes::from(format!("SERVER_ERROR backend {addr} {e}\r\n"))
+    match server {
+        Some(s) => {
+            let addr = &ctx.pool.specs[s].address;
+            Bytes::from(format!("SERVER_ERROR backend {addr} {e}\r\n"))
+        }
+        None => Bytes::from(format!("SERVER_ERROR {e}\r\n")),
+    }
 }
 
 impl MultiGet {
@@ -190,7 +200,10 @@ impl MultiGet {
             items.push(match p.result.as_ref().expect("part complete") {
                 Ok(reply) => memcache::split_items(reply)
                     .map_err(|line| String::from_utf8_lossy(trim_crlf(&line)).into_owned()),
-                Err(e) => Err(format!("backend {} {e}", ctx.pool.specs[p.server].address)),
+                Err(e) => Err(match p.server {
+                    Some(s) => format!("backend {} {e}", ctx.pool.specs[s].address),
+                    None => e.to_string(),
+                }),
             });
         }
         if let Some(Err(why)) = items.first() {
@@ -440,14 +453,32 @@ impl Conn {
             Command::FlushAll => {
                 bump(&stats.cmd_flush, 1);
                 let bytes = req.to_backend();
-                let rxs = (0..self.ctx.backends.len())
-                    .map(|s| {
-                        (
-                            s,
-                            Some(self.backend(s).send(bytes.clone(), ReplyKind::McLine)),
-                        )
-                    })
-                    .collect();
+                let rxs = match &self.ctx.route {
+                    None => (0..self.ctx.backends.len())
+                        .map(|s| {
+                            let addr = self.ctx.pool.specs[s].address.clone();
+                            (
+                                addr,
+                                Some(self.backend(s).send(bytes.clone(), ReplyKind::McLine)),
+                            )
+                        })
+                        .collect(),
+                    // Every server of every pool the route tree reaches.
+                    Some(node) => node
+                        .targets()
+                        .iter()
+                        .flat_map(|t| {
+                            t.backends
+                                .iter()
+                                .zip(&t.pool.specs)
+                                .map(|(conns, spec)| {
+                                    let rx = conns[0].send(bytes.clone(), ReplyKind::McLine);
+                                    (spec.address.clone(), Some(rx))
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                        .collect(),
+                };
                 Pending::Flush {
                     rxs,
                     failed: None,
@@ -467,13 +498,28 @@ impl Conn {
                     _ => &stats.cmd_set,
                 };
                 bump(counter, 1);
+                if let Some(node) = &self.ctx.route {
+                    let op = McOp {
+                        command: req.command,
+                        key: req.keys[0].clone(),
+                        bytes: req.to_backend(),
+                        client_id: self.client_id,
+                    };
+                    self.pending.push_back(Pending::Single {
+                        rx: spawn_routed(node, op),
+                        server: None,
+                        noreply: req.noreply,
+                        hit_check: false,
+                    });
+                    return;
+                }
                 match self.ctx.pool.server_for(&req.keys[0]) {
                     None => self.no_server(),
                     Some(server) => Pending::Single {
                         rx: self
                             .backend(server)
                             .send(req.to_backend(), ReplyKind::McLine),
-                        server,
+                        server: Some(server),
                         noreply: req.noreply,
                         hit_check: false,
                     },
@@ -484,13 +530,16 @@ impl Conn {
     }
 
     fn retrieval(&mut self, req: Request) -> Pending {
+        if let Some(node) = &self.ctx.route {
+            return self.routed_retrieval(node.clone(), req);
+        }
         let pool = &self.ctx.pool;
         if req.keys.len() == 1 {
             return match pool.server_for(&req.keys[0]) {
                 None => self.no_server(),
                 Some(server) => Pending::Single {
                     rx: self.backend(server).send(req.raw, ReplyKind::McRetrieval),
-                    server,
+                    server: Some(server),
                     noreply: false,
                     hit_check: true,
                 },
@@ -518,7 +567,7 @@ impl Conn {
         let parts = if servers.len() == 1 {
             // One server: forward the request as it came.
             vec![Part {
-                server: servers[0],
+                server: Some(servers[0]),
                 rx: Some(
                     self.backend(servers[0])
                         .send(req.raw.clone(), ReplyKind::McRetrieval),
@@ -532,7 +581,7 @@ impl Conn {
                 .map(|(&server, keys)| {
                     let bytes = memcache::compose_retrieval(req.command, gat, keys);
                     Part {
-                        server,
+                        server: Some(server),
                         rx: Some(self.backend(server).send(bytes, ReplyKind::McRetrieval)),
                         result: None,
                     }
@@ -542,6 +591,39 @@ impl Conn {
         Pending::Multi(Box::new(MultiGet {
             keys: req.keys,
             part_of,
+            parts,
+        }))
+    }
+
+    /// A retrieval through a route tree: one single-key operation per key, merged as usual.
+    fn routed_retrieval(&mut self, node: Rc<route::Node>, req: Request) -> Pending {
+        let gat = req.gat_exptime.as_deref();
+        let op = |key: &Bytes| McOp {
+            command: req.command,
+            key: key.clone(),
+            bytes: memcache::compose_retrieval(req.command, gat, std::slice::from_ref(key)),
+            client_id: self.client_id,
+        };
+        if req.keys.len() == 1 {
+            return Pending::Single {
+                rx: spawn_routed(&node, op(&req.keys[0])),
+                server: None,
+                noreply: false,
+                hit_check: true,
+            };
+        }
+        let parts = req
+            .keys
+            .iter()
+            .map(|k| Part {
+                server: None,
+                rx: Some(spawn_routed(&node, op(k))),
+                result: None,
+            })
+            .collect();
+        Pending::Multi(Box::new(MultiGet {
+            part_of: (0..req.keys.len()).collect(),
+            keys: req.keys,
             parts,
         }))
     }
@@ -557,6 +639,17 @@ impl Conn {
             )),
         })
     }
+}
+
+/// Run `op` down a route tree as its own task (so a failover waiting on a timeout holds up no
+/// other request); its outcome arrives as a reply (`SERVER_ERROR ...` when it failed).
+fn spawn_routed(node: &Rc<route::Node>, op: McOp) -> oneshot::Receiver<Reply> {
+    let fut = node.exec(op);
+    let (tx, rx) = oneshot::channel();
+    tokio::task::spawn_local(async move {
+        let _ = tx.send(Ok(fut.await.into_bytes()));
+    });
+    rx
 }
 
 /// A waker that does nothing: used to poll replies that may already be complete without

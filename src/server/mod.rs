@@ -8,6 +8,7 @@
 pub mod listener;
 pub mod memcache;
 pub mod pool;
+pub mod route;
 pub mod stats;
 
 use std::collections::HashMap;
@@ -73,32 +74,25 @@ pub fn check_health(shared: &Shared) -> Result<(), String> {
 }
 
 /// What this version cannot serve yet, reported by `kvrouter -t` and at startup: returns, for
-/// each listener, the index of the pool it routes to.
+/// each listener, the index of its first pool (plain pool routes: its pool).
 pub fn check(config: &Config) -> Result<Vec<usize>, String> {
     let mut listener_pool = Vec::new();
     for l in &config.listeners {
-        let pool_name = match &l.route {
-            Route::Pool { name, .. } => name,
-            Route::Unsupported { handle, location } => {
-                return Err(format!(
-                    "{}:{}:{}: route handle `{handle}` is not implemented yet (only `pool` routes are served by this version)",
-                    config.file.display(), location.line, location.col
-                ))
-            }
+        let at = |loc: crate::config::Location| {
+            format!("{}:{}:{}", config.file.display(), loc.line, loc.col)
         };
+        if l.protocol == Protocol::Redis {
+            return Err(format!(
+                "{}: redis listeners are not implemented yet in this version (memcache only)",
+                at(l.location)
+            ));
+        }
+        let names = l.route.pools();
         let idx = config
             .pools
             .iter()
-            .position(|p| &p.name == pool_name)
-            .ok_or_else(|| format!("unknown pool {pool_name}"))?;
-        if l.protocol == Protocol::Redis || config.pools[idx].protocol == Protocol::Redis {
-            return Err(format!(
-                "{}:{}:{}: redis listeners are not implemented yet in this version (memcache only)",
-                config.file.display(),
-                l.location.line,
-                l.location.col
-            ));
-        }
+            .position(|p| p.name == names[0])
+            .ok_or_else(|| format!("{}: unknown pool {}", at(l.route.location()), names[0]))?;
         listener_pool.push(idx);
     }
     Ok(listener_pool)
@@ -178,9 +172,15 @@ fn worker(
         .expect("worker runtime");
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        // This worker's backend connections, per pool and server.
+        // This worker's backend connections, per pool and server, for every pool a route uses.
         let mut backends: HashMap<usize, Rc<Vec<Vec<BackendHandle>>>> = HashMap::new();
-        for &p in &shared.listener_pool {
+        let used = shared
+            .config
+            .listeners
+            .iter()
+            .flat_map(|l| l.route.pools())
+            .filter_map(|name| shared.config.pools.iter().position(|p| p.name == name));
+        for p in used {
             backends.entry(p).or_insert_with(|| {
                 let pool = &shared.pools[p];
                 Rc::new(
@@ -195,15 +195,32 @@ fn worker(
                 )
             });
         }
+        let target = |name: &str| {
+            let p = shared
+                .config
+                .pools
+                .iter()
+                .position(|p| p.name == name)
+                .expect("routes name known pools (checked by config)");
+            route::Target {
+                pool: shared.pools[p].clone(),
+                backends: backends[&p].clone(),
+            }
+        };
         let contexts: Vec<Rc<memcache::McContext>> = shared
             .listener_pool
             .iter()
-            .map(|&p| {
+            .zip(&shared.config.listeners)
+            .map(|(&p, l)| {
                 Rc::new(memcache::McContext {
                     pool: shared.pools[p].clone(),
                     backends: backends[&p].clone(),
                     stats: shared.stats.clone(),
                     threads: shared.threads,
+                    route: match &l.route {
+                        Route::Pool { .. } => None,
+                        r => Some(route::Node::build(r, &target)),
+                    },
                 })
             })
             .collect();

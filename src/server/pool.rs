@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::backend::health::now_ms;
-use crate::backend::{ServerHealth, ServerSpec};
+use bytes::Bytes;
+
+use crate::backend::{Probe, ReplyKind, ServerHealth, ServerSpec};
 use crate::config::PoolConfig;
 use crate::protocol::memcache::Limits;
 use crate::routing::{Node, Placement};
@@ -47,6 +49,10 @@ impl PoolRuntime {
                     auto_eject: config.auto_eject_hosts,
                     failure_limit: config.failure_limit,
                     retry_timeout: config.retry_timeout,
+                    tko: config.tko.then(|| Probe {
+                        request: Bytes::from_static(b"version\r\n"),
+                        kind: ReplyKind::McLine,
+                    }),
                 })
             })
             .collect();
@@ -135,6 +141,8 @@ impl PoolRuntime {
     /// True when at least one server is in service.
     pub fn has_live_server(&self) -> bool {
         let now = now_ms();
-        self.specs.iter().any(|s| !s.health.is_ejected(now))
+        self.specs
+            .iter()
+            .any(|s| !s.health.is_ejected(now) && !s.health.is_down())
     }
 }

@@ -1129,3 +1129,41 @@ fn gen_reply() -> impl Strategy<Value = GenReply> {
     });
     prop_oneof![retrieval, line]
 }
+
+#[test]
+fn rewrite_exptime_of_storage_touch_and_gat() {
+    let set = Bytes::from_static(b"set k 5 100 3\r\nabc\r\n");
+    let out = rewrite_exptime(Command::Set, &set, |e| {
+        assert_eq!(e, 100);
+        10
+    });
+    assert_eq!(out.unwrap(), Bytes::from_static(b"set k 5 10 3\r\nabc\r\n"));
+    let cas = Bytes::from_static(b"cas  k 0 0 1 77\r\nx\r\n");
+    assert_eq!(
+        rewrite_exptime(Command::Cas, &cas, |_| 9).unwrap(),
+        Bytes::from_static(b"cas  k 0 9 1 77\r\nx\r\n")
+    );
+    let touch = Bytes::from_static(b"touch k 0\r\n");
+    assert_eq!(
+        rewrite_exptime(Command::Touch, &touch, |_| 10).unwrap(),
+        Bytes::from_static(b"touch k 10\r\n")
+    );
+    let gat = Bytes::from_static(b"gat 3600 a b\r\n");
+    assert_eq!(
+        rewrite_exptime(Command::Gat, &gat, |_| 10).unwrap(),
+        Bytes::from_static(b"gat 10 a b\r\n")
+    );
+    assert!(rewrite_exptime(Command::Get, &Bytes::from_static(b"get a\r\n"), |_| 1).is_none());
+}
+
+#[test]
+fn set_from_an_item() {
+    let item = Item {
+        key: Bytes::from_static(b"k"),
+        raw: Bytes::from_static(b"VALUE k 7 3 99\r\nabc\r\n"),
+    };
+    assert_eq!(
+        set_from_item(&item, 30).unwrap(),
+        Bytes::from_static(b"set k 7 30 3\r\nabc\r\n")
+    );
+}

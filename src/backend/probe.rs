@@ -1,0 +1,65 @@
+//! Probing a server that is marked down (TKO): one task per down server sends a cheap request
+//! (memcached `version`, Redis `PING`) with backoff until it gets a complete reply, then puts
+//! the server back in service. Requests never wait on a down server; only the probe does.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::connection::{connect, ServerSpec, Stream};
+use crate::protocol::memcache;
+
+const FIRST_PROBE: Duration = Duration::from_millis(100);
+/// A probe waits this long for its answer when the pool has no timeout.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Probe until the server answers. The caller has claimed the probe (`claim_probe`).
+pub async fn probe(spec: Arc<ServerSpec>) {
+    let Some(p) = spec.tko.clone() else { return };
+    let ceiling = spec.retry_timeout.max(FIRST_PROBE);
+    let mut delay = FIRST_PROBE.min(ceiling);
+    loop {
+        tokio::time::sleep(delay).await;
+        let wait = spec.timeout.unwrap_or(PROBE_TIMEOUT);
+        match tokio::time::timeout(wait, once(&spec, &p)).await {
+            Ok(Ok(())) => {
+                spec.health.probe_succeeded();
+                tracing::info!(server = %spec.address, "probe answered: server back in service");
+                return;
+            }
+            Ok(Err(e)) => tracing::debug!(server = %spec.address, error = %e, "probe failed"),
+            Err(_) => tracing::debug!(server = %spec.address, "probe timed out"),
+        }
+        delay = (delay * 2).min(ceiling);
+    }
+}
+
+async fn once(spec: &ServerSpec, p: &super::connection::Probe) -> std::io::Result<()> {
+    let mut buf = BytesMut::with_capacity(256);
+    let done = |buf: &[u8]| match p.kind {
+        super::ReplyKind::McLine | super::ReplyKind::McRetrieval => {
+            matches!(memcache::scan_reply(buf, false), Ok(Some(_)) | Err(_))
+        }
+    };
+    match connect(spec).await? {
+        Stream::Tcp(mut s) => {
+            s.write_all(&p.request).await?;
+            while !done(&buf) {
+                if s.read_buf(&mut buf).await? == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+        }
+        Stream::Unix(mut s) => {
+            s.write_all(&p.request).await?;
+            while !done(&buf) {
+                if s.read_buf(&mut buf).await? == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+        }
+    }
+    Ok(())
+}
