@@ -610,7 +610,7 @@ fn native_route_errors() {
     );
     assert_eq!(
         with("route: { operation: { get: users, put: users } }"),
-        "11:39: unexpected key `put` in `operation`"
+        "11:39: unexpected key `put` in `operation` (get, set, delete, default)"
     );
 }
 
