@@ -122,8 +122,12 @@ impl Outcome {
         }
     }
 
+    /// A success for `all_sync: all_ok`: not an error, and not NOT_STORED / EXISTS / NOT_FOUND.
     fn is_ok(&self) -> bool {
-        matches!(self, Outcome::Reply(b) if !memcache::is_error_reply(b))
+        matches!(self, Outcome::Reply(b) if !memcache::is_error_reply(b)
+            && !b.starts_with(b"NOT_STORED")
+            && !b.starts_with(b"EXISTS")
+            && !b.starts_with(b"NOT_FOUND"))
     }
 
     fn is_miss(&self) -> bool {

@@ -97,40 +97,62 @@ fn which(bin: &str) -> PathBuf {
 /// A real memcached on an ephemeral loopback port (`-I 2m` so values near 1 MiB fit).
 pub fn memcached() -> Proc {
     for _ in 0..20 {
-        let port = free_port();
-        let mut cmd = Command::new(which("memcached"));
-        // memcached refuses to start as root unless told which user to run as.
-        if unsafe { libc::geteuid() } == 0 {
-            cmd.args(["-u", "root"]);
+        if let Some(p) = try_memcached(free_port()) {
+            return p;
         }
-        let mut child = cmd
-            .args([
-                "-l",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-U",
-                "0",
-                "-t",
-                "1",
-                "-m",
-                "64",
-                "-I",
-                "2m",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start memcached");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        std::thread::sleep(Duration::from_millis(30));
-        if let Ok(Some(_)) = child.try_wait() {
-            continue; // port taken meanwhile: try another
-        }
-        wait_port(addr, &mut child);
-        return Proc { child, addr };
     }
     panic!("could not start memcached");
+}
+
+/// A real memcached on `port` (e.g. restarting one that was killed). Panics when it cannot.
+pub fn memcached_at(port: u16) -> Proc {
+    for _ in 0..50 {
+        if let Some(p) = try_memcached(port) {
+            return p;
+        }
+        std::thread::sleep(Duration::from_millis(50)); // the old socket may linger briefly
+    }
+    panic!("could not start memcached on port {port}");
+}
+
+fn try_memcached(port: u16) -> Option<Proc> {
+    let mut cmd = Command::new(which("memcached"));
+    // memcached refuses to start as root unless told which user to run as.
+    if unsafe { libc::geteuid() } == 0 {
+        cmd.args(["-u", "root"]);
+    }
+    let mut child = cmd
+        .args([
+            "-l",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "0",
+            "-t",
+            "1",
+            "-m",
+            "64",
+            "-I",
+            "2m",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start memcached");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    std::thread::sleep(Duration::from_millis(30));
+    if let Ok(Some(_)) = child.try_wait() {
+        return None; // port taken: try again
+    }
+    wait_port(addr, &mut child);
+    Some(Proc { child, addr })
+}
+
+/// Send a signal to a process we started (SIGSTOP/SIGCONT/SIGKILL...), by its PID.
+pub fn signal(p: &Proc, sig: i32) {
+    let rc = unsafe { libc::kill(p.child.id() as i32, sig) };
+    assert_eq!(rc, 0, "kill({}, {sig})", p.child.id());
 }
 
 /// nutcracker (twemproxy 0.5.0) with `yaml`; `addr` is the listen address written in it.
