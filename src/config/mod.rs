@@ -329,6 +329,11 @@ pub struct ListenerConfig {
     /// twemproxy `client_connections` (0 = unlimited).
     pub max_clients: usize,
     pub reuseport: bool,
+    /// Largest request accepted from a client, data block included (default: the pool's
+    /// `item_size_max` for memcached).
+    pub max_request_bytes: Option<usize>,
+    /// Close a client that sends nothing for this long while it has nothing in flight.
+    pub client_idle_timeout: Option<std::time::Duration>,
     pub location: Location,
 }
 

@@ -71,8 +71,8 @@ struct NativeListener {
     hot_keys: Reserved,
     tls: Reserved,
     users: Reserved,
-    max_request_bytes: Reserved,
-    client_idle_timeout: Reserved,
+    max_request_bytes: Option<Spanned<usize>>,
+    client_idle_timeout: Text,
     coalesce_misses: Reserved,
 }
 
@@ -211,8 +211,6 @@ fn convert_listener(
     reserved(&l.hot_keys, "`hot_keys`")?;
     reserved(&l.tls, "`tls`")?;
     reserved(&l.users, "`users`")?;
-    reserved(&l.max_request_bytes, "`max_request_bytes`")?;
-    reserved(&l.client_idle_timeout, "`client_idle_timeout`")?;
     reserved(&l.coalesce_misses, "`coalesce_misses`")?;
     let listen = text(&l.listen, |s| {
         syntax::parse_listen(s).and_then(|spec| syntax::resolve_listen(spec, resolve))
@@ -226,6 +224,13 @@ fn convert_listener(
         backlog: l.backlog.unwrap_or(512),
         max_clients: l.max_clients.unwrap_or(0),
         reuseport: l.reuseport.unwrap_or(false),
+        max_request_bytes: match &l.max_request_bytes {
+            Some(n) if n.value < 1024 => {
+                return problem(loc(n), "`max_request_bytes` must be at least 1024")
+            }
+            n => n.as_ref().map(|n| n.value),
+        },
+        client_idle_timeout: opt(&l.client_idle_timeout, syntax::parse_duration)?,
         location: loc(&l.listen),
     })
 }

@@ -177,6 +177,8 @@ fn convert(
         backlog: num(&p.backlog, "backlog")?.unwrap_or(512),
         max_clients: num(&p.client_connections, "client_connections")?.unwrap_or(0) as usize,
         reuseport: boolean(&p.reuseport, "reuseport")?.unwrap_or(false),
+        max_request_bytes: None,
+        client_idle_timeout: None,
         location: loc(listen),
     };
     Ok((pool, listener))

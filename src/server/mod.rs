@@ -221,6 +221,15 @@ fn worker(
                         Route::Pool { .. } => None,
                         r => Some(route::Node::build(r, &target)),
                     },
+                    limits: {
+                        let mut lim = shared.pools[p].limits;
+                        if let Some(max) = l.max_request_bytes {
+                            lim.item_size_max = lim.item_size_max.min(max);
+                            lim.max_line_len = lim.max_line_len.min(max);
+                        }
+                        lim
+                    },
+                    idle_timeout: l.client_idle_timeout,
                 })
             })
             .collect();
