@@ -138,7 +138,10 @@ fn max_clients_refuses_with_the_protocol_error() {
         if fourth.line().starts_with("VERSION") {
             break; // a slot freed up
         }
-        assert!(Instant::now() < deadline, "the closed client's slot is given back");
+        assert!(
+            Instant::now() < deadline,
+            "the closed client's slot is given back"
+        );
     }
 }
 
