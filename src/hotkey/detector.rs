@@ -34,6 +34,8 @@ pub struct Sampler {
     /// Count one access in `every` (1 = all).
     every: u32,
     skipped: u32,
+    /// The smallest candidate estimate when the set is full (a cheap "not good enough" test).
+    min_candidate: u64,
 }
 
 impl Sampler {
@@ -46,6 +48,7 @@ impl Sampler {
             floor: ((per_tick / 4.0) as u32).max(4),
             every: every.max(1),
             skipped: 0,
+            min_candidate: 0,
         }
     }
 
@@ -73,16 +76,28 @@ impl Sampler {
             return;
         }
         let est = est as u64;
+        let full = self.candidates.len() >= MAX_CANDIDATES;
+        if full && est <= self.min_candidate {
+            return; // not good enough to displace anyone (the common case once full)
+        }
         if let Some(c) = self.candidates.get_mut(key.as_ref()) {
             *c = est;
-        } else if self.candidates.len() < MAX_CANDIDATES {
-            self.candidates.insert(key.clone(), est);
-        } else if let Some((min_key, &min)) = self.candidates.iter().min_by_key(|(_, c)| **c) {
-            if min < est {
-                let min_key = min_key.clone();
+            return;
+        }
+        if full {
+            // Displace the smallest candidate, then find the new smallest.
+            if let Some(min_key) = self
+                .candidates
+                .iter()
+                .min_by_key(|(_, c)| **c)
+                .map(|(k, _)| k.clone())
+            {
                 self.candidates.remove(&min_key);
-                self.candidates.insert(key.clone(), est);
             }
+        }
+        self.candidates.insert(key.clone(), est);
+        if self.candidates.len() >= MAX_CANDIDATES {
+            self.min_candidate = self.candidates.values().copied().min().unwrap_or(0);
         }
     }
 
@@ -90,6 +105,7 @@ impl Sampler {
     /// the sampling rate); starts a new count.
     pub fn drain(&mut self) -> Vec<(Bytes, u64)> {
         self.sketch.iter_mut().for_each(|c| *c = 0);
+        self.min_candidate = 0;
         let every = self.every as u64;
         self.candidates
             .drain()
@@ -138,6 +154,8 @@ pub struct Detector {
     threshold: f64,
     state: Mutex<State>,
     hot: ArcSwap<HashMap<Bytes, HotKey>>,
+    /// Some key is hot: the request path's first, cheapest check.
+    any: std::sync::atomic::AtomicBool,
     /// Keys that turned hot / cold so far.
     pub turned_hot: std::sync::atomic::AtomicU64,
     pub turned_cold: std::sync::atomic::AtomicU64,
@@ -153,6 +171,7 @@ impl Detector {
                 tracked: HashMap::new(),
             }),
             hot: ArcSwap::from_pointee(HashMap::new()),
+            any: Default::default(),
             turned_hot: Default::default(),
             turned_cold: Default::default(),
         }
@@ -165,14 +184,13 @@ impl Detector {
     /// True when `key` is hot now. Lock-free.
     #[inline]
     pub fn is_hot(&self, key: &[u8]) -> bool {
-        let hot = self.hot.load();
-        !hot.is_empty() && hot.contains_key(key)
+        self.any_hot() && self.hot.load().contains_key(key)
     }
 
     /// Any key hot at all (a cheaper first check).
     #[inline]
     pub fn any_hot(&self) -> bool {
-        !self.hot.load().is_empty()
+        self.any.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn snapshot(&self) -> Vec<HotKey> {
@@ -268,6 +286,8 @@ impl Detector {
             })
             .collect();
         if changed || !hot.is_empty() || !self.hot.load().is_empty() {
+            self.any
+                .store(!hot.is_empty(), std::sync::atomic::Ordering::Relaxed);
             self.hot.store(std::sync::Arc::new(hot));
         }
     }

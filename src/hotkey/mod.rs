@@ -2,3 +2,5 @@
 //! owns them. Shared across workers, touched on the request path only through lock-free reads.
 
 pub mod detector;
+pub mod local_cache;
+pub mod split;
