@@ -20,6 +20,7 @@ use tokio::time::{sleep_until, Instant};
 
 use super::health::{FailureOutcome, ServerHealth};
 use super::io::Io;
+use super::metrics::ServerMetrics;
 use crate::protocol::memcache;
 
 /// How to find the end of the reply to a request.
@@ -75,6 +76,8 @@ pub struct Queued {
     pub bytes: Bytes,
     pub kind: ReplyKind,
     pub reply: oneshot::Sender<Reply>,
+    /// When the request was queued: its deadline and its latency count from here.
+    pub queued_at: Instant,
 }
 
 /// What a connection needs to know about its server.
@@ -91,6 +94,7 @@ pub struct ServerSpec {
     pub auto_eject: bool,
     pub failure_limit: u32,
     pub retry_timeout: Duration,
+    pub metrics: ServerMetrics,
 }
 
 /// The client side of a backend connection: cheap to clone, used from the worker's tasks.
@@ -111,11 +115,17 @@ impl BackendHandle {
     /// Queue a request; the receiver yields its reply (or why there is none).
     pub fn send(&self, bytes: Bytes, kind: ReplyKind) -> oneshot::Receiver<Reply> {
         let (reply, rx) = oneshot::channel();
-        self.spec.health.requests.fetch_add(1, Ordering::Relaxed);
-        if let Err(mpsc::error::SendError(q)) = self.tx.send(Queued { bytes, kind, reply }) {
-            let _ = q
-                .reply
-                .send(Err(BackendError::Closed("backend task stopped".into())));
+        self.spec.metrics.requests.inc();
+        self.spec.metrics.inflight.inc();
+        let queued_at = Instant::now();
+        if let Err(mpsc::error::SendError(q)) = self.tx.send(Queued {
+            bytes,
+            kind,
+            reply,
+            queued_at,
+        }) {
+            let err = BackendError::Closed("backend task stopped".into());
+            answer_err(&self.spec, q.reply, &err);
         }
         rx
     }
@@ -124,7 +134,15 @@ impl BackendHandle {
 struct InFlight {
     kind: ReplyKind,
     reply: oneshot::Sender<Reply>,
+    queued_at: Instant,
     deadline: Option<Instant>,
+}
+
+/// Fail one request: counted by kind, no longer in flight.
+fn answer_err(spec: &ServerSpec, reply: oneshot::Sender<Reply>, err: &BackendError) {
+    spec.metrics.error(err).inc();
+    spec.metrics.inflight.dec();
+    let _ = reply.send(Err(err.clone()));
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -152,7 +170,7 @@ async fn run(spec: Arc<ServerSpec>, mut rx: mpsc::UnboundedReceiver<Queued>, pre
                 tracing::warn!(server = %spec.address, error = %e, "backend connect failed");
                 failure(&spec, &err);
                 if let Some(q) = first.take() {
-                    let _ = q.reply.send(Err(err.clone()));
+                    answer_err(&spec, q.reply, &err);
                 }
                 // Fail what queued meanwhile, then back off before trying again: while the
                 // server is down requests fail fast instead of piling up.
@@ -161,7 +179,7 @@ async fn run(spec: Arc<ServerSpec>, mut rx: mpsc::UnboundedReceiver<Queued>, pre
                 loop {
                     tokio::select! {
                         q = rx.recv() => match q {
-                            Some(q) => { let _ = q.reply.send(Err(err.clone())); }
+                            Some(q) => answer_err(&spec, q.reply, &err),
                             None => return,
                         },
                         _ = sleep_until(until) => break,
@@ -195,6 +213,7 @@ fn failure(spec: &ServerSpec, err: &BackendError) {
         tracing::warn!(server = %spec.address, retry_ms = spec.retry_timeout.as_millis() as u64,
             "server ejected after {} consecutive failures", spec.failure_limit);
         spec.pool_epoch.fetch_add(1, Ordering::Relaxed);
+        spec.metrics.ejections.inc();
     }
 }
 
@@ -253,7 +272,7 @@ async fn serve<S: Io>(
                 biased;
                 ready = stream.ready(interest) => {
                     let ready = ready.map_err(|e| BackendError::Closed(e.to_string()))?;
-                    if ready.is_readable() && read_replies(stream, &mut rbuf, &mut scanner, &mut inflight)? > 0 {
+                    if ready.is_readable() && read_replies(spec, stream, &mut rbuf, &mut scanner, &mut inflight)? > 0 {
                         spec.health.record_success();
                     }
                     if ready.is_writable() && !wbuf.is_empty() {
@@ -284,7 +303,7 @@ async fn serve<S: Io>(
     .await;
     if let Err(e) = &result {
         for f in inflight.drain(..) {
-            let _ = f.reply.send(Err(e.clone()));
+            answer_err(spec, f.reply, e);
         }
     }
     result
@@ -292,13 +311,15 @@ async fn serve<S: Io>(
 
 fn enqueue(spec: &ServerSpec, q: Queued, wbuf: &mut BytesMut, inflight: &mut VecDeque<InFlight>) {
     if q.reply.is_closed() {
+        spec.metrics.inflight.dec();
         return; // the client went away before we sent it
     }
     wbuf.extend_from_slice(&q.bytes);
     inflight.push_back(InFlight {
         kind: q.kind,
         reply: q.reply,
-        deadline: spec.timeout.map(|t| Instant::now() + t),
+        queued_at: q.queued_at,
+        deadline: spec.timeout.map(|t| q.queued_at + t),
     });
 }
 
@@ -317,6 +338,7 @@ fn flush<S: Io>(stream: &S, wbuf: &mut BytesMut) -> Result<(), BackendError> {
 }
 
 fn read_replies<S: Io>(
+    spec: &ServerSpec,
     stream: &S,
     rbuf: &mut BytesMut,
     scanner: &mut Scanner,
@@ -333,11 +355,16 @@ fn read_replies<S: Io>(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(replies),
             Err(e) => return Err(BackendError::Closed(e.to_string())),
         }
+        let now = Instant::now();
         while let Some(front) = inflight.front() {
             match scanner.scan(front.kind, rbuf) {
                 Ok(Some(n)) => {
                     let reply = rbuf.split_to(n).freeze();
                     let f = inflight.pop_front().expect("front exists");
+                    spec.metrics
+                        .latency
+                        .observe(now.saturating_duration_since(f.queued_at).as_secs_f64());
+                    spec.metrics.inflight.dec();
                     let _ = f.reply.send(Ok(reply));
                     replies += 1;
                 }

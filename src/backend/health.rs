@@ -19,7 +19,6 @@ pub struct ServerHealth {
     failures: AtomicU32,
     /// 0 = in service; otherwise ejected until this `now_ms()`.
     ejected_until: AtomicU64,
-    pub requests: AtomicU64,
     pub errors: AtomicU64,
     pub timeouts: AtomicU64,
 }

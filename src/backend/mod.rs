@@ -4,6 +4,8 @@
 pub mod connection;
 pub mod health;
 pub mod io;
+pub mod metrics;
 
 pub use connection::{BackendError, BackendHandle, Reply, ReplyKind, ServerSpec};
 pub use health::ServerHealth;
+pub use metrics::ServerMetrics;

@@ -588,10 +588,6 @@ fn native_unknown_keys() {
 #[test]
 fn native_reserved_keys_are_refused() {
     assert_eq!(
-        err(&format!("log: {{ level: info }}\n{NATIVE}")),
-        "1:6: `log` (use -v/--verbose and -o/--output) is not supported yet"
-    );
-    assert_eq!(
         err(&NATIVE.replace(
             "    protocol: memcache\n    servers",
             "    protocol: memcache\n    cluster: { seeds: [\"127.0.0.1:7000\"] }\n    servers"
