@@ -222,6 +222,14 @@ async fn serve(
     use kvrouter::server::{self, inspect};
     use tokio::signal::unix::{signal, SignalKind};
     let summary = config.summary();
+    // Watch before the listeners open, so a change made once they accept is never missed.
+    let mut watch = match kvrouter::config::watch::watch(&path) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch {} for changes: reload with SIGHUP", path.display());
+            None
+        }
+    };
     let mut last_text = std::fs::read_to_string(&path).unwrap_or_default();
     let registry = kvrouter::admin::metrics::registry();
     let mut running = server::start(config, Some(&registry)).map_err(|e| {
@@ -260,13 +268,6 @@ async fn serve(
         }
     }
     tracing::info!("{summary}; {} worker threads", running.shared.threads);
-    let mut watch = match kvrouter::config::watch::watch(&path) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch {} for changes: reload with SIGHUP", path.display());
-            None
-        }
-    };
     let mut term = signal(SignalKind::terminate()).expect("signal handler");
     let mut int = signal(SignalKind::interrupt()).expect("signal handler");
     let mut hup = signal(SignalKind::hangup()).expect("signal handler");

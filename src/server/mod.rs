@@ -238,6 +238,7 @@ fn worker(
                         continue;
                     };
                     client_id = client_id.wrapping_add(1);
+                    tracing::debug!(client = client_id, listener, "client connected");
                     let clients = ctx.metrics.clients.clone();
                     let stats = shared.stats.clone();
                     let sd = shutdown.clone();
