@@ -749,3 +749,38 @@ fn flow_sequence_locations() {
         "4:15: zero weight in server '127.0.0.1:11211:0 mc-a': weight must be at least 1"
     );
 }
+
+#[test]
+fn native_log_section() {
+    let c = ok(&format!(
+        "log: {{ level: \"info,kvrouter::backend=debug\", file: /var/log/kvrouter.log }}\n{NATIVE}"
+    ));
+    assert_eq!(c.log.level.as_deref(), Some("info,kvrouter::backend=debug"));
+    assert_eq!(
+        c.log.file.as_deref(),
+        Some(Path::new("/var/log/kvrouter.log"))
+    );
+    assert_eq!(ok(NATIVE).log, LogConfig::default());
+    assert!(err(&format!("log: {{ level: inof }}\n{NATIVE}"))
+        .starts_with("1:15: log.level 'inof': 'inof' is not a level"));
+    assert!(err(&format!("log: {{ level: \"info,x=loud\" }}\n{NATIVE}"))
+        .starts_with("1:15: log.level 'info,x=loud': 'x=loud' is not TARGET=LEVEL"));
+    assert!(err(&format!("log: {{ colour: red }}\n{NATIVE}"))
+        .starts_with("1:8: unknown field `colour`"));
+}
+
+#[test]
+fn json_export_redacts_secrets() {
+    let c = ok(&NATIVE.replacen(
+        "    protocol: memcache\n",
+        "    protocol: memcache\n    redis_auth: hunter2\n",
+        1,
+    ));
+    let v = c.to_json_redacted();
+    let text = v.to_string();
+    assert!(!text.contains("hunter2"), "{text}");
+    let pool = v["pools"].as_object().unwrap().values().next().unwrap();
+    assert_eq!(pool["redis_auth"], "<redacted>");
+    assert_eq!(v["format"], "kvrouter");
+    assert!(v["listeners"][0]["route"]["pool"].is_string());
+}
