@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use prometheus::local::LocalHistogram;
 use tokio::io::Interest;
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{mpsc, oneshot};
@@ -253,6 +254,7 @@ async fn serve<S: Io>(
     let mut wbuf = BytesMut::with_capacity(16 * 1024);
     let mut rbuf = BytesMut::with_capacity(16 * 1024);
     let mut scanner = Scanner::default();
+    let mut latency = spec.metrics.latency.local();
     let mut closed = false;
     let result = async {
         if let Some(q) = first {
@@ -272,7 +274,7 @@ async fn serve<S: Io>(
                 biased;
                 ready = stream.ready(interest) => {
                     let ready = ready.map_err(|e| BackendError::Closed(e.to_string()))?;
-                    if ready.is_readable() && read_replies(spec, stream, &mut rbuf, &mut scanner, &mut inflight)? > 0 {
+                    if ready.is_readable() && read_replies(spec, stream, &mut rbuf, &mut scanner, &mut inflight, &mut latency)? > 0 {
                         spec.health.record_success();
                     }
                     if ready.is_writable() && !wbuf.is_empty() {
@@ -337,14 +339,34 @@ fn flush<S: Io>(stream: &S, wbuf: &mut BytesMut) -> Result<(), BackendError> {
     Ok(())
 }
 
+/// Read and hand out every complete reply; the number handed out. Latencies are observed into
+/// this connection's local histogram and published (with the in-flight count) once per call,
+/// so a pipelined batch costs a few atomic operations, not a few per reply.
 fn read_replies<S: Io>(
     spec: &ServerSpec,
     stream: &S,
     rbuf: &mut BytesMut,
     scanner: &mut Scanner,
     inflight: &mut VecDeque<InFlight>,
+    latency: &mut LocalHistogram,
 ) -> Result<usize, BackendError> {
     let mut replies = 0;
+    let result = scan_replies(stream, rbuf, scanner, inflight, latency, &mut replies);
+    if replies > 0 {
+        spec.metrics.inflight.sub(replies as i64);
+        latency.flush();
+    }
+    result.map(|()| replies)
+}
+
+fn scan_replies<S: Io>(
+    stream: &S,
+    rbuf: &mut BytesMut,
+    scanner: &mut Scanner,
+    inflight: &mut VecDeque<InFlight>,
+    latency: &mut LocalHistogram,
+    replies: &mut usize,
+) -> Result<(), BackendError> {
     loop {
         if rbuf.capacity() - rbuf.len() < 4096 {
             rbuf.reserve(16 * 1024);
@@ -352,7 +374,7 @@ fn read_replies<S: Io>(
         match stream.try_read_buf(rbuf) {
             Ok(0) => return Err(BackendError::Closed("server closed the connection".into())),
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(replies),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) => return Err(BackendError::Closed(e.to_string())),
         }
         let now = Instant::now();
@@ -361,12 +383,9 @@ fn read_replies<S: Io>(
                 Ok(Some(n)) => {
                     let reply = rbuf.split_to(n).freeze();
                     let f = inflight.pop_front().expect("front exists");
-                    spec.metrics
-                        .latency
-                        .observe(now.saturating_duration_since(f.queued_at).as_secs_f64());
-                    spec.metrics.inflight.dec();
+                    latency.observe(now.saturating_duration_since(f.queued_at).as_secs_f64());
                     let _ = f.reply.send(Ok(reply));
-                    replies += 1;
+                    *replies += 1;
                 }
                 Ok(None) => break,
                 Err(e) => return Err(BackendError::Protocol(e)),
