@@ -1,58 +1,80 @@
-//! Logging setup: tracing to stderr or to a file (`-o`) that SIGHUP reopens for logrotate.
+//! Logging setup: tracing to stderr or to a file that SIGHUP reopens for logrotate, with the
+//! level and the file changeable by a config reload.
 //!
-//! twemproxy's `-v N` levels map onto tracing levels: up to 3 error, 4 warn, 5 (default) and 6
-//! info, 7 debug, 8 and above trace. RUST_LOG, when set, wins.
+//! Where the level comes from, first match wins: `RUST_LOG`, then `-v N` when given (twemproxy's
+//! levels: up to 3 error, 4 warn, 5 and 6 info, 7 debug, 8 and above trace), then the config's
+//! `log.level`, else `info`. The file: `-o FILE`, else the config's `log.file`, else stderr.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Registry};
 
-/// A log file that can be reopened in place.
-#[derive(Clone)]
-pub struct LogFile {
-    path: PathBuf,
-    file: Arc<Mutex<File>>,
+use crate::config::LogConfig;
+
+/// Where log lines go: stderr or a file, switchable at run time.
+enum Target {
+    Stderr,
+    File { path: PathBuf, file: File },
 }
 
-impl LogFile {
-    pub fn open(path: &Path) -> io::Result<LogFile> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(LogFile {
-            path: path.to_path_buf(),
-            file: Arc::new(Mutex::new(file)),
-        })
+/// The shared log destination (the subscriber's writer).
+#[derive(Clone)]
+pub struct LogTarget(Arc<Mutex<Target>>);
+
+fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+impl LogTarget {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Target> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Reopen the file by name (after logrotate moved it away).
+    /// The log file, if logging to one.
+    pub fn path(&self) -> Option<PathBuf> {
+        match &*self.lock() {
+            Target::Stderr => None,
+            Target::File { path, .. } => Some(path.clone()),
+        }
+    }
+
+    /// Reopen the file by name (after logrotate moved it away); nothing for stderr.
     pub fn reopen(&self) -> io::Result<()> {
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
-        *self.file.lock().unwrap_or_else(|e| e.into_inner()) = f;
+        let mut t = self.lock();
+        if let Target::File { path, file } = &mut *t {
+            *file = open_append(path)?;
+        }
         Ok(())
     }
 }
 
-pub struct LogWriter(Arc<Mutex<File>>);
+pub struct LogWriter(Arc<Mutex<Target>>);
 
 impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).write(buf)
+        match &mut *self.0.lock().unwrap_or_else(|e| e.into_inner()) {
+            Target::Stderr => io::stderr().write(buf),
+            Target::File { file, .. } => file.write(buf),
+        }
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).flush()
+        match &mut *self.0.lock().unwrap_or_else(|e| e.into_inner()) {
+            Target::Stderr => io::stderr().flush(),
+            Target::File { file, .. } => file.flush(),
+        }
     }
 }
 
-impl<'a> MakeWriter<'a> for LogFile {
+impl<'a> MakeWriter<'a> for LogTarget {
     type Writer = LogWriter;
     fn make_writer(&'a self) -> LogWriter {
-        LogWriter(self.file.clone())
+        LogWriter(self.0.clone())
     }
 }
 
@@ -67,26 +89,128 @@ pub fn level_for_verbosity(v: u8) -> &'static str {
     }
 }
 
-/// Install the global subscriber. Returns the log file handle when logging to a file.
-pub fn init(verbosity: u8, output: Option<&Path>) -> io::Result<Option<LogFile>> {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(level_for_verbosity(verbosity)));
-    match output {
-        None => {
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_writer(io::stderr)
-                .init();
-            Ok(None)
+/// The installed logging: the filter and the destination, adjustable by reloads.
+pub struct Logging {
+    filter: reload::Handle<EnvFilter, Registry>,
+    target: LogTarget,
+    /// What the command line fixed (these win over the config).
+    env_filter: Option<String>,
+    cli_verbosity: Option<u8>,
+    cli_output: Option<PathBuf>,
+    /// The filter text in force.
+    current: Mutex<String>,
+}
+
+/// A log change checked and prepared (file opened) but not applied yet.
+pub struct Prepared {
+    filter: Option<(String, EnvFilter)>,
+    file: Option<(PathBuf, File)>,
+}
+
+impl Logging {
+    /// Install the global subscriber.
+    pub fn init(
+        cli_verbosity: Option<u8>,
+        cli_output: Option<&Path>,
+        config: &LogConfig,
+    ) -> io::Result<Logging> {
+        let env_filter = std::env::var("RUST_LOG")
+            .ok()
+            .filter(|v| EnvFilter::try_new(v).is_ok());
+        let text = filter_text(env_filter.as_deref(), cli_verbosity, config);
+        let filter = EnvFilter::try_new(&text).unwrap_or_else(|_| EnvFilter::new("info"));
+        let (filter_layer, handle) = reload::Layer::new(filter);
+        let file = cli_output.map(Path::to_path_buf).or(config.file.clone());
+        let target = match &file {
+            None => Target::Stderr,
+            Some(p) => Target::File {
+                path: p.clone(),
+                file: open_append(p)?,
+            },
+        };
+        let ansi = file.is_none() && io::stderr().is_terminal();
+        let target = LogTarget(Arc::new(Mutex::new(target)));
+        tracing_subscriber::registry()
+            .with(filter_layer)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(ansi)
+                    .with_writer(target.clone()),
+            )
+            .init();
+        Ok(Logging {
+            filter: handle,
+            target,
+            env_filter,
+            cli_verbosity,
+            cli_output: cli_output.map(Path::to_path_buf),
+            current: Mutex::new(text),
+        })
+    }
+
+    /// Check a reloaded config's `log` section and open its file; nothing changes yet.
+    pub fn prepare(&self, config: &LogConfig) -> Result<Prepared, String> {
+        let text = filter_text(self.env_filter.as_deref(), self.cli_verbosity, config);
+        let filter = if *self.current.lock().unwrap_or_else(|e| e.into_inner()) == text {
+            None
+        } else {
+            let f = EnvFilter::try_new(&text).map_err(|e| format!("log.level '{text}': {e}"))?;
+            Some((text, f))
+        };
+        let file = match (&self.cli_output, &config.file) {
+            (Some(_), _) | (None, None) => None,
+            (None, Some(p)) if self.target.path().as_deref() == Some(p.as_path()) => None,
+            (None, Some(p)) => Some((
+                p.clone(),
+                open_append(p).map_err(|e| format!("cannot open log file {}: {e}", p.display()))?,
+            )),
+        };
+        Ok(Prepared { filter, file })
+    }
+
+    /// Apply a prepared change.
+    pub fn commit(&self, p: Prepared) {
+        if let Some((text, f)) = p.filter {
+            if self.filter.reload(f).is_ok() {
+                tracing::info!(filter = %text, "log level changed");
+                *self.current.lock().unwrap_or_else(|e| e.into_inner()) = text;
+            }
         }
-        Some(path) => {
-            let file = LogFile::open(path)?;
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_ansi(false)
-                .with_writer(file.clone())
-                .init();
-            Ok(Some(file))
+        if let Some((path, file)) = p.file {
+            tracing::info!(file = %path.display(), "logging to a new file");
+            *self.target.lock() = Target::File { path, file };
         }
+    }
+
+    /// Reopen the log file (SIGHUP, for logrotate).
+    pub fn reopen(&self) -> io::Result<()> {
+        self.target.reopen()
+    }
+}
+
+fn filter_text(env: Option<&str>, cli: Option<u8>, config: &LogConfig) -> String {
+    if let Some(e) = env {
+        return e.to_string();
+    }
+    if let Some(v) = cli {
+        return level_for_verbosity(v).to_string();
+    }
+    config.level.clone().unwrap_or_else(|| "info".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precedence_env_then_flag_then_config() {
+        let cfg = LogConfig {
+            level: Some("debug".into()),
+            file: None,
+        };
+        assert_eq!(filter_text(Some("trace"), Some(4), &cfg), "trace");
+        assert_eq!(filter_text(None, Some(4), &cfg), "warn");
+        assert_eq!(filter_text(None, None, &cfg), "debug");
+        assert_eq!(filter_text(None, None, &LogConfig::default()), "info");
     }
 }

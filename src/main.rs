@@ -32,10 +32,11 @@ struct Cli {
     /// Admin HTTP listener (default 127.0.0.1:9191; config `admin.listen` also sets it).
     #[arg(long, value_name = "ADDR")]
     admin: Option<SocketAddr>,
-    /// Log level, twemproxy's scale: 4 warn, 5 notice (default), 7 debug, 8+ trace.
-    #[arg(short = 'v', long = "verbose", value_name = "N", default_value_t = 5)]
-    verbose: u8,
-    /// Log file (reopened on SIGHUP); stderr by default.
+    /// Log level, twemproxy's scale: 4 warn, 5 notice, 7 debug, 8+ trace. Default: the
+    /// config's `log.level`, else info (5). RUST_LOG, when set, wins.
+    #[arg(short = 'v', long = "verbose", value_name = "N")]
+    verbose: Option<u8>,
+    /// Log file (reopened on SIGHUP); default: the config's `log.file`, else stderr.
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     output: Option<PathBuf>,
     /// Write the process id to this file.
@@ -154,13 +155,14 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
             return Err(ExitCode::from(1));
         }
     }
-    let log_file = match kvrouter::logging::init(cli.verbose, cli.output.as_deref()) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("kvrouter: cannot open log file: {e}");
-            return Err(ExitCode::from(1));
-        }
-    };
+    let logging =
+        match kvrouter::logging::Logging::init(cli.verbose, cli.output.as_deref(), &config.log) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("kvrouter: cannot open log file: {e}");
+                return Err(ExitCode::from(1));
+            }
+        };
     for (flag, given) in [
         ("-i/--stats-interval", cli.stats_interval.is_some()),
         ("-m/--mbuf-size", cli.mbuf_size.is_some()),
@@ -181,7 +183,9 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
         .enable_all()
         .build()
         .expect("main runtime");
-    let result = rt.block_on(serve(config, admin, log_file));
+    let admin_from_cli =
+        cli.admin.is_some() || cli.stats_port.is_some() || cli.stats_addr.is_some();
+    let result = rt.block_on(serve(path, config, admin, admin_from_cli, logging));
     if let Some(p) = &cli.pid_file {
         let _ = std::fs::remove_file(p);
     }
@@ -209,21 +213,53 @@ fn admin_addr(cli: &Cli, config: &Config) -> Result<SocketAddr, ExitCode> {
 }
 
 async fn serve(
+    path: PathBuf,
     config: Config,
     admin: SocketAddr,
-    log_file: Option<kvrouter::logging::LogFile>,
+    admin_from_cli: bool,
+    logging: kvrouter::logging::Logging,
 ) -> Result<(), ExitCode> {
+    use kvrouter::server::{self, inspect};
     use tokio::signal::unix::{signal, SignalKind};
     let summary = config.summary();
-    let running = kvrouter::server::start(config).map_err(|e| {
+    // Watch before the listeners open, so a change made once they accept is never missed.
+    let mut watch = match kvrouter::config::watch::watch(&path) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch {} for changes: reload with SIGHUP", path.display());
+            None
+        }
+    };
+    let mut last_text = std::fs::read_to_string(&path).unwrap_or_default();
+    let registry = kvrouter::admin::metrics::registry();
+    let mut running = server::start(config, Some(&registry)).map_err(|e| {
         tracing::error!("{e}");
         eprintln!("kvrouter: {e}");
         ExitCode::from(1)
     })?;
     let shared = running.shared.clone();
-    let health: kvrouter::admin::HealthCheck =
-        Arc::new(move || kvrouter::server::check_health(&shared));
-    match kvrouter::admin::spawn(admin, health).await {
+    let api = kvrouter::admin::AdminApi {
+        health: {
+            let s = shared.clone();
+            Arc::new(move || server::check_health(&s))
+        },
+        metrics: {
+            let s = shared.clone();
+            Arc::new(move || {
+                inspect::refresh_gauges(&s);
+                kvrouter::admin::metrics::render(&registry)
+            })
+        },
+        pools: {
+            let s = shared.clone();
+            Arc::new(move || inspect::pools_json(&s))
+        },
+        config: {
+            let s = shared.clone();
+            Arc::new(move || s.current().config.to_json_redacted())
+        },
+    };
+    match kvrouter::admin::spawn(admin, api).await {
         Ok(a) => tracing::info!("admin listening on http://{a}"),
         Err(e) => {
             eprintln!("kvrouter: cannot listen on admin address {admin}: {e}");
@@ -235,17 +271,31 @@ async fn serve(
     let mut term = signal(SignalKind::terminate()).expect("signal handler");
     let mut int = signal(SignalKind::interrupt()).expect("signal handler");
     let mut hup = signal(SignalKind::hangup()).expect("signal handler");
+    let reloader = Reloader {
+        path: &path,
+        admin_from_cli,
+        logging: &logging,
+    };
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                if let Some(f) = &log_file {
-                    if let Err(e) = f.reopen() {
-                        eprintln!("kvrouter: cannot reopen log file: {e}");
+                if let Err(e) = logging.reopen() {
+                    eprintln!("kvrouter: cannot reopen log file: {e}");
+                }
+                reloader.reload(&mut running, &mut last_text, "SIGHUP", true);
+            }
+            Some(()) = async { watch.as_mut()?.events.recv().await }, if watch.is_some() => {
+                // Debounce: editors and `kubectl apply` touch the directory several times.
+                let events = &mut watch.as_mut().expect("guarded").events;
+                loop {
+                    tokio::select! {
+                        e = events.recv() => if e.is_none() { break },
+                        _ = tokio::time::sleep(RELOAD_DEBOUNCE) => break,
                     }
                 }
-                tracing::warn!("SIGHUP: log file reopened; config reload is not implemented yet in this version");
+                reloader.reload(&mut running, &mut last_text, "config file changed", false);
             }
         }
     }
@@ -254,4 +304,66 @@ async fn serve(
         .await
         .ok();
     Ok(())
+}
+
+/// How long the config directory must stay quiet before a change is reloaded.
+const RELOAD_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(200);
+
+struct Reloader<'a> {
+    path: &'a std::path::Path,
+    admin_from_cli: bool,
+    logging: &'a kvrouter::logging::Logging,
+}
+
+impl Reloader<'_> {
+    /// Load, validate and swap in the config file. `always`: reload even when the file's text
+    /// is what was last loaded (SIGHUP); a file change with the same text is no reload.
+    fn reload(
+        &self,
+        running: &mut kvrouter::server::Running,
+        last_text: &mut String,
+        why: &str,
+        always: bool,
+    ) {
+        let text = match std::fs::read_to_string(self.path) {
+            Ok(t) => Ok(t),
+            Err(e) if !always && e.kind() == std::io::ErrorKind::NotFound => {
+                // Mid-rename, or removed: the next event (or SIGHUP) tells.
+                tracing::debug!("config file {} is gone for now", self.path.display());
+                return;
+            }
+            Err(e) => Err(format!(
+                "{}:0:0: cannot read config: {e}",
+                self.path.display()
+            )),
+        };
+        if let Ok(t) = &text {
+            if !always && t == last_text {
+                return;
+            }
+            last_text.clone_from(t);
+        }
+        let result = (|| {
+            let text = text?;
+            let config = Config::parse(self.path, &text).map_err(|e| e.to_string())?;
+            let active = running.shared.current();
+            if !self.admin_from_cli && config.admin != active.config.admin {
+                return Err(format!(
+                    "{}: admin.listen changed: this needs a restart (reload refused, the running config stays)",
+                    self.path.display()
+                ));
+            }
+            let prepared = self.logging.prepare(&config.log)?;
+            let summary = running.reload(config)?;
+            self.logging.commit(prepared);
+            Ok(summary)
+        })();
+        running.count_reload(result.is_ok());
+        match result {
+            Ok(summary) => tracing::info!("config reloaded ({why}): {summary}"),
+            Err(e) => tracing::error!(
+                "config reload failed ({why}); still serving the previous config: {e}"
+            ),
+        }
+    }
 }

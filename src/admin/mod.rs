@@ -1,6 +1,10 @@
-//! The admin HTTP listener: `GET /healthz` today; metrics and the rest of the admin API later.
+//! The admin HTTP listener: `GET /metrics` (Prometheus text), `/healthz`, `/pools`, `/hotkeys`,
+//! `/config`.
 //!
-//! It knows nothing of pools or listeners: the caller hands it a health check to run per request.
+//! It knows nothing of pools or listeners: the caller hands it closures (`AdminApi`) that
+//! produce each answer, so this module imports nothing of the proxy.
+
+pub mod metrics;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,9 +19,26 @@ use tokio::net::TcpListener;
 
 /// Returns Ok when healthy, or the reason it is not.
 pub type HealthCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+/// Produces a JSON document.
+pub type JsonView = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+/// Produces the Prometheus text exposition.
+pub type MetricsView = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// What the admin endpoints serve.
+#[derive(Clone)]
+pub struct AdminApi {
+    /// `GET /healthz`.
+    pub health: HealthCheck,
+    /// `GET /metrics`.
+    pub metrics: MetricsView,
+    /// `GET /pools`: servers, health, counters.
+    pub pools: JsonView,
+    /// `GET /config`: the active config, secrets redacted.
+    pub config: JsonView,
+}
 
 /// Bind the admin listener and serve it on the current runtime.
-pub async fn spawn(addr: SocketAddr, health: HealthCheck) -> std::io::Result<SocketAddr> {
+pub async fn spawn(addr: SocketAddr, api: AdminApi) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     tokio::spawn(async move {
@@ -25,11 +46,11 @@ pub async fn spawn(addr: SocketAddr, health: HealthCheck) -> std::io::Result<Soc
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let health = health.clone();
+            let api = api.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
-                    let health = health.clone();
-                    async move { Ok::<_, Infallible>(handle(req, &health)) }
+                    let api = api.clone();
+                    async move { Ok::<_, Infallible>(handle(req, &api)) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
@@ -40,27 +61,52 @@ pub async fn spawn(addr: SocketAddr, health: HealthCheck) -> std::io::Result<Soc
     Ok(local)
 }
 
-fn handle(req: Request<Incoming>, health: &HealthCheck) -> Response<Full<Bytes>> {
-    let (status, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/healthz") => match health() {
-            Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+const TEXT: &str = "text/plain; charset=utf-8";
+const JSON: &str = "application/json";
+
+/// What `/hotkeys` says until hot key detection exists.
+pub fn hotkeys_json() -> serde_json::Value {
+    serde_json::json!({
+        "hot_keys": [],
+        "enabled": false,
+        "note": "hot key detection is not implemented yet",
+    })
+}
+
+fn json_body(v: serde_json::Value) -> String {
+    let mut s = serde_json::to_string_pretty(&v).expect("a Value always serializes");
+    s.push('\n');
+    s
+}
+
+fn handle(req: Request<Incoming>, api: &AdminApi) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => match (api.health)() {
+            Ok(()) => (StatusCode::OK, TEXT, "ok\n".to_string()),
             Err(why) => (
                 StatusCode::SERVICE_UNAVAILABLE,
+                TEXT,
                 format!("unhealthy: {why}\n"),
             ),
         },
+        (&Method::GET, "/metrics") => (StatusCode::OK, metrics::CONTENT_TYPE, (api.metrics)()),
+        (&Method::GET, "/pools") => (StatusCode::OK, JSON, json_body((api.pools)())),
+        (&Method::GET, "/config") => (StatusCode::OK, JSON, json_body((api.config)())),
+        (&Method::GET, "/hotkeys") => (StatusCode::OK, JSON, json_body(hotkeys_json())),
         (&Method::GET, _) => (
             StatusCode::NOT_FOUND,
-            "not found: try /healthz\n".to_string(),
+            TEXT,
+            "not found: try /metrics, /healthz, /pools, /hotkeys or /config\n".to_string(),
         ),
         _ => (
             StatusCode::METHOD_NOT_ALLOWED,
+            TEXT,
             "method not allowed\n".to_string(),
         ),
     };
     Response::builder()
         .status(status)
-        .header("content-type", "text/plain; charset=utf-8")
+        .header("content-type", content_type)
         .body(Full::new(Bytes::from(body)))
         .expect("static response")
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use prometheus::local::LocalHistogram;
 use tokio::io::Interest;
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{mpsc, oneshot};
@@ -20,6 +21,7 @@ use tokio::time::{sleep_until, Instant};
 
 use super::health::{FailureKind, FailureOutcome, ServerHealth};
 use super::io::Io;
+use super::metrics::ServerMetrics;
 use crate::protocol::memcache;
 
 /// How to find the end of the reply to a request.
@@ -78,6 +80,8 @@ pub struct Queued {
     pub bytes: Bytes,
     pub kind: ReplyKind,
     pub reply: oneshot::Sender<Reply>,
+    /// When the request was queued: its deadline and its latency count from here.
+    pub queued_at: Instant,
 }
 
 /// What a connection needs to know about its server.
@@ -98,6 +102,7 @@ pub struct ServerSpec {
     pub tko: Option<Probe>,
     /// TLS to this server.
     pub tls: Option<super::tls::TlsClient>,
+    pub metrics: ServerMetrics,
 }
 
 /// The request a probe sends to a down server, and how its reply ends.
@@ -125,15 +130,21 @@ impl BackendHandle {
     /// Queue a request; the receiver yields its reply (or why there is none).
     pub fn send(&self, bytes: Bytes, kind: ReplyKind) -> oneshot::Receiver<Reply> {
         let (reply, rx) = oneshot::channel();
-        self.spec.health.requests.fetch_add(1, Ordering::Relaxed);
+        self.spec.metrics.requests.inc();
+        self.spec.metrics.inflight.inc();
         if self.spec.tko.is_some() && self.spec.health.is_down() {
-            let _ = reply.send(Err(BackendError::Down));
+            answer_err(&self.spec, reply, &BackendError::Down);
             return rx;
         }
-        if let Err(mpsc::error::SendError(q)) = self.tx.send(Queued { bytes, kind, reply }) {
-            let _ = q
-                .reply
-                .send(Err(BackendError::Closed("backend task stopped".into())));
+        let queued_at = Instant::now();
+        if let Err(mpsc::error::SendError(q)) = self.tx.send(Queued {
+            bytes,
+            kind,
+            reply,
+            queued_at,
+        }) {
+            let err = BackendError::Closed("backend task stopped".into());
+            answer_err(&self.spec, q.reply, &err);
         }
         rx
     }
@@ -142,7 +153,15 @@ impl BackendHandle {
 struct InFlight {
     kind: ReplyKind,
     reply: oneshot::Sender<Reply>,
+    queued_at: Instant,
     deadline: Option<Instant>,
+}
+
+/// Fail one request: counted by kind, no longer in flight.
+fn answer_err(spec: &ServerSpec, reply: oneshot::Sender<Reply>, err: &BackendError) {
+    spec.metrics.error(err).inc();
+    spec.metrics.inflight.dec();
+    let _ = reply.send(Err(err.clone()));
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -175,7 +194,7 @@ async fn run(spec: Arc<ServerSpec>, mut rx: mpsc::UnboundedReceiver<Queued>, pre
                 };
                 failure(&spec, &err, kind);
                 if let Some(q) = first.take() {
-                    let _ = q.reply.send(Err(err.clone()));
+                    answer_err(&spec, q.reply, &err);
                 }
                 // Fail what queued meanwhile, then back off before trying again: while the
                 // server is down requests fail fast instead of piling up.
@@ -184,7 +203,7 @@ async fn run(spec: Arc<ServerSpec>, mut rx: mpsc::UnboundedReceiver<Queued>, pre
                 loop {
                     tokio::select! {
                         q = rx.recv() => match q {
-                            Some(q) => { let _ = q.reply.send(Err(err.clone())); }
+                            Some(q) => answer_err(&spec, q.reply, &err),
                             None => return,
                         },
                         _ = sleep_until(until) => break,
@@ -229,6 +248,7 @@ fn failure(spec: &Arc<ServerSpec>, err: &BackendError, kind: FailureKind) {
         tracing::warn!(server = %spec.address, retry_ms = spec.retry_timeout.as_millis() as u64,
             "server ejected after {} consecutive failures", spec.failure_limit);
         spec.pool_epoch.fetch_add(1, Ordering::Relaxed);
+        spec.metrics.ejections.inc();
     }
 }
 
@@ -276,6 +296,7 @@ async fn serve<S: Io>(
     let mut wbuf = BytesMut::with_capacity(16 * 1024);
     let mut rbuf = BytesMut::with_capacity(16 * 1024);
     let mut scanner = Scanner::default();
+    let mut latency = spec.metrics.latency.local();
     let mut closed = false;
     let result = async {
         if let Some(q) = first {
@@ -295,7 +316,7 @@ async fn serve<S: Io>(
                 biased;
                 ready = stream.ready(interest) => {
                     let ready = ready.map_err(|e| BackendError::Closed(e.to_string()))?;
-                    if ready.is_readable() && read_replies(stream, &mut rbuf, &mut scanner, &mut inflight)? > 0 {
+                    if ready.is_readable() && read_replies(spec, stream, &mut rbuf, &mut scanner, &mut inflight, &mut latency)? > 0 {
                         spec.health.record_success();
                         spec.health.tko_success();
                     }
@@ -327,7 +348,7 @@ async fn serve<S: Io>(
     .await;
     if let Err(e) = &result {
         for f in inflight.drain(..) {
-            let _ = f.reply.send(Err(e.clone()));
+            answer_err(spec, f.reply, e);
         }
     }
     result
@@ -335,13 +356,15 @@ async fn serve<S: Io>(
 
 fn enqueue(spec: &ServerSpec, q: Queued, wbuf: &mut BytesMut, inflight: &mut VecDeque<InFlight>) {
     if q.reply.is_closed() {
+        spec.metrics.inflight.dec();
         return; // the client went away before we sent it
     }
     wbuf.extend_from_slice(&q.bytes);
     inflight.push_back(InFlight {
         kind: q.kind,
         reply: q.reply,
-        deadline: spec.timeout.map(|t| Instant::now() + t),
+        queued_at: q.queued_at,
+        deadline: spec.timeout.map(|t| q.queued_at + t),
     });
 }
 
@@ -359,13 +382,34 @@ fn flush<S: Io>(stream: &S, wbuf: &mut BytesMut) -> Result<(), BackendError> {
     Ok(())
 }
 
+/// Read and hand out every complete reply; the number handed out. Latencies are observed into
+/// this connection's local histogram and published (with the in-flight count) once per call,
+/// so a pipelined batch costs a few atomic operations, not a few per reply.
 fn read_replies<S: Io>(
+    spec: &ServerSpec,
     stream: &S,
     rbuf: &mut BytesMut,
     scanner: &mut Scanner,
     inflight: &mut VecDeque<InFlight>,
+    latency: &mut LocalHistogram,
 ) -> Result<usize, BackendError> {
     let mut replies = 0;
+    let result = scan_replies(stream, rbuf, scanner, inflight, latency, &mut replies);
+    if replies > 0 {
+        spec.metrics.inflight.sub(replies as i64);
+        latency.flush();
+    }
+    result.map(|()| replies)
+}
+
+fn scan_replies<S: Io>(
+    stream: &S,
+    rbuf: &mut BytesMut,
+    scanner: &mut Scanner,
+    inflight: &mut VecDeque<InFlight>,
+    latency: &mut LocalHistogram,
+    replies: &mut usize,
+) -> Result<(), BackendError> {
     loop {
         if rbuf.capacity() - rbuf.len() < 4096 {
             rbuf.reserve(16 * 1024);
@@ -373,16 +417,18 @@ fn read_replies<S: Io>(
         match stream.try_read_buf(rbuf) {
             Ok(0) => return Err(BackendError::Closed("server closed the connection".into())),
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(replies),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) => return Err(BackendError::Closed(e.to_string())),
         }
+        let now = Instant::now();
         while let Some(front) = inflight.front() {
             match scanner.scan(front.kind, rbuf) {
                 Ok(Some(n)) => {
                     let reply = rbuf.split_to(n).freeze();
                     let f = inflight.pop_front().expect("front exists");
+                    latency.observe(now.saturating_duration_since(f.queued_at).as_secs_f64());
                     let _ = f.reply.send(Ok(reply));
-                    replies += 1;
+                    *replies += 1;
                 }
                 Ok(None) => break,
                 Err(e) => return Err(BackendError::Protocol(e)),

@@ -25,7 +25,6 @@ pub struct ServerHealth {
     failures: AtomicU32,
     /// 0 = in service; otherwise ejected until this `now_ms()`.
     ejected_until: AtomicU64,
-    pub requests: AtomicU64,
     pub errors: AtomicU64,
     pub timeouts: AtomicU64,
     /// TKO state: UP, SOFT_TKO or HARD_TKO.

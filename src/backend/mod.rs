@@ -4,8 +4,10 @@
 pub mod connection;
 pub mod health;
 pub mod io;
+pub mod metrics;
 pub mod probe;
 pub mod tls;
 
 pub use connection::{BackendError, BackendHandle, Probe, Reply, ReplyKind, ServerSpec};
 pub use health::ServerHealth;
+pub use metrics::ServerMetrics;

@@ -8,12 +8,14 @@
 //! names), `twemproxy` and `native` (one per format), `route` (the route grammar). Values keep
 //! their `Spanned` location until validation is done, then become the plain types below.
 
+mod export;
 mod native;
 mod route;
 mod syntax;
 #[cfg(test)]
 mod tests;
 mod twemproxy;
+pub mod watch;
 mod yaml;
 
 use std::fmt;
@@ -355,6 +357,15 @@ pub struct ListenerConfig {
     pub location: Location,
 }
 
+/// `log: { level, file }`: the log filter (a level such as `info`, or tracing directives such
+/// as `info,kvrouter::backend=debug`) and the log file. RUST_LOG and -v win over `level`, -o
+/// over `file`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogConfig {
+    pub level: Option<String>,
+    pub file: Option<PathBuf>,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub file: PathBuf,
@@ -363,6 +374,8 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// Worker threads (`workers:`; None = number of cores).
     pub workers: Option<usize>,
+    /// `log: { level, file }` (native format only).
+    pub log: LogConfig,
     pub pools: Vec<PoolConfig>,
     pub listeners: Vec<ListenerConfig>,
 }
@@ -400,6 +413,7 @@ impl Config {
             format: parsed.format,
             admin: parsed.admin,
             workers: parsed.workers,
+            log: parsed.log,
             pools: parsed.pools,
             listeners: parsed.listeners,
         })
@@ -431,6 +445,7 @@ pub(crate) struct Parsed {
     format: Format,
     admin: Option<SocketAddr>,
     workers: Option<usize>,
+    log: LogConfig,
     pools: Vec<PoolConfig>,
     listeners: Vec<ListenerConfig>,
 }

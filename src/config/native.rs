@@ -14,7 +14,7 @@ use crate::routing::{DistributionKind, HashKind};
 use super::route;
 use super::syntax::{self, Resolver};
 use super::yaml::{loc, problem, OrderedMap, Problem, Res};
-use super::{Format, ListenerConfig, Location, PoolConfig, Protocol};
+use super::{Format, ListenerConfig, Location, LogConfig, PoolConfig, Protocol};
 
 type Text = Option<Spanned<String>>;
 type Reserved = Option<Spanned<IgnoredAny>>;
@@ -24,9 +24,16 @@ type Reserved = Option<Spanned<IgnoredAny>>;
 struct NativeFile {
     admin: Option<Admin>,
     workers: Option<Spanned<usize>>,
-    log: Reserved,
+    log: Option<Log>,
     pools: Spanned<OrderedMap<Spanned<String>, Spanned<NativePool>>>,
     listeners: Option<Spanned<Vec<Spanned<NativeListener>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Log {
+    level: Option<Spanned<String>>,
+    file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -133,7 +140,21 @@ fn opt<T>(v: &Text, f: impl Fn(&str) -> Result<T, String>) -> Res<Option<T>> {
 
 pub(super) fn parse(text_in: &str, resolve: Resolver) -> Res<super::Parsed> {
     let file: NativeFile = super::yaml::from_yaml(text_in)?;
-    reserved(&file.log, "`log` (use -v/--verbose and -o/--output)")?;
+    let log = match &file.log {
+        None => LogConfig::default(),
+        Some(l) => LogConfig {
+            level: l
+                .level
+                .as_ref()
+                .map(|v| text(v, syntax::parse_log_level))
+                .transpose()?,
+            file: match &l.file {
+                Some(f) if f.value.is_empty() => return problem(loc(f), "log.file is empty"),
+                Some(f) => Some(f.value.clone().into()),
+                None => None,
+            },
+        },
+    };
     let admin = match &file.admin {
         None => None,
         Some(a) => {
@@ -179,6 +200,7 @@ pub(super) fn parse(text_in: &str, resolve: Resolver) -> Res<super::Parsed> {
         format: Format::Native,
         admin,
         workers: file.workers.map(|w| w.value),
+        log,
         pools,
         listeners,
     })

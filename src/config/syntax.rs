@@ -224,3 +224,34 @@ pub(crate) fn protocol_name(p: super::Protocol) -> &'static str {
         super::Protocol::Redis => "redis",
     }
 }
+
+/// `log.level`: a level (`error`, `warn`, `info`, `debug`, `trace`, `off`) or tracing
+/// directives (`info,kvrouter::backend=debug`). A bare word that is not a level is refused
+/// rather than taken as a target name, so `inof` is a typo, not a filter that logs nothing.
+pub(crate) fn parse_log_level(s: &str) -> Result<String, String> {
+    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+    let bad = |why: &str| {
+        Err(format!(
+            "log.level '{s}': {why} (a level: error, warn, info, debug, trace, off; or directives like info,kvrouter::backend=debug)"
+        ))
+    };
+    if s.trim().is_empty() {
+        return bad("empty");
+    }
+    for d in s.split(',') {
+        let d = d.trim();
+        match d.split_once('=') {
+            None if LEVELS.contains(&d.to_ascii_lowercase().as_str()) => {}
+            None => return bad(&format!("'{d}' is not a level")),
+            Some((target, level)) => {
+                if target.is_empty() || !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+                    return bad(&format!("'{d}' is not TARGET=LEVEL"));
+                }
+            }
+        }
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(s) {
+        return bad(&e.to_string());
+    }
+    Ok(s.to_string())
+}

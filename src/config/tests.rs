@@ -644,10 +644,6 @@ fn native_unknown_keys() {
 #[test]
 fn native_reserved_keys_are_refused() {
     assert_eq!(
-        err(&format!("log: {{ level: info }}\n{NATIVE}")),
-        "1:6: `log` (use -v/--verbose and -o/--output) is not supported yet"
-    );
-    assert_eq!(
         err(&NATIVE.replace(
             "    protocol: memcache\n    servers",
             "    protocol: memcache\n    cluster: { seeds: [\"127.0.0.1:7000\"] }\n    servers"
@@ -808,4 +804,39 @@ fn flow_sequence_locations() {
         err(&NATIVE.replace("127.0.0.1:11211:1 mc-a", "127.0.0.1:11211:0 mc-a")),
         "4:15: zero weight in server '127.0.0.1:11211:0 mc-a': weight must be at least 1"
     );
+}
+
+#[test]
+fn native_log_section() {
+    let c = ok(&format!(
+        "log: {{ level: \"info,kvrouter::backend=debug\", file: /var/log/kvrouter.log }}\n{NATIVE}"
+    ));
+    assert_eq!(c.log.level.as_deref(), Some("info,kvrouter::backend=debug"));
+    assert_eq!(
+        c.log.file.as_deref(),
+        Some(Path::new("/var/log/kvrouter.log"))
+    );
+    assert_eq!(ok(NATIVE).log, LogConfig::default());
+    assert!(err(&format!("log: {{ level: inof }}\n{NATIVE}"))
+        .starts_with("1:15: log.level 'inof': 'inof' is not a level"));
+    assert!(err(&format!("log: {{ level: \"info,x=loud\" }}\n{NATIVE}"))
+        .starts_with("1:15: log.level 'info,x=loud': 'x=loud' is not TARGET=LEVEL"));
+    assert!(err(&format!("log: {{ colour: red }}\n{NATIVE}"))
+        .starts_with("1:8: unknown field `colour`"));
+}
+
+#[test]
+fn json_export_redacts_secrets() {
+    let c = ok(&NATIVE.replacen(
+        "    protocol: memcache\n",
+        "    protocol: memcache\n    redis_auth: hunter2\n",
+        1,
+    ));
+    let v = c.to_json_redacted();
+    let text = v.to_string();
+    assert!(!text.contains("hunter2"), "{text}");
+    let pool = v["pools"].as_object().unwrap().values().next().unwrap();
+    assert_eq!(pool["redis_auth"], "<redacted>");
+    assert_eq!(v["format"], "kvrouter");
+    assert!(v["listeners"][0]["route"]["pool"].is_string());
 }

@@ -86,6 +86,7 @@ pub(super) fn parse(text: &str, resolve: Resolver) -> Res<super::Parsed> {
         format: Format::Twemproxy,
         admin: None,
         workers: None,
+        log: super::LogConfig::default(),
         pools: Vec::new(),
         listeners: Vec::new(),
     };

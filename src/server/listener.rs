@@ -6,6 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use prometheus::{IntCounter, IntGauge};
 use socket2::{Domain, Socket, Type};
 use tokio::sync::{mpsc, watch};
 
@@ -53,14 +54,17 @@ pub fn bind(cfg: &ListenerConfig) -> io::Result<Bound> {
     }
 }
 
-/// Accept until shutdown, handing clients to workers in turn. `active` counts this listener's
-/// open clients; beyond `max_clients` (0 = unlimited) a client is told so and closed.
+/// Accept until `stop` (shutdown, or the listener was removed by a reload), handing clients to
+/// workers in turn. `active` counts this listener's open clients (the worker decrements it when
+/// a client ends); beyond `max_clients` (0 = unlimited; changed by reloads) a client is told so
+/// and closed. Dropping the socket on return closes the listener.
 pub async fn accept_loop(
     bound: Bound,
-    listener: usize,
-    workers: Vec<mpsc::UnboundedSender<(usize, Accepted)>>,
-    max_clients: usize,
-    active: Arc<AtomicUsize>,
+    listener: u64,
+    workers: Vec<mpsc::UnboundedSender<(u64, Accepted)>>,
+    max_clients: Arc<AtomicUsize>,
+    active: IntGauge,
+    accepted_total: IntCounter,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut next = 0usize;
@@ -97,15 +101,17 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        if max_clients > 0 && active.load(Ordering::Relaxed) >= max_clients {
+        let max = max_clients.load(Ordering::Relaxed);
+        if max > 0 && active.get() >= max as i64 {
             reject(accepted);
             continue;
         }
-        active.fetch_add(1, Ordering::Relaxed);
+        active.inc();
+        accepted_total.inc();
         let w = next % workers.len();
         next = next.wrapping_add(1);
         if workers[w].send((listener, accepted)).is_err() {
-            active.fetch_sub(1, Ordering::Relaxed);
+            active.dec();
         }
     }
     if let L::Unix(_, path) = &l {

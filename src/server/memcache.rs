@@ -18,7 +18,9 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::Interest;
 use tokio::sync::{oneshot, watch};
 
+use super::metrics::{command_index, ListenerMetrics, Outcome, INVALID};
 use super::pool::PoolRuntime;
+use super::reload::Follow;
 use super::route::{self, McOp};
 use super::stats::{bump, Stats};
 use crate::backend::io::Io;
@@ -43,6 +45,11 @@ pub struct McContext {
     pub limits: memcache::Limits,
     /// The listener's `client_idle_timeout`.
     pub idle_timeout: Option<std::time::Duration>,
+    /// The listener's TLS acceptor (used when a client connects).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub metrics: Arc<ListenerMetrics>,
+    /// Finds this listener's context in a newer config generation after a reload.
+    pub follow: Follow,
 }
 
 /// One request's reply, in the order the client sent it.
@@ -54,6 +61,7 @@ enum Pending {
         server: Option<usize>,
         noreply: bool,
         hit_check: bool,
+        cmd: usize,
     },
     Multi(Box<MultiGet>),
     Flush {
@@ -61,12 +69,14 @@ enum Pending {
         rxs: Vec<(String, Option<oneshot::Receiver<Reply>>)>,
         failed: Option<String>,
         noreply: bool,
+        cmd: usize,
     },
     Quit,
 }
 
 /// A retrieval whose keys live on several servers.
 struct MultiGet {
+    cmd: usize,
     keys: Vec<Bytes>,
     /// For each client key, the part that carries it.
     part_of: Vec<usize>,
@@ -93,6 +103,7 @@ impl Pending {
                 server,
                 noreply,
                 hit_check,
+                cmd,
             } => {
                 let reply = match Pin::new(rx).poll(cx) {
                     Poll::Pending => return Poll::Pending,
@@ -100,6 +111,7 @@ impl Pending {
                 };
                 let out = match reply {
                     Ok(bytes) => {
+                        ctx.metrics.request(*cmd, Outcome::of_reply(&bytes));
                         if *hit_check {
                             let hit = bytes.starts_with(b"VALUE ");
                             bump(
@@ -110,10 +122,18 @@ impl Pending {
                                 },
                                 1,
                             );
+                            if hit {
+                                ctx.metrics.hits.inc();
+                            } else {
+                                ctx.metrics.misses.inc();
+                            }
                         }
                         bytes
                     }
-                    Err(e) => server_error(ctx, *server, &e),
+                    Err(e) => {
+                        ctx.metrics.request(*cmd, Outcome::Error);
+                        server_error(ctx, *server, &e)
+                    }
                 };
                 Poll::Ready(Some(if *noreply { Bytes::new() } else { out }))
             }
@@ -139,6 +159,7 @@ impl Pending {
                 rxs,
                 failed,
                 noreply,
+                cmd,
             } => {
                 let mut waiting = false;
                 for (addr, slot) in rxs.iter_mut() {
@@ -168,6 +189,7 @@ impl Pending {
                     None => Bytes::from_static(b"OK\r\n"),
                     Some(why) => Bytes::from(format!("SERVER_ERROR {why}\r\n")),
                 };
+                ctx.metrics.request(*cmd, Outcome::of_reply(&out));
                 Poll::Ready(Some(if *noreply { Bytes::new() } else { out }))
             }
         }
@@ -213,6 +235,7 @@ impl MultiGet {
         if let Some(Err(why)) = items.first() {
             if items.iter().all(|i| i.is_err()) {
                 bump(&ctx.stats.server_errors, 1);
+                ctx.metrics.request(self.cmd, Outcome::Error);
                 let why = why.strip_prefix("SERVER_ERROR ").unwrap_or(why);
                 return Bytes::from(format!("SERVER_ERROR {why}\r\n"));
             }
@@ -237,6 +260,13 @@ impl MultiGet {
         bump(&ctx.stats.get_hits, hits);
         bump(&ctx.stats.get_misses, misses + failed);
         bump(&ctx.stats.get_failed_keys, failed);
+        ctx.metrics.request(self.cmd, Outcome::Ok);
+        ctx.metrics.hits.inc_by(hits);
+        ctx.metrics.misses.inc_by(misses);
+        if failed > 0 {
+            ctx.metrics.failed.inc_by(failed);
+            ctx.pool.metrics.get_failed_keys.inc_by(failed);
+        }
         out.freeze()
     }
 }
@@ -250,6 +280,7 @@ pub async fn serve<S: Io>(
 ) {
     let mut conn = Conn {
         ctx,
+        older: VecDeque::new(),
         client_id,
         pending: VecDeque::new(),
         rbuf: BytesMut::with_capacity(16 * 1024),
@@ -264,6 +295,9 @@ pub async fn serve<S: Io>(
 
 struct Conn {
     ctx: Rc<McContext>,
+    /// After a reload: the contexts of older generations, each with how many of the requests
+    /// at the front of `pending` were sent with it (they finish on it).
+    older: VecDeque<(Rc<McContext>, usize)>,
     client_id: usize,
     pending: VecDeque<Pending>,
     rbuf: BytesMut,
@@ -288,14 +322,17 @@ impl Conn {
             {
                 let waker = futures_noop_waker();
                 let mut cx = Context::from_waker(&waker);
-                while let Some(front) = self.pending.front_mut() {
-                    match front.poll(&mut cx, &self.ctx) {
+                while !self.pending.is_empty() {
+                    let ctx = self.front_ctx();
+                    let front = self.pending.front_mut().expect("not empty");
+                    match front.poll(&mut cx, &ctx) {
                         Poll::Ready(Some(b)) => {
                             self.wbuf.extend_from_slice(&b);
-                            self.pending.pop_front();
+                            self.pop_front();
                         }
                         Poll::Ready(None) => {
                             self.pending.clear();
+                            self.older.clear();
                             closing = true;
                         }
                         Poll::Pending => break,
@@ -316,8 +353,8 @@ impl Conn {
                 (false, true) => Some(Interest::WRITABLE),
                 (false, false) => None,
             };
-            let ctx = self.ctx.clone();
-            let idle = match ctx.idle_timeout {
+            let ctx = self.front_ctx();
+            let idle = match self.ctx.idle_timeout {
                 Some(t) if self.pending.is_empty() && self.wbuf.is_empty() => Some(t),
                 _ => None,
             };
@@ -333,10 +370,11 @@ impl Conn {
                     match done {
                         Some(b) => {
                             self.wbuf.extend_from_slice(&b);
-                            self.pending.pop_front();
+                            self.pop_front();
                         }
                         None => {
                             self.pending.clear();
+                            self.older.clear();
                             return self.drain(stream).await;
                         }
                     }
@@ -348,6 +386,32 @@ impl Conn {
                     tracing::debug!(client = self.client_id, "closing an idle client");
                     return Ok(());
                 }
+            }
+        }
+    }
+
+    /// The context the front pending request was sent with.
+    fn front_ctx(&self) -> Rc<McContext> {
+        self.older.front().map_or(&self.ctx, |(c, _)| c).clone()
+    }
+
+    fn pop_front(&mut self) {
+        self.pending.pop_front();
+        if let Some((_, n)) = self.older.front_mut() {
+            *n -= 1;
+            if *n == 0 {
+                self.older.pop_front();
+            }
+        }
+    }
+
+    /// After a reload, switch to the newest context; requests already sent finish on theirs.
+    fn follow_reload(&mut self) {
+        if let Some(new) = self.ctx.follow.newer() {
+            let owed = self.pending.len() - self.older.iter().map(|(_, n)| n).sum::<usize>();
+            let old = std::mem::replace(&mut self.ctx, new);
+            if owed > 0 {
+                self.older.push_back((old, owed));
             }
         }
     }
@@ -389,6 +453,7 @@ impl Conn {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) => return Err(e),
         }
+        self.follow_reload();
         self.parse_all();
         Ok(())
     }
@@ -412,11 +477,15 @@ impl Conn {
                 Ok(Some(Parsed::Request(req))) => self.dispatch(req),
                 Ok(Some(Parsed::Error { reply, swallow })) => {
                     bump(&self.ctx.stats.client_errors, 1);
+                    self.ctx.metrics.request(INVALID, Outcome::of_reply(&reply));
                     self.swallow = swallow;
                     self.pending.push_back(Pending::Ready(reply));
                 }
                 Err(fatal) => {
                     bump(&self.ctx.stats.client_errors, 1);
+                    self.ctx
+                        .metrics
+                        .request(INVALID, Outcome::of_reply(&fatal.reply));
                     self.pending.push_back(Pending::Ready(fatal.reply));
                     self.pending.push_back(Pending::Quit);
                     self.reading = false;
@@ -439,6 +508,7 @@ impl Conn {
     }
 
     fn dispatch(&mut self, req: Request) {
+        let cmd = command_index(req.command);
         let stats = &self.ctx.stats;
         let pending = match req.command {
             Command::Get | Command::Gets | Command::Gat | Command::Gats => {
@@ -495,6 +565,7 @@ impl Conn {
                     rxs,
                     failed: None,
                     noreply: req.noreply,
+                    cmd,
                 }
             }
             _ => {
@@ -522,6 +593,7 @@ impl Conn {
                         server: None,
                         noreply: req.noreply,
                         hit_check: false,
+                        cmd,
                     });
                     return;
                 }
@@ -534,10 +606,16 @@ impl Conn {
                         server: Some(server),
                         noreply: req.noreply,
                         hit_check: false,
+                        cmd,
                     },
                 }
             }
         };
+        if let Pending::Ready(b) = &pending {
+            self.ctx.metrics.request(cmd, Outcome::of_reply(b));
+        } else if let Pending::Quit = &pending {
+            self.ctx.metrics.request(cmd, Outcome::Ok);
+        }
         self.pending.push_back(pending);
     }
 
@@ -554,6 +632,7 @@ impl Conn {
                     server: Some(server),
                     noreply: false,
                     hit_check: true,
+                    cmd: command_index(req.command),
                 },
             };
         }
@@ -601,6 +680,7 @@ impl Conn {
                 .collect()
         };
         Pending::Multi(Box::new(MultiGet {
+            cmd: command_index(req.command),
             keys: req.keys,
             part_of,
             parts,
@@ -622,6 +702,7 @@ impl Conn {
                 server: None,
                 noreply: false,
                 hit_check: true,
+                cmd: command_index(req.command),
             };
         }
         let parts = req
@@ -635,6 +716,7 @@ impl Conn {
             .collect();
         Pending::Multi(Box::new(MultiGet {
             part_of: (0..req.keys.len()).collect(),
+            cmd: command_index(req.command),
             keys: req.keys,
             parts,
         }))

@@ -2,46 +2,84 @@
 //!
 //! Envoy's and mcrouter's model: N worker threads, each running its own current-thread tokio
 //! runtime and owning its client connections *and its own backend connections*, so the request
-//! path crosses no thread and takes no lock. An acceptor on the main thread hands new clients to
-//! workers round-robin. Pools (placement, health, counters) are shared read-mostly state.
+//! path crosses no thread and takes no lock. An acceptor per listener on the main thread hands
+//! new clients to workers round-robin.
+//!
+//! The routing state (pools with their placement, health and metric handles; which listener
+//! routes where) is one immutable `Generation`, read through arc-swap and swapped whole on
+//! reload (see `reload`). Each worker builds its per-listener contexts from the generation and
+//! rebuilds them when a new one appears, keeping the backend connections of unchanged servers.
 
+pub mod inspect;
 pub mod listener;
 pub mod memcache;
+pub mod metrics;
 pub mod pool;
+pub mod reload;
 pub mod route;
 pub mod stats;
 pub mod tls;
 
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch};
 
-use crate::backend::BackendHandle;
-use crate::config::{Config, Protocol, Route};
+use crate::config::{Config, Protocol};
 use listener::Accepted;
+use metrics::{Families, ListenerMetrics};
 use pool::PoolRuntime;
+use reload::WorkerRouting;
 use stats::Stats;
 
 /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// One loaded config, immutable: swapped whole on reload.
+pub struct Generation {
+    /// 1 for the config kvrouter started with, +1 per successful reload.
+    pub id: u64,
+    pub config: Arc<Config>,
+    pub pools: Vec<Arc<PoolRuntime>>,
+    pub listeners: Vec<ListenerRuntime>,
+}
+
+/// A listener in one generation.
+pub struct ListenerRuntime {
+    /// Stable while the listener keeps its address across reloads.
+    pub id: u64,
+    /// The listen address as text: the metrics label and the identity across reloads.
+    pub name: String,
+    /// Index in `Generation::pools` of the pool it routes to.
+    pub pool: usize,
+    pub metrics: Arc<ListenerMetrics>,
+    /// Open clients (the `kvrouter_client_connections` gauge) and the limit the acceptor
+    /// enforces, shared with the acceptor, which outlives generations.
+    pub max_clients: Arc<AtomicUsize>,
+    /// TLS for its clients (`tls:`), built when the generation is.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
 /// State shared by all workers.
 pub struct Shared {
-    pub config: Config,
-    pub pools: Vec<Arc<PoolRuntime>>,
-    /// For each listener, the index of the pool it routes to.
-    pub listener_pool: Vec<usize>,
-    /// Open clients per listener.
-    pub active: Vec<Arc<AtomicUsize>>,
+    current: ArcSwap<Generation>,
+    /// `current.id`, for the cheap per-batch "is there a newer generation" check.
+    pub(crate) current_id: Arc<AtomicU64>,
     pub stats: Arc<Stats>,
     pub threads: usize,
-    /// For each listener, its TLS acceptor when it has `tls`.
-    pub tls: Vec<Option<tokio_rustls::TlsAcceptor>>,
+    pub families: Families,
+}
+
+impl Shared {
+    /// The active generation.
+    pub fn current(&self) -> Arc<Generation> {
+        self.current.load_full()
+    }
 }
 
 /// A running proxy.
@@ -49,6 +87,12 @@ pub struct Running {
     pub shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
+    senders: Vec<mpsc::UnboundedSender<(u64, Accepted)>>,
+    /// Wakes every worker to rebuild its contexts for a new generation.
+    wake: watch::Sender<u64>,
+    /// The accept loop of each listener, by listener name.
+    acceptors: HashMap<String, reload::Acceptor>,
+    next_listener_id: u64,
 }
 
 impl Running {
@@ -60,6 +104,9 @@ impl Running {
 
     /// Stop accepting, let in-flight requests finish (at most DRAIN_TIMEOUT), join the workers.
     pub fn shutdown(self) {
+        for a in self.acceptors.values() {
+            a.stop();
+        }
         let _ = self.shutdown.send(true);
         for w in self.workers {
             let _ = w.join();
@@ -68,7 +115,7 @@ impl Running {
 }
 
 pub fn check_health(shared: &Shared) -> Result<(), String> {
-    for p in &shared.pools {
+    for p in &shared.current().pools {
         if !p.has_live_server() {
             return Err(format!("pool {} has no server in service", p.config.name));
         }
@@ -110,9 +157,9 @@ pub fn check(config: &Config) -> Result<Vec<usize>, String> {
 }
 
 /// Bind every listener, start the workers and the accept loops (spawned on the caller's tokio
-/// runtime).
-pub fn start(config: Config) -> Result<Running, String> {
-    let listener_pool = check(&config)?;
+/// runtime). `registry` receives the proxy's metric families.
+pub fn start(config: Config, registry: Option<&prometheus::Registry>) -> Result<Running, String> {
+    check(&config)?;
     let bound = config
         .listeners
         .iter()
@@ -123,41 +170,21 @@ pub fn start(config: Config) -> Result<Running, String> {
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
+    let families = Families::new(registry);
+    let mut next_listener_id = 0;
+    let generation = reload::build_generation(config, 1, None, &families, &mut next_listener_id)?;
+    families.generation.set(1);
+    families.last_reload_success.set(reload::unix_now());
     let shared = Arc::new(Shared {
-        pools: config
-            .pools
-            .iter()
-            .map(|p| {
-                let tls = p
-                    .tls
-                    .as_ref()
-                    .map(|t| tls::client(&config, t))
-                    .transpose()?;
-                Ok(Arc::new(PoolRuntime::new(p.clone(), tls)))
-            })
-            .collect::<Result<_, String>>()?,
-        listener_pool,
-        active: config
-            .listeners
-            .iter()
-            .map(|_| Arc::new(AtomicUsize::new(0)))
-            .collect(),
+        current: ArcSwap::from_pointee(generation),
+        current_id: Arc::new(AtomicU64::new(1)),
         stats: Arc::new(Stats::default()),
         threads,
-        tls: config
-            .listeners
-            .iter()
-            .map(|l| {
-                l.tls
-                    .as_ref()
-                    .map(|t| tls::acceptor(&config, t))
-                    .transpose()
-            })
-            .collect::<Result<_, String>>()?,
-        config,
+        families,
     });
 
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let (wake, wake_rx) = watch::channel(1u64);
     let mut senders = Vec::new();
     let mut workers = Vec::new();
     for id in 0..threads {
@@ -165,34 +192,35 @@ pub fn start(config: Config) -> Result<Running, String> {
         senders.push(tx);
         let shared = shared.clone();
         let shutdown = shutdown_rx.clone();
+        let wake = wake_rx.clone();
         workers.push(
             std::thread::Builder::new()
                 .name(format!("kvrouter-w{id}"))
-                .spawn(move || worker(shared, rx, shutdown))
+                .spawn(move || worker(shared, rx, shutdown, wake))
                 .map_err(|e| format!("cannot start worker thread: {e}"))?,
         );
     }
-    for (i, b) in bound.into_iter().enumerate() {
-        tokio::spawn(listener::accept_loop(
-            b,
-            i,
-            senders.clone(),
-            shared.config.listeners[i].max_clients,
-            shared.active[i].clone(),
-            shutdown_rx.clone(),
-        ));
-    }
-    Ok(Running {
-        shared,
+    let mut running = Running {
+        shared: shared.clone(),
         shutdown,
         workers,
-    })
+        senders,
+        wake,
+        acceptors: HashMap::new(),
+        next_listener_id,
+    };
+    let generation = shared.current();
+    for (l, b) in generation.listeners.iter().zip(bound) {
+        running.spawn_acceptor(l, b);
+    }
+    Ok(running)
 }
 
 fn worker(
     shared: Arc<Shared>,
-    mut rx: mpsc::UnboundedReceiver<(usize, Accepted)>,
+    mut rx: mpsc::UnboundedReceiver<(u64, Accepted)>,
     mut shutdown: watch::Receiver<bool>,
+    mut wake: watch::Receiver<u64>,
 ) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -200,81 +228,28 @@ fn worker(
         .expect("worker runtime");
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        // This worker's backend connections, per pool and server, for every pool a route uses.
-        let mut backends: HashMap<usize, Rc<Vec<Vec<BackendHandle>>>> = HashMap::new();
-        let used = shared
-            .config
-            .listeners
-            .iter()
-            .flat_map(|l| l.route.pools())
-            .filter_map(|name| shared.config.pools.iter().position(|p| p.name == name));
-        for p in used {
-            backends.entry(p).or_insert_with(|| {
-                let pool = &shared.pools[p];
-                Rc::new(
-                    pool.specs
-                        .iter()
-                        .map(|spec| {
-                            (0..pool.config.connections.max(1))
-                                .map(|_| BackendHandle::spawn(spec.clone(), pool.config.preconnect))
-                                .collect()
-                        })
-                        .collect(),
-                )
-            });
-        }
-        let target = |name: &str| {
-            let p = shared
-                .config
-                .pools
-                .iter()
-                .position(|p| p.name == name)
-                .expect("routes name known pools (checked by config)");
-            route::Target {
-                pool: shared.pools[p].clone(),
-                backends: backends[&p].clone(),
-            }
-        };
-        let contexts: Vec<Rc<memcache::McContext>> = shared
-            .listener_pool
-            .iter()
-            .zip(&shared.config.listeners)
-            .map(|(&p, l)| {
-                Rc::new(memcache::McContext {
-                    pool: shared.pools[p].clone(),
-                    backends: backends[&p].clone(),
-                    stats: shared.stats.clone(),
-                    threads: shared.threads,
-                    route: match &l.route {
-                        Route::Pool { .. } => None,
-                        r => Some(route::Node::build(r, &target)),
-                    },
-                    limits: {
-                        let mut lim = shared.pools[p].limits;
-                        if let Some(max) = l.max_request_bytes {
-                            lim.item_size_max = lim.item_size_max.min(max);
-                            lim.max_line_len = lim.max_line_len.min(max);
-                        }
-                        lim
-                    },
-                    idle_timeout: l.client_idle_timeout,
-                })
-            })
-            .collect();
+        // This worker's contexts and backend connections, rebuilt per generation.
+        let routing = WorkerRouting::new(shared.clone());
+        routing.refresh();
         let mut client_id = 0usize;
         let tracker = Rc::new(());
         loop {
             tokio::select! {
                 a = rx.recv() => {
                     let Some((listener, accepted)) = a else { break };
+                    let Some(ctx) = routing.context(listener) else {
+                        // The listener was removed by a reload while this client was on its
+                        // way: close it, as the listener is closed.
+                        continue;
+                    };
                     client_id = client_id.wrapping_add(1);
-                    let ctx = contexts[listener].clone();
-                    let active = shared.active[listener].clone();
+                    tracing::debug!(client = client_id, listener, "client connected");
+                    let clients = ctx.metrics.clients.clone();
                     let stats = shared.stats.clone();
                     let sd = shutdown.clone();
                     let guard = tracker.clone();
                     let id = client_id;
-                    let acceptor = shared.tls[listener].clone();
+                    let acceptor = ctx.tls.clone();
                     stats.curr_connections.fetch_add(1, Ordering::Relaxed);
                     stats.total_connections.fetch_add(1, Ordering::Relaxed);
                     tokio::task::spawn_local(async move {
@@ -299,11 +274,12 @@ fn worker(
                                 Err(e) => tracing::warn!(error = %e, "cannot register client"),
                             },
                         }
-                        active.fetch_sub(1, Ordering::Relaxed);
+                        clients.dec();
                         stats.curr_connections.fetch_sub(1, Ordering::Relaxed);
                         drop(guard);
                     });
                 }
+                _ = wake.changed() => routing.refresh(),
                 _ = shutdown.changed() => break,
             }
         }

@@ -13,15 +13,18 @@ use crate::backend::health::now_ms;
 use bytes::Bytes;
 
 use crate::backend::tls::TlsClient;
-use crate::backend::{Probe, ReplyKind, ServerHealth, ServerSpec};
+use crate::backend::{Probe, ReplyKind, ServerHealth, ServerMetrics, ServerSpec};
 use crate::config::PoolConfig;
 use crate::protocol::memcache::Limits;
 use crate::routing::{Node, Placement};
+
+use super::metrics::{Families, PoolMetrics};
 
 pub struct PoolRuntime {
     pub config: PoolConfig,
     pub specs: Vec<Arc<ServerSpec>>,
     pub limits: Limits,
+    pub metrics: PoolMetrics,
     nodes: Vec<Node>,
     placement: ArcSwap<Placement>,
     /// Bumped by backend connections when they eject a server.
@@ -34,14 +37,29 @@ pub struct PoolRuntime {
 }
 
 impl PoolRuntime {
-    /// `tls`: the pool's backend TLS client, built from its config (see `server::tls`).
-    pub fn new(config: PoolConfig, tls: Option<TlsClient>) -> PoolRuntime {
-        let epoch = Arc::new(AtomicU64::new(0));
+    /// A pool with unregistered metrics and no TLS (tests, tools).
+    pub fn new(config: PoolConfig) -> PoolRuntime {
+        PoolRuntime::build(config, None, &Families::new(None), None)
+    }
+
+    /// Build a pool. On reload, `old` is the pool of the same name in the running config: a
+    /// server whose name, address and connection settings are unchanged keeps its `ServerSpec`
+    /// (its health, its metrics, and in every worker its backend connections). `tls`: the
+    /// pool's backend TLS client, built from its config (see `server::tls`); TLS servers always
+    /// get new connections on reload, so changed certificates take effect.
+    pub fn build(
+        config: PoolConfig,
+        old: Option<&PoolRuntime>,
+        families: &Families,
+        tls: Option<TlsClient>,
+    ) -> PoolRuntime {
+        let epoch = old.map_or_else(|| Arc::new(AtomicU64::new(0)), |o| o.epoch.clone());
         let specs: Vec<Arc<ServerSpec>> = config
             .servers
             .iter()
             .map(|s| {
-                Arc::new(ServerSpec {
+                let name = s.placement_name();
+                let fresh = ServerSpec {
                     address: s.address(),
                     unix: s.is_unix(),
                     timeout: config.timeout,
@@ -56,6 +74,22 @@ impl PoolRuntime {
                         request: Bytes::from_static(b"version\r\n"),
                         kind: ReplyKind::McLine,
                     }),
+                    metrics: ServerMetrics::unregistered(),
+                };
+                if let Some(o) = old {
+                    let same = o.nodes.iter().zip(&o.specs).find(|(n, spec)| {
+                        n.name == name
+                            && o.config.connections == config.connections
+                            && o.config.preconnect == config.preconnect
+                            && same_connection(spec, &fresh)
+                    });
+                    if let Some((_, spec)) = same {
+                        return spec.clone();
+                    }
+                }
+                Arc::new(ServerSpec {
+                    metrics: families.server(&config.name, &name),
+                    ..fresh
                 })
             })
             .collect();
@@ -67,7 +101,15 @@ impl PoolRuntime {
                 weight: s.weight,
             })
             .collect();
-        let live = vec![true; nodes.len()];
+        // Servers kept from the running config keep their ejection.
+        let now = now_ms();
+        let live: Vec<bool> = specs.iter().map(|s| !s.health.is_ejected(now)).collect();
+        let next_readmit = specs
+            .iter()
+            .map(|s| s.health.ejected_until())
+            .filter(|&u| u != 0)
+            .min()
+            .unwrap_or(u64::MAX);
         let placement = Placement::new(
             config.distribution,
             config.hash,
@@ -80,14 +122,15 @@ impl PoolRuntime {
             ..Limits::default()
         };
         PoolRuntime {
+            metrics: families.pool(&config.name),
             config,
             specs,
             limits,
             nodes,
             placement: ArcSwap::from_pointee(placement),
-            epoch,
-            built_epoch: AtomicU64::new(0),
-            next_readmit: AtomicU64::new(u64::MAX),
+            epoch: epoch.clone(),
+            built_epoch: AtomicU64::new(epoch.load(Ordering::Relaxed)),
+            next_readmit: AtomicU64::new(next_readmit),
             rebuild: Mutex::new(()),
         }
     }
@@ -141,6 +184,11 @@ impl PoolRuntime {
         self.next_readmit.store(next, Ordering::Relaxed);
     }
 
+    /// The placement names of the servers, in `specs` order.
+    pub fn server_names(&self) -> impl Iterator<Item = &str> {
+        self.nodes.iter().map(|n| n.name.as_str())
+    }
+
     /// True when at least one server is in service.
     pub fn has_live_server(&self) -> bool {
         let now = now_ms();
@@ -148,4 +196,18 @@ impl PoolRuntime {
             .iter()
             .any(|s| !s.health.is_ejected(now) && !s.health.is_down())
     }
+}
+
+/// Whether a backend connection to `a` serves `b` as well.
+fn same_connection(a: &ServerSpec, b: &ServerSpec) -> bool {
+    a.address == b.address
+        && a.unix == b.unix
+        && a.timeout == b.timeout
+        && a.tcpkeepalive == b.tcpkeepalive
+        && a.auto_eject == b.auto_eject
+        && a.failure_limit == b.failure_limit
+        && a.retry_timeout == b.retry_timeout
+        && a.tko.is_some() == b.tko.is_some()
+        && a.tls.is_none()
+        && b.tls.is_none()
 }

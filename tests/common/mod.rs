@@ -294,3 +294,156 @@ pub fn redis_server() -> Proc {
     }
     panic!("could not start redis-server");
 }
+
+/// kvrouter on the config file `conf` (written by the caller, so tests can replace it), with
+/// extra command line arguments; returns the process (its `addr` is `addr`) and the admin
+/// address.
+pub fn kvrouter_conf(
+    conf: &std::path::Path,
+    addr: SocketAddr,
+    extra: &[&str],
+) -> (Proc, SocketAddr) {
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut child = Command::new(kvrouter_bin())
+        .arg("-c")
+        .arg(conf)
+        .args(["--admin", &admin.to_string()])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start kvrouter");
+    wait_port(addr, &mut child);
+    wait_port(admin, &mut child);
+    (Proc { child, addr }, admin)
+}
+
+/// kvrouter with config text `yaml` and its admin address.
+pub fn kvrouter_admin(dir: &TempDir, yaml: &str, addr: SocketAddr) -> (Proc, SocketAddr) {
+    let conf = dir.write(&format!("kvrouter-{}.yml", addr.port()), yaml);
+    kvrouter_conf(&conf, addr, &[])
+}
+
+/// Replace a file the way editors and Kubernetes do: write a new file, rename it over.
+pub fn replace_file(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp-new");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A plain HTTP/1.1 GET: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
+}
+
+/// One sample of the Prometheus text format.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// Parse Prometheus' text exposition format (enough of it for kvrouter's output).
+pub fn parse_metrics(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("sample line");
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("bad value in {line}")),
+        };
+        let (name, labels) = match series.split_once('{') {
+            None => (series.to_string(), Vec::new()),
+            Some((n, rest)) => {
+                let rest = rest.strip_suffix('}').expect("closing brace");
+                let mut labels = Vec::new();
+                let mut s = rest;
+                while !s.is_empty() {
+                    let (k, v) = s.split_once("=\"").expect("label");
+                    let end = v.find('"').expect("label value end");
+                    labels.push((k.to_string(), v[..end].to_string()));
+                    s = v[end + 1..].trim_start_matches(',');
+                }
+                (n.to_string(), labels)
+            }
+        };
+        out.push(Sample {
+            name,
+            labels,
+            value,
+        });
+    }
+    out
+}
+
+/// The sum of the samples named `name` whose labels include `labels`; None when none match.
+pub fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for s in samples.iter().filter(|s| s.name == name) {
+        if labels
+            .iter()
+            .all(|(k, v)| s.labels.iter().any(|(sk, sv)| sk == k && sv == v))
+        {
+            *found.get_or_insert(0.0) += s.value;
+        }
+    }
+    found
+}
+
+/// Scrape `/metrics` from an admin address.
+pub fn scrape(admin: SocketAddr) -> Vec<Sample> {
+    let (status, body) = http_get(admin, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    parse_metrics(&body)
+}
+
+/// Poll until `f` returns Some, or panic with `what` after `secs`.
+pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A memcached `stats` value read over an open connection.
+pub fn mc_stat(c: &mut Mc, name: &str) -> u64 {
+    c.send(b"stats\r\n");
+    let mut found = None;
+    loop {
+        let l = c.line();
+        if l == "END" {
+            break;
+        }
+        let parts: Vec<&str> = l.split(' ').collect();
+        if parts.len() == 3 && parts[1] == name {
+            found = Some(parts[2].parse().unwrap());
+        }
+    }
+    found.unwrap_or_else(|| panic!("no stat {name}"))
+}
+
+/// A port nothing listens on (bound, then released).
+pub fn dead_port() -> u16 {
+    free_port()
+}

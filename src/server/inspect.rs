@@ -1,0 +1,93 @@
+//! What the admin endpoints show of the running proxy: `/pools` as JSON, and the gauges that
+//! are computed when `/metrics` is scraped (server health). Read-only, off the request path.
+
+use serde_json::{json, Value};
+
+use super::Shared;
+use crate::backend::health::now_ms;
+use crate::backend::metrics::ERROR_KINDS;
+use crate::config::Protocol;
+
+/// Set the gauges that reflect state rather than events: each server's health.
+pub fn refresh_gauges(shared: &Shared) {
+    let now = now_ms();
+    let generation = shared.current();
+    for p in &generation.pools {
+        for (spec, name) in p.specs.iter().zip(p.server_names()) {
+            shared
+                .families
+                .server_up(&p.config.name, name)
+                .set(i64::from(!spec.health.is_ejected(now)));
+        }
+    }
+}
+
+/// `GET /pools`: every pool of the active config with its servers, their health and counters,
+/// and the listeners that route to it.
+pub fn pools_json(shared: &Shared) -> Value {
+    let now = now_ms();
+    let generation = shared.current();
+    let pools: Vec<Value> = generation
+        .pools
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let servers: Vec<Value> = p
+                .specs
+                .iter()
+                .zip(p.server_names())
+                .zip(&p.config.servers)
+                .map(|((spec, name), conf)| {
+                    let m = &spec.metrics;
+                    let ejected_until = spec.health.ejected_until();
+                    let errors: serde_json::Map<String, Value> = ERROR_KINDS
+                        .iter()
+                        .zip(&m.errors)
+                        .map(|(k, c)| (k.to_string(), json!(c.get())))
+                        .collect();
+                    json!({
+                        "name": name,
+                        "address": spec.address,
+                        "weight": conf.weight,
+                        "health": if spec.health.is_ejected(now) { "ejected" } else { "up" },
+                        "ejected_for_ms": if spec.health.is_ejected(now) { ejected_until - now } else { 0 },
+                        "consecutive_failures": spec.health.consecutive_failures(),
+                        "requests": m.requests.get(),
+                        "errors": errors,
+                        "ejections": m.ejections.get(),
+                        "inflight": m.inflight.get(),
+                        "latency": {
+                            "count": m.latency.get_sample_count(),
+                            "sum_seconds": m.latency.get_sample_sum(),
+                        },
+                    })
+                })
+                .collect();
+            let listeners: Vec<&str> = generation
+                .listeners
+                .iter()
+                .filter(|l| l.pool == i)
+                .map(|l| l.name.as_str())
+                .collect();
+            json!({
+                "name": p.config.name,
+                "protocol": match p.config.protocol {
+                    Protocol::Memcache => "memcache",
+                    Protocol::Redis => "redis",
+                },
+                "distribution": p.config.distribution.name(),
+                "hash": p.config.hash.name(),
+                "auto_eject_hosts": p.config.auto_eject_hosts,
+                "has_live_server": p.has_live_server(),
+                "listeners": listeners,
+                "get_failed_keys": p.metrics.get_failed_keys.get(),
+                "servers": servers,
+            })
+        })
+        .collect();
+    json!({
+        "generation": generation.id,
+        "config_file": generation.config.file.display().to_string(),
+        "pools": pools,
+    })
+}

@@ -1,0 +1,339 @@
+//! The proxy's Prometheus metric families, and the per-listener / per-pool / per-server handles
+//! cut from them once per loaded config (never per request).
+//!
+//! Labels are listener addresses, pool names, server names, command names, results and error
+//! kinds: all bounded by the config. No key ever becomes a label.
+
+use prometheus::{
+    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+use crate::backend::metrics::{ServerMetrics, ERROR_KINDS};
+use crate::protocol::memcache::Command;
+
+/// Every memcached command, in `Command` order; requests that fail to parse count as `invalid`.
+pub const COMMANDS: [Command; 19] = [
+    Command::Get,
+    Command::Gets,
+    Command::Gat,
+    Command::Gats,
+    Command::Set,
+    Command::Add,
+    Command::Replace,
+    Command::Append,
+    Command::Prepend,
+    Command::Cas,
+    Command::Incr,
+    Command::Decr,
+    Command::Touch,
+    Command::Delete,
+    Command::Version,
+    Command::Verbosity,
+    Command::Quit,
+    Command::Stats,
+    Command::FlushAll,
+];
+/// The `command` label index of a request that did not parse.
+pub const INVALID: usize = COMMANDS.len();
+
+/// The `result` label of `kvrouter_requests_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered (a miss, NOT_STORED and NOT_FOUND are answers too).
+    Ok = 0,
+    /// The client got `SERVER_ERROR` (backend failed, timed out, or said so).
+    Error = 1,
+    /// The client got `CLIENT_ERROR` or `ERROR`.
+    ClientError = 2,
+}
+const OUTCOMES: [&str; 3] = ["ok", "error", "client_error"];
+
+impl Outcome {
+    /// Classify a reply by its first line.
+    pub fn of_reply(reply: &[u8]) -> Outcome {
+        if reply.starts_with(b"SERVER_ERROR") {
+            Outcome::Error
+        } else if reply.starts_with(b"CLIENT_ERROR") || reply.starts_with(b"ERROR") {
+            Outcome::ClientError
+        } else {
+            Outcome::Ok
+        }
+    }
+}
+
+/// Seconds; from 50 us (loopback) to 2.5 s (a slow or timing-out server).
+const LATENCY_BUCKETS: [f64; 15] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5,
+];
+
+/// Every metric family the proxy exports (besides the process collector).
+#[derive(Clone)]
+pub struct Families {
+    client_connections: IntGaugeVec,
+    client_connections_total: IntCounterVec,
+    requests: IntCounterVec,
+    get_keys: IntCounterVec,
+    server_requests: IntCounterVec,
+    server_errors: IntCounterVec,
+    server_ejections: IntCounterVec,
+    server_latency: HistogramVec,
+    server_inflight: IntGaugeVec,
+    server_up: IntGaugeVec,
+    pool_get_failed_keys: IntCounterVec,
+    reloads: IntCounterVec,
+    pub generation: IntGauge,
+    pub last_reload_success: Gauge,
+}
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+impl Families {
+    /// Create the families and register them (an unregistered set is fine for tests).
+    pub fn new(registry: Option<&Registry>) -> Families {
+        let f = Families {
+            client_connections: gauge(
+                "kvrouter_client_connections",
+                "Open client connections, per listener.",
+                &["listener"],
+            ),
+            client_connections_total: counter(
+                "kvrouter_client_connections_total",
+                "Client connections accepted, per listener.",
+                &["listener"],
+            ),
+            requests: counter(
+                "kvrouter_requests_total",
+                "Client requests by listener, command and result (ok, error = SERVER_ERROR, client_error).",
+                &["listener", "command", "result"],
+            ),
+            get_keys: counter(
+                "kvrouter_get_keys_total",
+                "Keys asked for by retrievals (get/gets/gat/gats), by result: hit, miss, failed (server failed in a multi-get: answered as a miss).",
+                &["listener", "result"],
+            ),
+            server_requests: counter(
+                "kvrouter_server_requests_total",
+                "Requests queued to a backend server.",
+                &["pool", "server"],
+            ),
+            server_errors: counter(
+                "kvrouter_server_errors_total",
+                "Backend requests that got no reply, by kind: timeout, connect (refused or unreachable), closed (connection broke), protocol (bad reply).",
+                &["pool", "server", "kind"],
+            ),
+            server_ejections: counter(
+                "kvrouter_server_ejections_total",
+                "Times a server was ejected from its pool's ring (auto_eject_hosts).",
+                &["pool", "server"],
+            ),
+            server_latency: HistogramVec::new(
+                HistogramOpts::new(
+                    "kvrouter_server_latency_seconds",
+                    "Backend latency: from queueing a request on a backend connection to its reply.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["pool", "server"],
+            )
+            .expect("valid metric"),
+            server_inflight: gauge(
+                "kvrouter_server_inflight_requests",
+                "Requests queued or sent to a server and not answered yet.",
+                &["pool", "server"],
+            ),
+            server_up: gauge(
+                "kvrouter_server_up",
+                "1 when the server is in service, 0 while it is ejected.",
+                &["pool", "server"],
+            ),
+            pool_get_failed_keys: counter(
+                "kvrouter_pool_get_failed_keys_total",
+                "Keys of multi-server gets answered as misses because their server failed.",
+                &["pool"],
+            ),
+            reloads: counter(
+                "kvrouter_config_reloads_total",
+                "Config reloads (SIGHUP or file change), by result: ok, failed.",
+                &["result"],
+            ),
+            generation: IntGauge::new(
+                "kvrouter_config_generation",
+                "The generation of the active config: 1 at start, +1 per successful reload.",
+            )
+            .expect("valid metric"),
+            last_reload_success: Gauge::new(
+                "kvrouter_config_last_reload_success_timestamp_seconds",
+                "Unix time of the last successful config load (start or reload).",
+            )
+            .expect("valid metric"),
+        };
+        // Both results exist from the start, so rate() and increase() see the first failure.
+        f.reloads.with_label_values(&["ok"]);
+        f.reloads.with_label_values(&["failed"]);
+        if let Some(r) = registry {
+            let cs: Vec<Box<dyn prometheus::core::Collector>> = vec![
+                Box::new(f.client_connections.clone()),
+                Box::new(f.client_connections_total.clone()),
+                Box::new(f.requests.clone()),
+                Box::new(f.get_keys.clone()),
+                Box::new(f.server_requests.clone()),
+                Box::new(f.server_errors.clone()),
+                Box::new(f.server_ejections.clone()),
+                Box::new(f.server_latency.clone()),
+                Box::new(f.server_inflight.clone()),
+                Box::new(f.server_up.clone()),
+                Box::new(f.pool_get_failed_keys.clone()),
+                Box::new(f.reloads.clone()),
+                Box::new(f.generation.clone()),
+                Box::new(f.last_reload_success.clone()),
+            ];
+            for c in cs {
+                r.register(c).expect("metric registered once");
+            }
+        }
+        f
+    }
+
+    pub fn reload(&self, ok: bool) -> IntCounter {
+        self.reloads
+            .with_label_values(&[if ok { "ok" } else { "failed" }])
+    }
+
+    pub fn listener(&self, listener: &str) -> ListenerMetrics {
+        let requests = (0..=COMMANDS.len())
+            .map(|i| {
+                let cmd = COMMANDS.get(i).map_or("invalid", |c| c.name());
+                OUTCOMES.map(|r| self.requests.with_label_values(&[listener, cmd, r]))
+            })
+            .collect();
+        let keys = |r: &str| self.get_keys.with_label_values(&[listener, r]);
+        ListenerMetrics {
+            clients: self.client_connections.with_label_values(&[listener]),
+            clients_total: self.client_connections_total.with_label_values(&[listener]),
+            requests,
+            hits: keys("hit"),
+            misses: keys("miss"),
+            failed: keys("failed"),
+        }
+    }
+
+    pub fn remove_listener(&self, listener: &str) {
+        let _ = self.client_connections.remove_label_values(&[listener]);
+        let _ = self
+            .client_connections_total
+            .remove_label_values(&[listener]);
+        for i in 0..=COMMANDS.len() {
+            let cmd = COMMANDS.get(i).map_or("invalid", |c| c.name());
+            for r in OUTCOMES {
+                let _ = self.requests.remove_label_values(&[listener, cmd, r]);
+            }
+        }
+        for r in ["hit", "miss", "failed"] {
+            let _ = self.get_keys.remove_label_values(&[listener, r]);
+        }
+    }
+
+    pub fn server(&self, pool: &str, server: &str) -> ServerMetrics {
+        let l = [pool, server];
+        let e = |kind: &str| self.server_errors.with_label_values(&[pool, server, kind]);
+        ServerMetrics {
+            requests: self.server_requests.with_label_values(&l),
+            errors: ERROR_KINDS.map(e),
+            ejections: self.server_ejections.with_label_values(&l),
+            latency: self.server_latency.with_label_values(&l),
+            inflight: self.server_inflight.with_label_values(&l),
+        }
+    }
+
+    /// The health gauge of a server (set when metrics are scraped).
+    pub fn server_up(&self, pool: &str, server: &str) -> IntGauge {
+        self.server_up.with_label_values(&[pool, server])
+    }
+
+    pub fn remove_server(&self, pool: &str, server: &str) {
+        let l = [pool, server];
+        let _ = self.server_requests.remove_label_values(&l);
+        for kind in ERROR_KINDS {
+            let _ = self
+                .server_errors
+                .remove_label_values(&[pool, server, kind]);
+        }
+        let _ = self.server_ejections.remove_label_values(&l);
+        let _ = self.server_latency.remove_label_values(&l);
+        let _ = self.server_inflight.remove_label_values(&l);
+        let _ = self.server_up.remove_label_values(&l);
+    }
+
+    pub fn pool(&self, pool: &str) -> PoolMetrics {
+        PoolMetrics {
+            get_failed_keys: self.pool_get_failed_keys.with_label_values(&[pool]),
+        }
+    }
+
+    pub fn remove_pool(&self, pool: &str) {
+        let _ = self.pool_get_failed_keys.remove_label_values(&[pool]);
+    }
+}
+
+/// One listener's handles.
+#[derive(Clone, Debug)]
+pub struct ListenerMetrics {
+    pub clients: IntGauge,
+    pub clients_total: IntCounter,
+    /// `requests[command index][Outcome]`; the last row is `invalid`.
+    requests: Vec<[IntCounter; 3]>,
+    pub hits: IntCounter,
+    pub misses: IntCounter,
+    pub failed: IntCounter,
+}
+
+impl ListenerMetrics {
+    /// Count one request of `cmd` (a `COMMANDS` index, or `INVALID`) with its outcome.
+    #[inline]
+    pub fn request(&self, cmd: usize, outcome: Outcome) {
+        self.requests[cmd][outcome as usize].inc();
+    }
+}
+
+/// The index of a command in `COMMANDS`.
+#[inline]
+pub fn command_index(c: Command) -> usize {
+    c as usize
+}
+
+/// One pool's handles.
+#[derive(Clone, Debug)]
+pub struct PoolMetrics {
+    pub get_failed_keys: IntCounter,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_indexes_match_the_label_table() {
+        for (i, c) in COMMANDS.iter().enumerate() {
+            assert_eq!(command_index(*c), i, "{}", c.name());
+        }
+    }
+
+    #[test]
+    fn outcome_of_reply() {
+        assert_eq!(Outcome::of_reply(b"STORED\r\n"), Outcome::Ok);
+        assert_eq!(Outcome::of_reply(b"END\r\n"), Outcome::Ok);
+        assert_eq!(Outcome::of_reply(b"SERVER_ERROR x\r\n"), Outcome::Error);
+        assert_eq!(
+            Outcome::of_reply(b"CLIENT_ERROR x\r\n"),
+            Outcome::ClientError
+        );
+        assert_eq!(Outcome::of_reply(b"ERROR\r\n"), Outcome::ClientError);
+    }
+}
