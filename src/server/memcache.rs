@@ -50,6 +50,8 @@ enum Pending {
         server: Option<usize>,
         noreply: bool,
         hit_check: bool,
+        /// A quiet meta request sent with `mn` after it: strip the `MN` from the reply.
+        quiet: bool,
     },
     Multi(Box<MultiGet>),
     Flush {
@@ -89,15 +91,22 @@ impl Pending {
                 server,
                 noreply,
                 hit_check,
+                quiet,
             } => {
                 let reply = match Pin::new(rx).poll(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(r) => flatten(r),
                 };
                 let out = match reply {
-                    Ok(bytes) => {
+                    Ok(mut bytes) => {
+                        if *quiet {
+                            bytes = memcache::strip_quiet_sentinel(bytes);
+                        }
                         if *hit_check {
-                            let hit = bytes.starts_with(b"VALUE ");
+                            // get: `VALUE`; mg: `VA` or `HD` (a miss is `EN`, or nothing when quiet).
+                            let hit = bytes.starts_with(b"VALUE ")
+                                || bytes.starts_with(b"VA ")
+                                || bytes.starts_with(b"HD");
                             bump(
                                 if hit {
                                     &ctx.stats.get_hits
@@ -450,6 +459,10 @@ impl Conn {
                 Pending::Quit
             }
             Command::Stats => self.stats(&req),
+            // Replies are already in request order, so `mn` is answered here, after every
+            // earlier reply: the pipeline barrier holds across servers.
+            Command::MetaNoop => Pending::Ready(Bytes::from_static(memcache::META_NOOP_REPLY)),
+            c if c.is_meta() => self.meta(req),
             Command::FlushAll => {
                 bump(&stats.cmd_flush, 1);
                 let bytes = req.to_backend();
@@ -504,12 +517,14 @@ impl Conn {
                         key: req.keys[0].clone(),
                         bytes: req.to_backend(),
                         client_id: self.client_id,
+                        quiet: false,
                     };
                     self.pending.push_back(Pending::Single {
                         rx: spawn_routed(node, op),
                         server: None,
                         noreply: req.noreply,
                         hit_check: false,
+                        quiet: false,
                     });
                     return;
                 }
@@ -522,11 +537,61 @@ impl Conn {
                         server: Some(server),
                         noreply: req.noreply,
                         hit_check: false,
+                        quiet: false,
                     },
                 }
             }
         };
         self.pending.push_back(pending);
+    }
+
+    /// mg, ms, md, ma, me: forwarded as they came (flags included) to the key's server; a quiet
+    /// one is followed by `mn`, so the backend stream gets a reply to every request and the
+    /// client gets exactly what memcached chose to send for it.
+    fn meta(&mut self, req: Request) -> Pending {
+        let stats = &self.ctx.stats;
+        match req.command {
+            Command::MetaGet => bump(&stats.cmd_get, 1),
+            Command::MetaSet => bump(&stats.cmd_set, 1),
+            Command::MetaDelete => bump(&stats.delete_cmds, 1),
+            Command::MetaArithmetic => bump(&stats.incr_cmds, 1),
+            _ => {}
+        }
+        let hit_check = req.command == Command::MetaGet;
+        let bytes = if req.quiet {
+            memcache::with_quiet_sentinel(&req.raw)
+        } else {
+            req.raw.clone()
+        };
+        let key = req.keys[0].clone();
+        if let Some(node) = &self.ctx.route {
+            let op = McOp {
+                command: req.command,
+                key,
+                bytes,
+                client_id: self.client_id,
+                quiet: req.quiet,
+            };
+            return Pending::Single {
+                rx: spawn_routed(node, op),
+                server: None,
+                noreply: false,
+                hit_check,
+                quiet: false, // the route leaf strips the `MN`
+            };
+        }
+        match self.ctx.pool.server_for(&key) {
+            None => self.no_server(),
+            Some(server) => Pending::Single {
+                rx: self
+                    .backend(server)
+                    .send(bytes, route::reply_kind(req.command, req.quiet)),
+                server: Some(server),
+                noreply: false,
+                hit_check,
+                quiet: req.quiet,
+            },
+        }
     }
 
     fn retrieval(&mut self, req: Request) -> Pending {
@@ -542,6 +607,7 @@ impl Conn {
                     server: Some(server),
                     noreply: false,
                     hit_check: true,
+                    quiet: false,
                 },
             };
         }
@@ -603,6 +669,7 @@ impl Conn {
             key: key.clone(),
             bytes: memcache::compose_retrieval(req.command, gat, std::slice::from_ref(key)),
             client_id: self.client_id,
+            quiet: false,
         };
         if req.keys.len() == 1 {
             return Pending::Single {
@@ -610,6 +677,7 @@ impl Conn {
                 server: None,
                 noreply: false,
                 hit_check: true,
+                quiet: false,
             };
         }
         let parts = req
