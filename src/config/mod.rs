@@ -329,6 +329,9 @@ pub struct ListenerConfig {
     /// twemproxy `client_connections` (0 = unlimited).
     pub max_clients: usize,
     pub reuseport: bool,
+    /// `coalesce_misses: true` (memcached listeners): concurrent plain single-key `get`s of one
+    /// key on one worker share one backend request.
+    pub coalesce_misses: bool,
     pub location: Location,
 }
 

@@ -73,7 +73,7 @@ struct NativeListener {
     users: Reserved,
     max_request_bytes: Reserved,
     client_idle_timeout: Reserved,
-    coalesce_misses: Reserved,
+    coalesce_misses: Option<Spanned<bool>>,
 }
 
 fn reserved(v: &Reserved, what: &str) -> Res<()> {
@@ -213,11 +213,15 @@ fn convert_listener(
     reserved(&l.users, "`users`")?;
     reserved(&l.max_request_bytes, "`max_request_bytes`")?;
     reserved(&l.client_idle_timeout, "`client_idle_timeout`")?;
-    reserved(&l.coalesce_misses, "`coalesce_misses`")?;
     let listen = text(&l.listen, |s| {
         syntax::parse_listen(s).and_then(|spec| syntax::resolve_listen(spec, resolve))
     })?;
     let protocol: Protocol = text(&l.protocol, syntax::parse_protocol)?;
+    if let Some(c) = &l.coalesce_misses {
+        if c.value && protocol != Protocol::Memcache {
+            return problem(loc(c), "coalesce_misses applies to memcache listeners only");
+        }
+    }
     let route = route::parse(&l.route, protocol, pools)?;
     Ok(ListenerConfig {
         listen,
@@ -226,6 +230,7 @@ fn convert_listener(
         backlog: l.backlog.unwrap_or(512),
         max_clients: l.max_clients.unwrap_or(0),
         reuseport: l.reuseport.unwrap_or(false),
+        coalesce_misses: l.coalesce_misses.as_ref().is_some_and(|c| c.value),
         location: loc(&l.listen),
     })
 }

@@ -177,6 +177,7 @@ fn convert(
         backlog: num(&p.backlog, "backlog")?.unwrap_or(512),
         max_clients: num(&p.client_connections, "client_connections")?.unwrap_or(0) as usize,
         reuseport: boolean(&p.reuseport, "reuseport")?.unwrap_or(false),
+        coalesce_misses: false,
         location: loc(listen),
     };
     Ok((pool, listener))

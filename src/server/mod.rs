@@ -221,6 +221,7 @@ fn worker(
                         Route::Pool { .. } => None,
                         r => Some(route::Node::build(r, &target)),
                     },
+                    coalesce: l.coalesce_misses.then(Default::default),
                 })
             })
             .collect();
