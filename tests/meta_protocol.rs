@@ -118,9 +118,8 @@ fn normalise(reply: &[u8]) -> String {
 /// The last CAS value (`c<n>` flag) in a reply.
 fn last_cas(reply: &[u8]) -> Option<String> {
     show(reply)
-        .split(['\r', '\n', ' '])
-        .filter(|t| t.len() > 1 && t.starts_with('c') && t[1..].bytes().all(|b| b.is_ascii_digit()))
-        .last()
+        .rsplit(['\r', '\n', ' '])
+        .find(|t| t.len() > 1 && t.starts_with('c') && t[1..].bytes().all(|b| b.is_ascii_digit()))
         .map(|t| t[1..].to_string())
 }
 
