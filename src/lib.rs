@@ -9,6 +9,7 @@ pub mod backend;
 pub mod config;
 pub mod daemon;
 pub mod failover;
+pub mod hotkey;
 pub mod keymap;
 pub mod logging;
 pub mod protocol;

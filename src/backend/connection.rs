@@ -102,6 +102,8 @@ pub struct ServerSpec {
     pub retry_timeout: Duration,
     /// TKO (native pools): how to probe a down server. None: no TKO (twemproxy pools).
     pub tko: Option<Probe>,
+    /// TLS to this server.
+    pub tls: Option<super::tls::TlsClient>,
 }
 
 /// The request a probe sends to a down server, and how its reply ends.
@@ -250,6 +252,14 @@ pub(crate) async fn connect(spec: &ServerSpec) -> io::Result<Stream> {
         stream.set_nodelay(true)?;
         if spec.tcpkeepalive {
             socket2::SockRef::from(&stream).set_keepalive(true)?;
+        }
+        if let Some(tls) = &spec.tls {
+            let host = spec
+                .address
+                .rsplit_once(':')
+                .map_or(spec.address.as_str(), |(h, _)| h);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            return Ok(Stream::Unix(tls.connect(stream, host).await?));
         }
         Ok(Stream::Tcp(stream))
     };

@@ -5,6 +5,7 @@ pub mod connection;
 pub mod health;
 pub mod io;
 pub mod probe;
+pub mod tls;
 
 pub use connection::{BackendError, BackendHandle, Probe, Reply, ReplyKind, ServerSpec};
 pub use health::ServerHealth;

@@ -126,6 +126,20 @@ impl ServerConfig {
     }
 }
 
+/// TLS settings, from files. On a listener: `cert` and `key` are required, and `ca` makes
+/// clients present a certificate signed by it. On a pool (to backends): `ca` verifies the
+/// servers (else the system has no roots here: `ca` is required), `cert`+`key` are a client
+/// certificate, `server_name` the name checked in the servers' certificates (default: the
+/// host of each server). Relative paths are relative to the config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+    pub server_name: Option<String>,
+    pub location: Location,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct PoolConfig {
     pub name: String,
@@ -154,6 +168,8 @@ pub struct PoolConfig {
     pub tcpkeepalive: bool,
     pub redis_auth: Option<String>,
     pub redis_db: u32,
+    /// TLS to the backends.
+    pub tls: Option<TlsConfig>,
     pub location: Location,
 }
 
@@ -329,6 +345,13 @@ pub struct ListenerConfig {
     /// twemproxy `client_connections` (0 = unlimited).
     pub max_clients: usize,
     pub reuseport: bool,
+    /// Largest request accepted from a client, data block included (default: the pool's
+    /// `item_size_max` for memcached).
+    pub max_request_bytes: Option<usize>,
+    /// Close a client that sends nothing for this long while it has nothing in flight.
+    pub client_idle_timeout: Option<std::time::Duration>,
+    /// TLS for clients.
+    pub tls: Option<TlsConfig>,
     /// `coalesce_misses: true` (memcached listeners): concurrent plain single-key `get`s of one
     /// key on one worker share one backend request.
     pub coalesce_misses: bool,

@@ -55,7 +55,7 @@ struct NativePool {
     redis_db: Option<u32>,
     cluster: Reserved,
     replicas: Reserved,
-    tls: Reserved,
+    tls: Option<Spanned<NativeTls>>,
     allow_commands: Reserved,
 }
 
@@ -69,11 +69,48 @@ struct NativeListener {
     backlog: Option<u32>,
     reuseport: Option<bool>,
     hot_keys: Reserved,
-    tls: Reserved,
+    tls: Option<Spanned<NativeTls>>,
     users: Reserved,
-    max_request_bytes: Reserved,
-    client_idle_timeout: Reserved,
+    max_request_bytes: Option<Spanned<usize>>,
+    client_idle_timeout: Text,
     coalesce_misses: Option<Spanned<bool>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NativeTls {
+    cert: Option<String>,
+    key: Option<String>,
+    ca: Option<String>,
+    server_name: Option<String>,
+}
+
+/// `listener`: cert and key required; a pool may omit both (server verification only).
+fn tls(t: &Option<Spanned<NativeTls>>, listener: bool) -> Res<Option<super::TlsConfig>> {
+    let Some(t) = t else { return Ok(None) };
+    let v = &t.value;
+    if listener && (v.cert.is_none() || v.key.is_none()) {
+        return problem(loc(t), "a listener's `tls` needs `cert` and `key` files");
+    }
+    if v.cert.is_some() != v.key.is_some() {
+        return problem(loc(t), "`tls` needs both `cert` and `key`, or neither");
+    }
+    if listener && v.server_name.is_some() {
+        return problem(loc(t), "`server_name` is for pools (TLS to backends)");
+    }
+    if !listener && v.ca.is_none() {
+        return problem(
+            loc(t),
+            "a pool's `tls` needs `ca`: the file of the CA that signed the servers' certificates",
+        );
+    }
+    Ok(Some(super::TlsConfig {
+        cert: v.cert.as_ref().map(Into::into),
+        key: v.key.as_ref().map(Into::into),
+        ca: v.ca.as_ref().map(Into::into),
+        server_name: v.server_name.clone(),
+        location: loc(t),
+    }))
 }
 
 fn reserved(v: &Reserved, what: &str) -> Res<()> {
@@ -155,7 +192,6 @@ fn convert_pool(name: &Spanned<String>, sp: &Spanned<NativePool>) -> Res<PoolCon
     }
     reserved(&p.cluster, "`cluster` (Redis Cluster pools)")?;
     reserved(&p.replicas, "`replicas`")?;
-    reserved(&p.tls, "`tls`")?;
     reserved(&p.allow_commands, "`allow_commands`")?;
     let protocol = text(&p.protocol, syntax::parse_protocol)?;
     let servers = match &p.servers {
@@ -198,6 +234,7 @@ fn convert_pool(name: &Spanned<String>, sp: &Spanned<NativePool>) -> Res<PoolCon
         tcpkeepalive: p.tcpkeepalive.unwrap_or(false),
         redis_auth: p.redis_auth.clone(),
         redis_db: p.redis_db.unwrap_or(0),
+        tls: tls(&p.tls, false)?,
         location: loc(name),
     })
 }
@@ -209,10 +246,7 @@ fn convert_listener(
 ) -> Res<ListenerConfig> {
     let l = &sl.value;
     reserved(&l.hot_keys, "`hot_keys`")?;
-    reserved(&l.tls, "`tls`")?;
     reserved(&l.users, "`users`")?;
-    reserved(&l.max_request_bytes, "`max_request_bytes`")?;
-    reserved(&l.client_idle_timeout, "`client_idle_timeout`")?;
     let listen = text(&l.listen, |s| {
         syntax::parse_listen(s).and_then(|spec| syntax::resolve_listen(spec, resolve))
     })?;
@@ -230,6 +264,14 @@ fn convert_listener(
         backlog: l.backlog.unwrap_or(512),
         max_clients: l.max_clients.unwrap_or(0),
         reuseport: l.reuseport.unwrap_or(false),
+        max_request_bytes: match &l.max_request_bytes {
+            Some(n) if n.value < 1024 => {
+                return problem(loc(n), "`max_request_bytes` must be at least 1024")
+            }
+            n => n.as_ref().map(|n| n.value),
+        },
+        client_idle_timeout: opt(&l.client_idle_timeout, syntax::parse_duration)?,
+        tls: tls(&l.tls, true)?,
         coalesce_misses: l.coalesce_misses.as_ref().is_some_and(|c| c.value),
         location: loc(&l.listen),
     })

@@ -153,6 +153,7 @@ fn convert(
         servers: parsed,
         connections: server_connections as usize,
         auto_eject_hosts: boolean(&p.auto_eject_hosts, "auto_eject_hosts")?.unwrap_or(false),
+        tls: None,
         tko: false,
         failure_limit: num(&p.server_failure_limit, "server_failure_limit")?.unwrap_or(2),
         retry_timeout: Duration::from_millis(
@@ -177,6 +178,9 @@ fn convert(
         backlog: num(&p.backlog, "backlog")?.unwrap_or(512),
         max_clients: num(&p.client_connections, "client_connections")?.unwrap_or(0) as usize,
         reuseport: boolean(&p.reuseport, "reuseport")?.unwrap_or(false),
+        max_request_bytes: None,
+        client_idle_timeout: None,
+        tls: None,
         coalesce_misses: false,
         location: loc(listen),
     };

@@ -28,7 +28,7 @@ use crate::protocol::memcache::{self, Command, Parsed, Request};
 
 /// Stop reading from a client that has this many replies outstanding, or this much unsent
 /// output: a client that pipelines without reading is throttled instead of growing memory.
-const MAX_PENDING: usize = 4096;
+const MAX_PENDING: usize = 1024;
 const MAX_OUTPUT: usize = 8 << 20;
 
 /// What a client connection needs from its worker.
@@ -40,6 +40,10 @@ pub struct McContext {
     pub threads: usize,
     /// The listener's route tree, when it is more than a plain pool (`pool` is then unused).
     pub route: Option<Rc<route::Node>>,
+    /// Parser limits: the pool's, tightened by the listener's `max_request_bytes`.
+    pub limits: memcache::Limits,
+    /// The listener's `client_idle_timeout`.
+    pub idle_timeout: Option<std::time::Duration>,
     /// `coalesce_misses`: this worker's plain gets in flight, by key.
     pub coalesce: Option<RefCell<Coalescer>>,
 }
@@ -340,6 +344,10 @@ impl Conn {
                 (false, false) => None,
             };
             let ctx = self.ctx.clone();
+            let idle = match ctx.idle_timeout {
+                Some(t) if self.pending.is_empty() && self.wbuf.is_empty() => Some(t),
+                _ => None,
+            };
             tokio::select! {
                 biased;
                 ready = async { stream.ready(interest.expect("guarded")).await }, if interest.is_some() => {
@@ -362,6 +370,10 @@ impl Conn {
                 }
                 _ = shutdown.changed(), if self.reading => {
                     self.reading = false;
+                }
+                _ = tokio::time::sleep(idle.unwrap_or_default()), if idle.is_some() => {
+                    tracing::debug!(client = self.client_id, "closing an idle client");
+                    return Ok(());
                 }
             }
         }
@@ -409,7 +421,7 @@ impl Conn {
     }
 
     fn parse_all(&mut self) {
-        let limits = self.ctx.pool.limits;
+        let limits = self.ctx.limits;
         while self.reading {
             if self.swallow > 0 {
                 let n = self.swallow.min(self.rbuf.len());

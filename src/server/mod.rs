@@ -10,6 +10,7 @@ pub mod memcache;
 pub mod pool;
 pub mod route;
 pub mod stats;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -39,6 +40,8 @@ pub struct Shared {
     pub active: Vec<Arc<AtomicUsize>>,
     pub stats: Arc<Stats>,
     pub threads: usize,
+    /// For each listener, its TLS acceptor when it has `tls`.
+    pub tls: Vec<Option<tokio_rustls::TlsAcceptor>>,
 }
 
 /// A running proxy.
@@ -87,6 +90,9 @@ pub fn check(config: &Config) -> Result<Vec<usize>, String> {
                 at(l.location)
             ));
         }
+        if let Some(t) = &l.tls {
+            tls::acceptor(config, t)?;
+        }
         let names = l.route.pools();
         let idx = config
             .pools
@@ -94,6 +100,11 @@ pub fn check(config: &Config) -> Result<Vec<usize>, String> {
             .position(|p| p.name == names[0])
             .ok_or_else(|| format!("{}: unknown pool {}", at(l.route.location()), names[0]))?;
         listener_pool.push(idx);
+    }
+    for p in &config.pools {
+        if let Some(t) = &p.tls {
+            tls::client(config, t)?;
+        }
     }
     Ok(listener_pool)
 }
@@ -116,8 +127,15 @@ pub fn start(config: Config) -> Result<Running, String> {
         pools: config
             .pools
             .iter()
-            .map(|p| Arc::new(PoolRuntime::new(p.clone())))
-            .collect(),
+            .map(|p| {
+                let tls = p
+                    .tls
+                    .as_ref()
+                    .map(|t| tls::client(&config, t))
+                    .transpose()?;
+                Ok(Arc::new(PoolRuntime::new(p.clone(), tls)))
+            })
+            .collect::<Result<_, String>>()?,
         listener_pool,
         active: config
             .listeners
@@ -126,6 +144,16 @@ pub fn start(config: Config) -> Result<Running, String> {
             .collect(),
         stats: Arc::new(Stats::default()),
         threads,
+        tls: config
+            .listeners
+            .iter()
+            .map(|l| {
+                l.tls
+                    .as_ref()
+                    .map(|t| tls::acceptor(&config, t))
+                    .transpose()
+            })
+            .collect::<Result<_, String>>()?,
         config,
     });
 
@@ -221,6 +249,15 @@ fn worker(
                         Route::Pool { .. } => None,
                         r => Some(route::Node::build(r, &target)),
                     },
+                    limits: {
+                        let mut lim = shared.pools[p].limits;
+                        if let Some(max) = l.max_request_bytes {
+                            lim.item_size_max = lim.item_size_max.min(max);
+                            lim.max_line_len = lim.max_line_len.min(max);
+                        }
+                        lim
+                    },
+                    idle_timeout: l.client_idle_timeout,
                     coalesce: l.coalesce_misses.then(Default::default),
                 })
             })
@@ -238,13 +275,25 @@ fn worker(
                     let sd = shutdown.clone();
                     let guard = tracker.clone();
                     let id = client_id;
+                    let acceptor = shared.tls[listener].clone();
                     stats.curr_connections.fetch_add(1, Ordering::Relaxed);
                     stats.total_connections.fetch_add(1, Ordering::Relaxed);
                     tokio::task::spawn_local(async move {
                         match accepted {
-                            Accepted::Tcp(s) => match tokio::net::TcpStream::from_std(s) {
-                                Ok(s) => memcache::serve(s, ctx, id, sd).await,
-                                Err(e) => tracing::warn!(error = %e, "cannot register client"),
+                            Accepted::Tcp(s) => match (tokio::net::TcpStream::from_std(s), acceptor) {
+                                (Ok(s), None) => memcache::serve(s, ctx, id, sd).await,
+                                (Ok(s), Some(acceptor)) => {
+                                    let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(s));
+                                    match handshake.await {
+                                        Ok(Ok(tls)) => match crate::backend::tls::bridge(tls) {
+                                            Ok(s) => memcache::serve(s, ctx, id, sd).await,
+                                            Err(e) => tracing::warn!(error = %e, "cannot bridge a TLS client"),
+                                        },
+                                        Ok(Err(e)) => tracing::info!(error = %e, "TLS handshake failed"),
+                                        Err(_) => tracing::info!("TLS handshake timed out"),
+                                    }
+                                }
+                                (Err(e), _) => tracing::warn!(error = %e, "cannot register client"),
                             },
                             Accepted::Unix(s) => match tokio::net::UnixStream::from_std(s) {
                                 Ok(s) => memcache::serve(s, ctx, id, sd).await,

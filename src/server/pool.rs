@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use crate::backend::health::now_ms;
 use bytes::Bytes;
 
+use crate::backend::tls::TlsClient;
 use crate::backend::{Probe, ReplyKind, ServerHealth, ServerSpec};
 use crate::config::PoolConfig;
 use crate::protocol::memcache::Limits;
@@ -33,7 +34,8 @@ pub struct PoolRuntime {
 }
 
 impl PoolRuntime {
-    pub fn new(config: PoolConfig) -> PoolRuntime {
+    /// `tls`: the pool's backend TLS client, built from its config (see `server::tls`).
+    pub fn new(config: PoolConfig, tls: Option<TlsClient>) -> PoolRuntime {
         let epoch = Arc::new(AtomicU64::new(0));
         let specs: Vec<Arc<ServerSpec>> = config
             .servers
@@ -49,6 +51,7 @@ impl PoolRuntime {
                     auto_eject: config.auto_eject_hosts,
                     failure_limit: config.failure_limit,
                     retry_timeout: config.retry_timeout,
+                    tls: tls.clone(),
                     tko: config.tko.then(|| Probe {
                         request: Bytes::from_static(b"version\r\n"),
                         kind: ReplyKind::McLine,

@@ -1,0 +1,163 @@
+//! TLS with real peers: a client speaking TLS to kvrouter's listener, and kvrouter speaking TLS
+//! to a real memcached started with `-Z` (TLS only), with certificates made for the test.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{free_port, kvrouter, wait_port, Proc, TempDir};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use tokio_rustls::rustls;
+
+struct Pki {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn pki(dir: &TempDir) -> Pki {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    Pki {
+        ca: dir.write("ca.pem", &ca.pem()),
+        cert: dir.write("server.pem", &cert.pem()),
+        key: dir.write("server.key", &key.serialize_pem()),
+    }
+}
+
+fn tls_memcached(p: &Pki) -> Proc {
+    let port = free_port();
+    let mut cmd = Command::new("/usr/bin/memcached");
+    if unsafe { libc::geteuid() } == 0 {
+        cmd.args(["-u", "root"]);
+    }
+    let mut child = cmd
+        .args([
+            "-l",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "0",
+            "-Z",
+            "-o",
+        ])
+        .arg(format!(
+            "ssl_chain_cert={},ssl_key={}",
+            p.cert.display(),
+            p.key.display()
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("memcached");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_port(addr, &mut child);
+    Proc { child, addr }
+}
+
+fn tls_client(
+    ca: &PathBuf,
+    addr: SocketAddr,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(ca).unwrap();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    use rustls_pki_types::pem::PemObject;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+#[test]
+fn tls_from_clients_and_to_a_tls_only_memcached() {
+    let dir = TempDir::new();
+    let p = pki(&dir);
+    let backend = tls_memcached(&p);
+    let port = free_port();
+    let yaml = format!(
+        "pools:
+  secure:
+    protocol: memcache
+    servers: [\"{}:1\"]
+    tls: {{ ca: ca.pem, server_name: localhost }}
+listeners:
+  - listen: 127.0.0.1:{port}
+    protocol: memcache
+    route: secure
+    tls: {{ cert: server.pem, key: server.key }}
+",
+        backend.addr
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // The config names its files relative to itself: write it into the same directory.
+    let _proxy = kvrouter(&dir, &yaml, addr);
+    let mut s = tls_client(&p.ca, addr);
+    s.write_all(b"set t 0 0 6\r\nsecret\r\nget t\r\n").unwrap();
+    let mut r = BufReader::new(s);
+    let mut out = String::new();
+    while !out.ends_with("END\r\n") {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(!line.is_empty(), "connection closed: {out}");
+        out.push_str(&line);
+    }
+    assert_eq!(out, "STORED\r\nVALUE t 0 6\r\nsecret\r\nEND\r\n");
+
+    // A plaintext client gets no memcached reply from a TLS listener.
+    let mut plain = TcpStream::connect(addr).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    plain.write_all(b"get t\r\n").unwrap();
+    let mut buf = [0u8; 64];
+    let n = plain.read(&mut buf).unwrap_or(0);
+    assert!(
+        !buf[..n].starts_with(b"VALUE"),
+        "plaintext must not be served"
+    );
+}
+
+#[test]
+fn bad_tls_files_are_refused_with_a_location() {
+    let dir = TempDir::new();
+    let conf = dir.write(
+        "bad.yml",
+        "pools:\n  p: { protocol: memcache, servers: [\"127.0.0.1:1:1\"] }\nlisteners:\n  - listen: 127.0.0.1:1\n    protocol: memcache\n    route: p\n    tls: { cert: nope.pem, key: nope.key }\n",
+    );
+    let out = Command::new(common::kvrouter_bin())
+        .arg("-t")
+        .arg("-c")
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.starts_with(&format!("{}:7:10:", conf.display())),
+        "{err}"
+    );
+    assert!(err.contains("nope.pem"), "{err}");
+}
