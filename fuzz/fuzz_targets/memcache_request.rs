@@ -37,6 +37,8 @@ fuzz_target!(|data: &[u8]| {
                 Ok(Some(Parsed::Request(r))) => {
                     assert_eq!(before - buf.len(), r.raw.len());
                     assert!(!r.command.is_retrieval() || !r.keys.is_empty());
+                    assert!(!r.quiet || r.command.is_meta());
+                    assert!(!r.command.is_meta() || r.keys.len() == usize::from(r.command.name() != "mn"));
                     let back = r.to_backend();
                     assert!(back.len() <= r.raw.len());
                 }

@@ -31,6 +31,10 @@ pub enum ReplyKind {
     McRetrieval,
     /// Any other memcached command: one line.
     McLine,
+    /// A memcached meta command (mg/ms/md/ma/me): one line, or `VA <size> ...` and data.
+    McMeta,
+    /// A quiet meta command sent followed by `mn`: whatever it answered, then `MN`.
+    McMetaQuiet,
 }
 
 /// Finds reply boundaries, resuming where it stopped when a reply arrives in pieces.
@@ -44,6 +48,8 @@ impl Scanner {
         match kind {
             ReplyKind::McRetrieval => self.mc.scan(buf, true).map_err(|e| e.0),
             ReplyKind::McLine => self.mc.scan(buf, false).map_err(|e| e.0),
+            ReplyKind::McMeta => self.mc.scan_meta(buf, false).map_err(|e| e.0),
+            ReplyKind::McMetaQuiet => self.mc.scan_meta(buf, true).map_err(|e| e.0),
         }
     }
 }

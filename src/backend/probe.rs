@@ -39,7 +39,10 @@ pub async fn probe(spec: Arc<ServerSpec>) {
 async fn once(spec: &ServerSpec, p: &super::connection::Probe) -> std::io::Result<()> {
     let mut buf = BytesMut::with_capacity(256);
     let done = |buf: &[u8]| match p.kind {
-        super::ReplyKind::McLine | super::ReplyKind::McRetrieval => {
+        super::ReplyKind::McLine
+        | super::ReplyKind::McRetrieval
+        | super::ReplyKind::McMeta
+        | super::ReplyKind::McMetaQuiet => {
             matches!(memcache::scan_reply(buf, false), Ok(Some(_)) | Err(_))
         }
     };

@@ -354,6 +354,9 @@ pub struct ListenerConfig {
     pub client_idle_timeout: Option<std::time::Duration>,
     /// TLS for clients.
     pub tls: Option<TlsConfig>,
+    /// `coalesce_misses: true` (memcached listeners): concurrent plain single-key `get`s of one
+    /// key on one worker share one backend request.
+    pub coalesce_misses: bool,
     pub location: Location,
 }
 

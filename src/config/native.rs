@@ -80,7 +80,7 @@ struct NativeListener {
     users: Reserved,
     max_request_bytes: Option<Spanned<usize>>,
     client_idle_timeout: Text,
-    coalesce_misses: Reserved,
+    coalesce_misses: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -269,11 +269,15 @@ fn convert_listener(
     let l = &sl.value;
     reserved(&l.hot_keys, "`hot_keys`")?;
     reserved(&l.users, "`users`")?;
-    reserved(&l.coalesce_misses, "`coalesce_misses`")?;
     let listen = text(&l.listen, |s| {
         syntax::parse_listen(s).and_then(|spec| syntax::resolve_listen(spec, resolve))
     })?;
     let protocol: Protocol = text(&l.protocol, syntax::parse_protocol)?;
+    if let Some(c) = &l.coalesce_misses {
+        if c.value && protocol != Protocol::Memcache {
+            return problem(loc(c), "coalesce_misses applies to memcache listeners only");
+        }
+    }
     let route = route::parse(&l.route, protocol, pools)?;
     Ok(ListenerConfig {
         listen,
@@ -290,6 +294,7 @@ fn convert_listener(
         },
         client_idle_timeout: opt(&l.client_idle_timeout, syntax::parse_duration)?,
         tls: tls(&l.tls, true)?,
+        coalesce_misses: l.coalesce_misses.as_ref().is_some_and(|c| c.value),
         location: loc(&l.listen),
     })
 }

@@ -840,3 +840,32 @@ fn json_export_redacts_secrets() {
     assert_eq!(v["format"], "kvrouter");
     assert!(v["listeners"][0]["route"]["pool"].is_string());
 }
+
+#[test]
+fn coalesce_misses_per_listener() {
+    assert!(!ok(NATIVE).listeners[0].coalesce_misses);
+    assert!(!ok(TW).listeners[0].coalesce_misses);
+    let on = NATIVE.replace(
+        "    route: users",
+        "    route: users\n    coalesce_misses: true",
+    );
+    assert!(ok(&on).listeners[0].coalesce_misses);
+    let off = NATIVE.replace(
+        "    route: users",
+        "    route: users\n    coalesce_misses: false",
+    );
+    assert!(!ok(&off).listeners[0].coalesce_misses);
+    let redis = format!(
+        "{NATIVE}  - listen: 127.0.0.1:6380\n    protocol: redis\n    route: users\n    coalesce_misses: true\n"
+    );
+    assert!(
+        err(&redis).contains("coalesce_misses applies to memcache listeners only"),
+        "{}",
+        err(&redis)
+    );
+    assert!(err(&NATIVE.replace(
+        "    route: users",
+        "    route: users\n    coalesce_misses: 3"
+    ))
+    .starts_with("9:22:"));
+}

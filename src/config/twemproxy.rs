@@ -182,6 +182,7 @@ fn convert(
         max_request_bytes: None,
         client_idle_timeout: None,
         tls: None,
+        coalesce_misses: false,
         location: loc(listen),
     };
     Ok((pool, listener))

@@ -60,6 +60,13 @@ pub enum Command {
     Quit,
     Stats,
     FlushAll,
+    /// Meta commands (memcached 1.6): `mg`, `ms`, `md`, `ma`, `mn`, `me`.
+    MetaGet,
+    MetaSet,
+    MetaDelete,
+    MetaArithmetic,
+    MetaNoop,
+    MetaDebug,
 }
 
 impl Command {
@@ -85,6 +92,12 @@ impl Command {
             Command::Quit => "quit",
             Command::Stats => "stats",
             Command::FlushAll => "flush_all",
+            Command::MetaGet => "mg",
+            Command::MetaSet => "ms",
+            Command::MetaDelete => "md",
+            Command::MetaArithmetic => "ma",
+            Command::MetaNoop => "mn",
+            Command::MetaDebug => "me",
         }
     }
 
@@ -110,6 +123,12 @@ impl Command {
             b"quit" => Command::Quit,
             b"stats" => Command::Stats,
             b"flush_all" => Command::FlushAll,
+            b"mg" => Command::MetaGet,
+            b"ms" => Command::MetaSet,
+            b"md" => Command::MetaDelete,
+            b"ma" => Command::MetaArithmetic,
+            b"mn" => Command::MetaNoop,
+            b"me" => Command::MetaDebug,
             _ => return None,
         })
     }
@@ -122,7 +141,21 @@ impl Command {
         )
     }
 
+    /// mg, ms, md, ma, mn, me: replies are meta replies (one line, or `VA <size> ...` and data).
+    pub fn is_meta(self) -> bool {
+        matches!(
+            self,
+            Command::MetaGet
+                | Command::MetaSet
+                | Command::MetaDelete
+                | Command::MetaArithmetic
+                | Command::MetaNoop
+                | Command::MetaDebug
+        )
+    }
+
     /// set, add, replace, append, prepend, cas: the command line is followed by a data block.
+    /// (`ms` also carries one, but has its own syntax: see `is_meta`.)
     pub fn is_storage(self) -> bool {
         matches!(
             self,
@@ -146,6 +179,12 @@ pub struct Request {
     pub gat_exptime: Option<Bytes>,
     /// The request ended with `noreply`: the client wants no reply bytes at all.
     pub noreply: bool,
+    /// A meta command with the `q` flag (a flag token starting with `q`, as memcached reads it):
+    /// memcached suppresses its nominal replies (mg: `EN`; ms/md/ma: `HD`; ...). The proxy
+    /// forwards it as is followed by `mn` (see `QUIET_SENTINEL`), so every request still gets a
+    /// reply on a shared backend connection, and what precedes `MN` is exactly what memcached
+    /// chose to send.
+    pub quiet: bool,
     /// The whole request exactly as received: command line, and data block with its `\r\n` for
     /// storage commands.
     pub raw: Bytes,
@@ -240,6 +279,9 @@ pub fn parse_request(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Parse
     let Some(command) = Command::from_name(&line[word.0..word.1]) else {
         return Ok(Some(error(buf, line_len, ERROR, 0, false)));
     };
+    if command.is_meta() {
+        return Ok(parse_meta(buf, line_len, content_end, command, limits));
+    }
     if command.is_retrieval() {
         return Ok(Some(parse_retrieval(
             buf,
@@ -284,6 +326,7 @@ pub fn parse_request(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Parse
             keys,
             gat_exptime: None,
             noreply,
+            quiet: false,
             raw,
         }))
     };
@@ -399,6 +442,7 @@ fn parse_retrieval(
         keys,
         gat_exptime,
         noreply: false,
+        quiet: false,
         raw,
     })
 }
@@ -462,8 +506,220 @@ fn parse_storage(
         keys: vec![raw.slice(key.0..key.1)],
         gat_exptime: None,
         noreply,
+        quiet: false,
         raw,
     }))
+}
+
+/// Most flag tokens memcached 1.6 takes on an `ms` line (`MFLAG_MAX_OPT_LENGTH`): with more, it
+/// answers an error *without* reading the data block, which would then be read as commands.
+pub const META_MAX_FLAGS: usize = 16;
+
+const META_FLAGS_TOO_LONG: &[u8] = b"CLIENT_ERROR options flags too long\r\n";
+
+/// What the proxy appends to a quiet (`q`) meta request towards a backend: memcached answers
+/// `mn` with `MN\r\n` after whatever the quiet request sent (possibly nothing).
+pub const QUIET_SENTINEL: &[u8] = b"mn\r\n";
+
+/// The reply to `mn`, which the proxy answers itself (replies are already in request order).
+pub const META_NOOP_REPLY: &[u8] = b"MN\r\n";
+
+/// mg, ms, md, ma, mn, me. Flags are passed through for the backend to judge; the proxy only
+/// needs the key (decoded from base64 with the `b` flag, to route), the data block length of
+/// `ms`, and whether the request is quiet. It refuses what would desynchronise a shared backend
+/// stream: an `ms` whose data block memcached would not swallow, and bad data blocks.
+fn parse_meta(
+    buf: &mut BytesMut,
+    line_len: usize,
+    content_end: usize,
+    command: Command,
+    limits: &Limits,
+) -> Option<Parsed> {
+    let line = &buf[..content_end];
+    let mut toks = Tokens { line, pos: 0 };
+    toks.next(); // the command word
+    if command == Command::MetaNoop {
+        // memcached ignores anything after `mn`.
+        let raw = buf.split_to(line_len).freeze();
+        return Some(Parsed::Request(Request {
+            command,
+            keys: Vec::new(),
+            gat_exptime: None,
+            noreply: false,
+            quiet: false,
+            raw,
+        }));
+    }
+    let Some(key) = toks.next() else {
+        let reply = if command == Command::MetaDebug {
+            BAD_FORMAT
+        } else {
+            ERROR
+        };
+        return Some(error(buf, line_len, reply, 0, false));
+    };
+    let mut data_len = None;
+    if command == Command::MetaSet {
+        let n = toks
+            .next()
+            .and_then(|(s, e)| parse_i64(&line[s..e]))
+            .filter(|&n| (0..=i64::from(i32::MAX) - 2).contains(&n));
+        match n {
+            Some(n) => data_len = Some(n as usize),
+            // memcached cannot tell the data block's length either: nothing to swallow.
+            None => return Some(error(buf, line_len, BAD_FORMAT, 0, false)),
+        }
+    }
+    let (mut quiet, mut base64, mut nflags) = (false, false, 0usize);
+    for (s, _) in toks {
+        nflags += 1;
+        match line[s] {
+            b'q' => quiet = true,
+            b'b' => base64 = true,
+            _ => {}
+        }
+    }
+    let swallow = data_len.map_or(0, |n| n + 2);
+    let key_bytes = &line[key.0..key.1];
+    if let Err(reply) = check_key(key_bytes, limits) {
+        return Some(error(buf, line_len, reply, swallow, false));
+    }
+    let decoded = if base64 {
+        base64_decode(key_bytes).map(Bytes::from)
+    } else {
+        None
+    };
+    let total = match data_len {
+        None => line_len,
+        Some(n) => {
+            if nflags > META_MAX_FLAGS {
+                return Some(error(buf, line_len, META_FLAGS_TOO_LONG, swallow, false));
+            }
+            if n > limits.item_size_max {
+                return Some(error(buf, line_len, TOO_LARGE, swallow, false));
+            }
+            let total = line_len + n + 2;
+            if buf.len() < total {
+                return None;
+            }
+            if &buf[total - 2..total] != b"\r\n" {
+                return Some(error(buf, total, BAD_CHUNK, 0, false));
+            }
+            total
+        }
+    };
+    let raw = buf.split_to(total).freeze();
+    let route_key = decoded.unwrap_or_else(|| raw.slice(key.0..key.1));
+    Some(Parsed::Request(Request {
+        command,
+        keys: vec![route_key],
+        gat_exptime: None,
+        noreply: false,
+        quiet,
+        raw,
+    }))
+}
+
+/// Standard base64 (RFC 4648, `+/`, `=` padding), as memcached's `b` flag reads keys. None when
+/// the text is not valid base64 (memcached then answers `CLIENT_ERROR error decoding key`).
+pub fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
+    fn val(c: u8) -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    }
+    if text.is_empty() || text.len() % 4 != 0 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let chunks = text.len() / 4;
+    for (i, c) in text.chunks_exact(4).enumerate() {
+        let pad = match (c[2], c[3]) {
+            (b'=', b'=') => 2,
+            (_, b'=') => 1,
+            _ => 0,
+        };
+        if pad > 0 && i + 1 != chunks {
+            return None;
+        }
+        let mut n = 0u32;
+        for &ch in &c[..4 - pad] {
+            n = (n << 6) | val(ch)?;
+        }
+        n <<= 6 * pad as u32;
+        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&bytes[..3 - pad]);
+    }
+    Some(out)
+}
+
+/// The request followed by `QUIET_SENTINEL` (for a quiet meta request).
+pub fn with_quiet_sentinel(bytes: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(bytes.len() + QUIET_SENTINEL.len());
+    out.put_slice(bytes);
+    out.put_slice(QUIET_SENTINEL);
+    out.freeze()
+}
+
+/// A quiet request's reply without its trailing `MN\r\n`: what memcached would have sent the
+/// client for the quiet request itself (often nothing).
+pub fn strip_quiet_sentinel(reply: Bytes) -> Bytes {
+    if reply.ends_with(META_NOOP_REPLY) {
+        reply.slice(..reply.len() - META_NOOP_REPLY.len())
+    } else {
+        reply
+    }
+}
+
+/// Cap the TTLs a meta request sets (`bytes` as sent to a backend): every `T<ttl>` flag, and
+/// the vivify TTL `N<ttl>` of mg/ma, become `f(ttl)`; an `ms` without `T` stores with TTL 0
+/// (never expires), so it gets `T<f(0)>`. None when nothing changes.
+pub fn rewrite_meta_ttl(command: Command, bytes: &Bytes, f: impl Fn(i64) -> i64) -> Option<Bytes> {
+    let first_flag = match command {
+        Command::MetaSet => 3,
+        Command::MetaGet | Command::MetaArithmetic | Command::MetaDelete => 2,
+        _ => return None,
+    };
+    let nl = memchr(b'\n', bytes)?;
+    let line = strip_cr(&bytes[..nl]);
+    let toks: Vec<(usize, usize)> = Tokens { line, pos: 0 }.collect();
+    let mut out = BytesMut::with_capacity(bytes.len() + 16);
+    let mut copied = 0;
+    let mut has_t = false;
+    let mut changed = false;
+    for &(s, e) in toks.iter().skip(first_flag) {
+        let flag = line[s];
+        let ttl_flag = flag == b'T'
+            || (flag == b'N' && command != Command::MetaSet && command != Command::MetaDelete);
+        if !ttl_flag {
+            continue;
+        }
+        has_t |= flag == b'T';
+        // A bad token is left for memcached to refuse.
+        let Some(old) = parse_i64(&line[s + 1..e]) else {
+            continue;
+        };
+        out.put_slice(&bytes[copied..s + 1]);
+        out.put_slice(f(old).to_string().as_bytes());
+        copied = e;
+        changed = true;
+    }
+    if command == Command::MetaSet && !has_t {
+        out.put_slice(&bytes[copied..line.len()]);
+        out.put_slice(format!(" T{}", f(0)).as_bytes());
+        copied = line.len();
+        changed = true;
+    }
+    if !changed {
+        return None;
+    }
+    out.put_slice(&bytes[copied..]);
+    Some(out.freeze())
 }
 
 /// Drop `consume` bytes and build the error (silent when the request had noreply).
@@ -733,6 +989,59 @@ impl ReplyScanner {
             self.reset();
         }
         r
+    }
+
+    /// Scan a meta reply: one line, or `VA <size> <flags>*` and a data block. With `quiet`, the
+    /// request was sent followed by `mn`: the reply is everything up to and including `MN\r\n`.
+    pub fn scan_meta(&mut self, buf: &[u8], quiet: bool) -> Result<Option<usize>, ReplyError> {
+        let r = self.scan_meta_inner(buf, quiet);
+        if !matches!(r, Ok(None)) {
+            self.reset();
+        }
+        r
+    }
+
+    fn scan_meta_inner(&mut self, buf: &[u8], quiet: bool) -> Result<Option<usize>, ReplyError> {
+        loop {
+            let start = self.pos;
+            let rest = buf.get(start..).unwrap_or_default();
+            let Some(nl) = memchr(b'\n', &rest[..rest.len().min(MAX_REPLY_LINE)]) else {
+                if rest.len() >= MAX_REPLY_LINE {
+                    return Err(ReplyError("reply line too long".into()));
+                }
+                return Ok(None);
+            };
+            let line_end = start + nl + 1;
+            let line = strip_cr(&rest[..nl]);
+            let end = if let Some(args) = line.strip_prefix(b"VA ") {
+                let mut toks = Tokens { line: args, pos: 0 };
+                let size = toks
+                    .next()
+                    .and_then(|(s, e)| parse_u64(&args[s..e]))
+                    .and_then(|n| usize::try_from(n).ok())
+                    .ok_or_else(|| bad_line("(VA size)", line))?;
+                let data_end = line_end
+                    .checked_add(size)
+                    .and_then(|n| n.checked_add(2))
+                    .ok_or_else(|| bad_line("(VA size)", line))?;
+                if buf.len() < data_end {
+                    return Ok(None);
+                }
+                if &buf[data_end - 2..data_end] != b"\r\n" {
+                    return Err(ReplyError("VA data not followed by \\r\\n".into()));
+                }
+                data_end
+            } else {
+                if line.starts_with(b"VALUE ") || line.starts_with(b"STAT ") {
+                    return Err(bad_line("for a meta request", line));
+                }
+                line_end
+            };
+            if !quiet || line == b"MN" {
+                return Ok(Some(end));
+            }
+            self.pos = end;
+        }
     }
 
     fn scan_inner(&mut self, buf: &[u8], retrieval: bool) -> Result<Option<usize>, ReplyError> {

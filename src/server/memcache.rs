@@ -6,7 +6,8 @@
 //! get turns its keys into misses (a miss is always safe for a cache) and is counted; when every
 //! server of a retrieval fails, the client gets `SERVER_ERROR` with the reason.
 
-use std::collections::VecDeque;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
@@ -50,6 +51,23 @@ pub struct McContext {
     pub metrics: Arc<ListenerMetrics>,
     /// Finds this listener's context in a newer config generation after a reload.
     pub follow: Follow,
+    /// `coalesce_misses`: this worker's plain gets in flight, by key.
+    pub coalesce: Option<RefCell<Coalescer>>,
+}
+
+/// Miss coalescing (`coalesce_misses: true`): a plain single-key `get` of a key that another
+/// client of this worker is already getting waits for that request's reply instead of sending
+/// its own. A write of the key through this worker ends the sharing for later gets (they send
+/// their own request), so a client that sets then gets a key always reads its own write.
+#[derive(Default)]
+pub struct Coalescer {
+    next_id: u64,
+    flights: HashMap<Bytes, Flight>,
+}
+
+struct Flight {
+    id: u64,
+    waiters: Rc<RefCell<Vec<oneshot::Sender<Reply>>>>,
 }
 
 /// One request's reply, in the order the client sent it.
@@ -62,6 +80,8 @@ enum Pending {
         noreply: bool,
         hit_check: bool,
         cmd: usize,
+        /// A quiet meta request sent with `mn` after it: strip the `MN` from the reply.
+        quiet: bool,
     },
     Multi(Box<MultiGet>),
     Flush {
@@ -104,16 +124,23 @@ impl Pending {
                 noreply,
                 hit_check,
                 cmd,
+                quiet,
             } => {
                 let reply = match Pin::new(rx).poll(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(r) => flatten(r),
                 };
                 let out = match reply {
-                    Ok(bytes) => {
+                    Ok(mut bytes) => {
+                        if *quiet {
+                            bytes = memcache::strip_quiet_sentinel(bytes);
+                        }
                         ctx.metrics.request(*cmd, Outcome::of_reply(&bytes));
                         if *hit_check {
-                            let hit = bytes.starts_with(b"VALUE ");
+                            // get: `VALUE`; mg: `VA` or `HD` (a miss is `EN`, or nothing when quiet).
+                            let hit = bytes.starts_with(b"VALUE ")
+                                || bytes.starts_with(b"VA ")
+                                || bytes.starts_with(b"HD");
                             bump(
                                 if hit {
                                     &ctx.stats.get_hits
@@ -532,8 +559,15 @@ impl Conn {
                 Pending::Quit
             }
             Command::Stats => self.stats(&req),
+            // Replies are already in request order, so `mn` is answered here, after every
+            // earlier reply: the pipeline barrier holds across servers.
+            Command::MetaNoop => Pending::Ready(Bytes::from_static(memcache::META_NOOP_REPLY)),
+            c if c.is_meta() => self.meta(req),
             Command::FlushAll => {
                 bump(&stats.cmd_flush, 1);
+                if let Some(co) = self.ctx.coalesce.as_ref() {
+                    co.borrow_mut().flights.clear();
+                }
                 let bytes = req.to_backend();
                 let rxs = match &self.ctx.route {
                     None => (0..self.ctx.backends.len())
@@ -581,12 +615,14 @@ impl Conn {
                     _ => &stats.cmd_set,
                 };
                 bump(counter, 1);
+                self.end_coalescing(&req.keys[0]);
                 if let Some(node) = &self.ctx.route {
                     let op = McOp {
                         command: req.command,
                         key: req.keys[0].clone(),
                         bytes: req.to_backend(),
                         client_id: self.client_id,
+                        quiet: false,
                     };
                     self.pending.push_back(Pending::Single {
                         rx: spawn_routed(node, op),
@@ -594,6 +630,7 @@ impl Conn {
                         noreply: req.noreply,
                         hit_check: false,
                         cmd,
+                        quiet: false,
                     });
                     return;
                 }
@@ -607,6 +644,7 @@ impl Conn {
                         noreply: req.noreply,
                         hit_check: false,
                         cmd,
+                        quiet: false,
                     },
                 }
             }
@@ -619,6 +657,120 @@ impl Conn {
         self.pending.push_back(pending);
     }
 
+    /// The reply to a single-key retrieval `req` sent by `send`, or, with `coalesce_misses`, a
+    /// share of the reply to the same plain `get` already in flight on this worker.
+    fn coalesced(
+        &self,
+        req: &Request,
+        send: impl FnOnce() -> oneshot::Receiver<Reply>,
+    ) -> oneshot::Receiver<Reply> {
+        let Some(co) = self.ctx.coalesce.as_ref() else {
+            return send();
+        };
+        if req.command != Command::Get {
+            return send();
+        }
+        let key = &req.keys[0];
+        let mut c = co.borrow_mut();
+        if let Some(f) = c.flights.get(key) {
+            let (tx, rx) = oneshot::channel();
+            f.waiters.borrow_mut().push(tx);
+            bump(&self.ctx.stats.get_coalesced, 1);
+            return rx;
+        }
+        c.next_id += 1;
+        let id = c.next_id;
+        let waiters = Rc::new(RefCell::new(Vec::new()));
+        c.flights.insert(
+            key.clone(),
+            Flight {
+                id,
+                waiters: waiters.clone(),
+            },
+        );
+        drop(c);
+        let upstream = send();
+        let (tx, rx) = oneshot::channel();
+        let ctx = self.ctx.clone();
+        let key = key.clone();
+        tokio::task::spawn_local(async move {
+            let reply = flatten(upstream.await);
+            if let Some(co) = ctx.coalesce.as_ref() {
+                let mut c = co.borrow_mut();
+                if c.flights.get(&key).is_some_and(|f| f.id == id) {
+                    c.flights.remove(&key);
+                }
+            }
+            for w in waiters.borrow_mut().drain(..) {
+                let _ = w.send(reply.clone());
+            }
+            let _ = tx.send(reply);
+        });
+        rx
+    }
+
+    /// A write of `key` went through this worker: later gets of it must not share a get sent
+    /// before the write.
+    fn end_coalescing(&self, key: &Bytes) {
+        if let Some(co) = self.ctx.coalesce.as_ref() {
+            co.borrow_mut().flights.remove(key);
+        }
+    }
+
+    /// mg, ms, md, ma, me: forwarded as they came (flags included) to the key's server; a quiet
+    /// one is followed by `mn`, so the backend stream gets a reply to every request and the
+    /// client gets exactly what memcached chose to send for it.
+    fn meta(&mut self, req: Request) -> Pending {
+        let stats = &self.ctx.stats;
+        match req.command {
+            Command::MetaGet => bump(&stats.cmd_get, 1),
+            Command::MetaSet => bump(&stats.cmd_set, 1),
+            Command::MetaDelete => bump(&stats.delete_cmds, 1),
+            Command::MetaArithmetic => bump(&stats.incr_cmds, 1),
+            _ => {}
+        }
+        let hit_check = req.command == Command::MetaGet;
+        if !matches!(req.command, Command::MetaGet | Command::MetaDebug) {
+            self.end_coalescing(&req.keys[0]);
+        }
+        let bytes = if req.quiet {
+            memcache::with_quiet_sentinel(&req.raw)
+        } else {
+            req.raw.clone()
+        };
+        let key = req.keys[0].clone();
+        if let Some(node) = &self.ctx.route {
+            let op = McOp {
+                command: req.command,
+                key,
+                bytes,
+                client_id: self.client_id,
+                quiet: req.quiet,
+            };
+            return Pending::Single {
+                rx: spawn_routed(node, op),
+                server: None,
+                noreply: false,
+                hit_check,
+                quiet: false, // the route leaf strips the `MN`
+                cmd: command_index(req.command),
+            };
+        }
+        match self.ctx.pool.server_for(&key) {
+            None => self.no_server(),
+            Some(server) => Pending::Single {
+                rx: self
+                    .backend(server)
+                    .send(bytes, route::reply_kind(req.command, req.quiet)),
+                server: Some(server),
+                noreply: false,
+                hit_check,
+                quiet: req.quiet,
+                cmd: command_index(req.command),
+            },
+        }
+    }
+
     fn retrieval(&mut self, req: Request) -> Pending {
         if let Some(node) = &self.ctx.route {
             return self.routed_retrieval(node.clone(), req);
@@ -628,11 +780,15 @@ impl Conn {
             return match pool.server_for(&req.keys[0]) {
                 None => self.no_server(),
                 Some(server) => Pending::Single {
-                    rx: self.backend(server).send(req.raw, ReplyKind::McRetrieval),
+                    rx: self.coalesced(&req, || {
+                        self.backend(server)
+                            .send(req.raw.clone(), ReplyKind::McRetrieval)
+                    }),
                     server: Some(server),
                     noreply: false,
                     hit_check: true,
                     cmd: command_index(req.command),
+                    quiet: false,
                 },
             };
         }
@@ -695,14 +851,16 @@ impl Conn {
             key: key.clone(),
             bytes: memcache::compose_retrieval(req.command, gat, std::slice::from_ref(key)),
             client_id: self.client_id,
+            quiet: false,
         };
         if req.keys.len() == 1 {
             return Pending::Single {
-                rx: spawn_routed(&node, op(&req.keys[0])),
+                rx: self.coalesced(&req, || spawn_routed(&node, op(&req.keys[0]))),
                 server: None,
                 noreply: false,
                 hit_check: true,
                 cmd: command_index(req.command),
+                quiet: false,
             };
         }
         let parts = req

@@ -13,7 +13,7 @@ use crate::backend::metrics::{ServerMetrics, ERROR_KINDS};
 use crate::protocol::memcache::Command;
 
 /// Every memcached command, in `Command` order; requests that fail to parse count as `invalid`.
-pub const COMMANDS: [Command; 19] = [
+pub const COMMANDS: [Command; 25] = [
     Command::Get,
     Command::Gets,
     Command::Gat,
@@ -33,6 +33,12 @@ pub const COMMANDS: [Command; 19] = [
     Command::Quit,
     Command::Stats,
     Command::FlushAll,
+    Command::MetaGet,
+    Command::MetaSet,
+    Command::MetaDelete,
+    Command::MetaArithmetic,
+    Command::MetaNoop,
+    Command::MetaDebug,
 ];
 /// The `command` label index of a request that did not parse.
 pub const INVALID: usize = COMMANDS.len();

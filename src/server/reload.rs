@@ -372,6 +372,7 @@ impl WorkerRouting {
                     limits,
                     idle_timeout: lc.client_idle_timeout,
                     tls: l.tls.clone(),
+                    coalesce: lc.coalesce_misses.then(Default::default),
                     metrics: l.metrics.clone(),
                     follow: Follow {
                         listener: l.id,

@@ -75,6 +75,9 @@ pub struct McOp {
     pub bytes: Bytes,
     /// Picks the connection among a server's, so a client's operations keep their order.
     pub client_id: usize,
+    /// A quiet meta request: `bytes` end with `memcache::QUIET_SENTINEL`, and the leaf strips
+    /// the `MN` from the reply (which may then be empty: memcached suppressed it).
+    pub quiet: bool,
 }
 
 impl McOp {
@@ -86,10 +89,16 @@ impl McOp {
 /// design.md's operation classes for memcached commands.
 pub fn class_of(command: Command) -> OpClass {
     match command {
-        Command::Get | Command::Gets | Command::Gat | Command::Gats => OpClass::Get,
-        Command::Delete => OpClass::Delete,
+        Command::Get | Command::Gets | Command::Gat | Command::Gats | Command::MetaGet => {
+            OpClass::Get
+        }
+        Command::Delete | Command::MetaDelete => OpClass::Delete,
         c if c.is_storage() => OpClass::Set,
-        Command::Incr | Command::Decr | Command::Touch => OpClass::Set,
+        Command::Incr
+        | Command::Decr
+        | Command::Touch
+        | Command::MetaSet
+        | Command::MetaArithmetic => OpClass::Set,
         _ => OpClass::Other,
     }
 }
@@ -122,12 +131,16 @@ impl Outcome {
         }
     }
 
-    /// A success for `all_sync: all_ok`: not an error, and not NOT_STORED / EXISTS / NOT_FOUND.
+    /// A success for `all_sync: all_ok`: not an error, and not NOT_STORED / EXISTS / NOT_FOUND
+    /// (meta: NS / EX / NF).
     fn is_ok(&self) -> bool {
         matches!(self, Outcome::Reply(b) if !memcache::is_error_reply(b)
             && !b.starts_with(b"NOT_STORED")
             && !b.starts_with(b"EXISTS")
-            && !b.starts_with(b"NOT_FOUND"))
+            && !b.starts_with(b"NOT_FOUND")
+            && !b.starts_with(b"NS")
+            && !b.starts_with(b"EX")
+            && !b.starts_with(b"NF"))
     }
 
     fn is_miss(&self) -> bool {
@@ -141,6 +154,19 @@ fn failure_of(e: &BackendError) -> Failure {
         BackendError::Connect(_) => Failure::Refused,
         BackendError::Down => Failure::Tko,
         BackendError::Closed(_) | BackendError::Protocol(_) => Failure::ServerError,
+    }
+}
+
+/// How the reply to a memcached request ends.
+pub fn reply_kind(command: Command, quiet: bool) -> ReplyKind {
+    if command.is_retrieval() {
+        ReplyKind::McRetrieval
+    } else if quiet {
+        ReplyKind::McMetaQuiet
+    } else if command.is_meta() {
+        ReplyKind::McMeta
+    } else {
+        ReplyKind::McLine
     }
 }
 
@@ -159,15 +185,13 @@ impl Target {
             return async move { Outcome::Failed(Failure::ServerError, why) }.boxed_local();
         };
         let conns = &self.backends[server];
-        let kind = if op.command.is_retrieval() {
-            ReplyKind::McRetrieval
-        } else {
-            ReplyKind::McLine
-        };
+        let kind = reply_kind(op.command, op.quiet);
         let rx = conns[op.client_id % conns.len()].send(op.bytes.clone(), kind);
         let addr = self.pool.specs[server].address.clone();
+        let quiet = op.quiet;
         async move {
             match rx.await {
+                Ok(Ok(b)) if quiet => Outcome::from_reply(memcache::strip_quiet_sentinel(b)),
                 Ok(Ok(b)) => Outcome::from_reply(b),
                 Ok(Err(e)) => Outcome::Failed(failure_of(&e), format!("backend {addr} {e}")),
                 Err(_) => Outcome::Failed(
@@ -304,9 +328,12 @@ impl Node {
             Node::Pool(t) => t.send(&op),
             Node::Gutter { target, max_ttl } => {
                 let now = now_unix();
-                let capped = memcache::rewrite_exptime(op.command, &op.bytes, |e| {
-                    gutter::cap(e, *max_ttl, now)
-                });
+                let cap = |e| gutter::cap(e, *max_ttl, now);
+                let capped = if op.command.is_meta() {
+                    memcache::rewrite_meta_ttl(op.command, &op.bytes, cap)
+                } else {
+                    memcache::rewrite_exptime(op.command, &op.bytes, cap)
+                };
                 let op = match capped {
                     Some(bytes) => McOp { bytes, ..op },
                     None => op,
@@ -381,7 +408,8 @@ impl Node {
                 warm,
                 exptime,
             } => {
-                if op.class() != OpClass::Get {
+                // Meta gets carry their own lease and vivify semantics: they go to cold only.
+                if op.class() != OpClass::Get || op.command.is_meta() {
                     return cold.exec(op);
                 }
                 let (cold, warm, exptime) = (cold.clone(), warm.clone(), *exptime);

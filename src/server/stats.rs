@@ -19,6 +19,8 @@ pub struct Stats {
     pub get_misses: AtomicU64,
     /// Keys of a multi-get answered as misses because their server failed.
     pub get_failed_keys: AtomicU64,
+    /// Plain gets answered by sharing another client's in-flight request (`coalesce_misses`).
+    pub get_coalesced: AtomicU64,
     pub delete_cmds: AtomicU64,
     pub incr_cmds: AtomicU64,
     pub decr_cmds: AtomicU64,
@@ -45,6 +47,7 @@ impl Default for Stats {
             get_hits: AtomicU64::new(0),
             get_misses: AtomicU64::new(0),
             get_failed_keys: AtomicU64::new(0),
+            get_coalesced: AtomicU64::new(0),
             delete_cmds: AtomicU64::new(0),
             incr_cmds: AtomicU64::new(0),
             decr_cmds: AtomicU64::new(0),
@@ -91,6 +94,7 @@ impl Stats {
             ("get_hits", g(&self.get_hits).to_string()),
             ("get_misses", g(&self.get_misses).to_string()),
             ("get_failed_keys", g(&self.get_failed_keys).to_string()),
+            ("get_coalesced", g(&self.get_coalesced).to_string()),
             ("delete_cmds", g(&self.delete_cmds).to_string()),
             ("incr_cmds", g(&self.incr_cmds).to_string()),
             ("decr_cmds", g(&self.decr_cmds).to_string()),

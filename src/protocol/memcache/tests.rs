@@ -721,6 +721,8 @@ struct Gen {
     command: Option<Command>,
     keys: Vec<Vec<u8>>,
     noreply: bool,
+    /// A meta command with the `q` flag.
+    quiet: bool,
     /// Some((reply, swallow)) when it must be refused.
     error: Option<(Vec<u8>, usize)>,
 }
@@ -779,6 +781,7 @@ fn gen_request() -> impl Strategy<Value = Gen> {
                 command: Command::from_name(w.as_bytes()),
                 keys: vec![k],
                 noreply,
+                quiet: false,
                 error: None,
             }
         });
@@ -804,6 +807,7 @@ fn gen_request() -> impl Strategy<Value = Gen> {
                 command: Command::from_name(w.as_bytes()),
                 keys,
                 noreply: false,
+                quiet: false,
                 error: None,
             }
         });
@@ -832,6 +836,7 @@ fn gen_request() -> impl Strategy<Value = Gen> {
                 command: Command::from_name(word.as_bytes()),
                 keys: vec![k],
                 noreply,
+                quiet: false,
                 error: None,
             }
         });
@@ -852,6 +857,7 @@ fn gen_request() -> impl Strategy<Value = Gen> {
         command: Some(c),
         keys: vec![],
         noreply,
+        quiet: false,
         error: None,
     });
     let errors = (
@@ -893,10 +899,106 @@ fn gen_request() -> impl Strategy<Value = Gen> {
                 command: None,
                 keys: vec![],
                 noreply: false,
+                quiet: false,
                 error: Some((reply.to_vec(), swallow)),
             }
         });
-    prop_oneof![4 => storage, 4 => retrieval, 3 => keyed, 1 => keyless, 1 => errors]
+    // Meta commands: a plain key, or a base64 one with the `b` flag (routed by its bytes).
+    let meta_key = prop_oneof![
+        4 => key_strategy().prop_map(|k| (k.clone(), k, false)),
+        1 => proptest::collection::vec(any::<u8>(), 1..40)
+            .prop_map(|k| (b64(&k).into_bytes(), k, true)),
+    ];
+    let meta_flags = proptest::collection::vec(
+        prop::sample::select(vec![
+            "v", "c", "k", "s", "t", "f", "h", "l", "u", "q", "O123", "Oabc", "T30", "N30", "R5",
+            "I", "C99", "F7", "MS", "ME", "MD", "J5", "D2", "zz",
+        ]),
+        0..7,
+    );
+    let meta = (
+        prop::sample::select(vec!["mg", "md", "ma", "me", "ms", "mn"]),
+        meta_key,
+        meta_flags,
+        value_strategy(),
+        sp(),
+        eol(),
+    )
+        .prop_map(|(w, (wire_key, route_key, b), flags, v, s, eol)| {
+            let mut b_line = w.as_bytes().to_vec();
+            let mut keys = vec![route_key];
+            if w == "mn" {
+                keys.clear();
+            } else {
+                b_line.extend_from_slice(s.as_bytes());
+                b_line.extend_from_slice(&wire_key);
+                if w == "ms" {
+                    b_line.extend_from_slice(format!("{s}{}", v.len()).as_bytes());
+                }
+                for f in &flags {
+                    b_line.extend_from_slice(format!("{s}{f}").as_bytes());
+                }
+                if b {
+                    b_line.extend_from_slice(b" b");
+                }
+            }
+            b_line.extend_from_slice(eol.as_bytes());
+            if w == "ms" {
+                b_line.extend_from_slice(&v);
+                b_line.extend_from_slice(b"\r\n");
+            }
+            Gen {
+                bytes: b_line,
+                command: Command::from_name(w.as_bytes()),
+                keys,
+                noreply: false,
+                quiet: w != "mn" && flags.contains(&"q"),
+                error: None,
+            }
+        });
+    let meta_errors =
+        (prop::sample::select(vec![0u8, 1, 2]), value_strategy()).prop_map(|(kind, v)| {
+            let n = v.len();
+            let (line, data, reply, swallow): (String, Vec<u8>, &[u8], usize) = match kind {
+                0 => {
+                    let flags: Vec<String> = (0..17).map(|i| format!("O{i}")).collect();
+                    (
+                        format!("ms k {n} {}\r\n", flags.join(" ")),
+                        v,
+                        META_FLAGS_TOO_LONG,
+                        n + 2,
+                    )
+                }
+                1 => {
+                    let mut d = v;
+                    d.extend_from_slice(b"xx");
+                    (format!("ms k {n} T1\r\n"), d, BAD_CHUNK, 0)
+                }
+                _ => ("mg\r\n".into(), vec![], ERROR, 0),
+            };
+            let mut b = line.into_bytes();
+            b.extend_from_slice(&data);
+            if kind == 0 {
+                b.extend_from_slice(b"\r\n");
+            }
+            Gen {
+                bytes: b,
+                command: None,
+                keys: vec![],
+                noreply: false,
+                quiet: false,
+                error: Some((reply.to_vec(), swallow)),
+            }
+        });
+    prop_oneof![
+        4 => storage,
+        4 => retrieval,
+        3 => keyed,
+        1 => keyless,
+        1 => errors,
+        4 => meta,
+        1 => meta_errors
+    ]
 }
 
 fn check_against_gen(out: &[(Parsed, usize)], gens: &[Gen]) {
@@ -912,6 +1014,7 @@ fn check_against_gen(out: &[(Parsed, usize)], gens: &[Gen]) {
             (Parsed::Request(r), None) => {
                 assert_eq!(Some(r.command), g.command);
                 assert_eq!(r.noreply, g.noreply);
+                assert_eq!(r.quiet, g.quiet);
                 assert_eq!(&r.raw[..], &g.bytes[..]);
                 let ks: Vec<&[u8]> = r.keys.iter().map(|k| &k[..]).collect();
                 let want: Vec<&[u8]> = g.keys.iter().map(|k| &k[..]).collect();
@@ -1023,6 +1126,8 @@ proptest! {
                     &b"get "[..], b"gat ", b"set ", b"cas ", b"delete ", b"incr ", b"noreply",
                     b" ", b"\r\n", b"\n", b"0", b"-1", b"99999999999999999999", b"5", b"VALUE ",
                     b"END", b"STAT ", b"SERVER_ERROR", b"flush_all", b"verbosity", b"touch ",
+                    b"mg ", b"ms ", b"md ", b"ma ", b"mn", b"me ", b" q", b" b", b"VA ", b"MN",
+                    b"EN", b"HD",
                 ]).prop_map(|s| s.to_vec()),
             ],
             0..40,
@@ -1046,6 +1151,18 @@ proptest! {
             for c in &chunks {
                 buf.extend_from_slice(c);
                 match s.scan(&buf, retrieval) {
+                    Ok(Some(n)) => { buf.drain(..n); }
+                    Ok(None) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        for quiet in [false, true] {
+            let mut s = ReplyScanner::new();
+            let mut buf = Vec::new();
+            for c in &chunks {
+                buf.extend_from_slice(c);
+                match s.scan_meta(&buf, quiet) {
                     Ok(Some(n)) => { buf.drain(..n); }
                     Ok(None) => {}
                     Err(_) => break,
@@ -1166,4 +1283,322 @@ fn set_from_an_item() {
         set_from_item(&item, 30).unwrap(),
         Bytes::from_static(b"set k 7 30 3\r\nabc\r\n")
     );
+}
+
+// ---- meta commands ----
+
+fn b64(data: &[u8]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | (b as u32) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn meta_commands_parse() {
+    let r = req(b"mg foo v c O123 q\r\n");
+    assert_eq!(r.command, Command::MetaGet);
+    assert_eq!(keys(&r), vec![&b"foo"[..]]);
+    assert!(r.quiet && !r.noreply);
+    assert_eq!(r.to_backend(), r.raw);
+    let r = req(b"mg foo\n");
+    assert!(!r.quiet);
+    let r = req(b"md  foo  qx I T30\r\n");
+    assert_eq!((r.command, r.quiet), (Command::MetaDelete, true));
+    assert_eq!(keys(&r), vec![&b"foo"[..]]);
+    let r = req(b"ma n N0 J5 D2 MD v\r\n");
+    assert_eq!(
+        (r.command, keys(&r)),
+        (Command::MetaArithmetic, vec![&b"n"[..]])
+    );
+    let r = req(b"me foo\r\n");
+    assert_eq!(r.command, Command::MetaDebug);
+    let r = req(b"mn\r\n");
+    assert_eq!((r.command, r.keys.len()), (Command::MetaNoop, 0));
+    let r = req(b"mn whatever\r\n");
+    assert_eq!(r.command, Command::MetaNoop);
+    // Flags the backend will refuse still go to it (it answers one error line).
+    let r = req(b"mg foo zz v v\r\n");
+    assert_eq!(r.command, Command::MetaGet);
+}
+
+#[test]
+fn meta_set_frames_its_data_block() {
+    let r = req(b"ms k 5 T30 F3 q\r\nhello\r\n");
+    assert_eq!((r.command, r.quiet), (Command::MetaSet, true));
+    assert_eq!(keys(&r), vec![&b"k"[..]]);
+    assert_eq!(&r.raw[..], b"ms k 5 T30 F3 q\r\nhello\r\n");
+    let r = req(b"ms k 0\r\n\r\n");
+    assert_eq!(r.raw.len(), 10);
+    let r = req(b"ms k +4\r\na\r\nb\r\n");
+    assert_eq!(&r.raw[r.raw.len() - 6..], b"a\r\nb\r\n");
+    assert_eq!(one(b"ms k 5 T30\r\nhel"), (None, 0));
+    // Bad data block: memcached reads <datalen>+2 bytes and refuses them.
+    assert_eq!(err(b"ms k 2\r\nhixx"), (BAD_CHUNK.to_vec(), 0, 12));
+    // No length, or one memcached cannot read: nothing to swallow.
+    assert_eq!(err(b"ms k\r\n"), (BAD_FORMAT.to_vec(), 0, 6));
+    assert_eq!(err(b"ms k S2 T1\r\n"), (BAD_FORMAT.to_vec(), 0, 12));
+    assert_eq!(err(b"ms k -1\r\n"), (BAD_FORMAT.to_vec(), 0, 9));
+    assert_eq!(err(b"ms k 2147483646\r\n").1, 0);
+    // Errors memcached would answer without swallowing the block: the proxy swallows it.
+    let flags: Vec<String> = (0..17).map(|i| format!("O{i}")).collect();
+    let line = format!("ms k 2 {}\r\n", flags.join(" "));
+    assert_eq!(
+        err(format!("{line}hi\r\n").as_bytes()),
+        (META_FLAGS_TOO_LONG.to_vec(), 4, line.len())
+    );
+    let line = format!("ms k 2 {}\r\n", flags[..16].join(" "));
+    assert_eq!(
+        req(format!("{line}hi\r\n").as_bytes()).command,
+        Command::MetaSet
+    );
+    let long = format!("ms {} 2\r\nhi\r\n", "k".repeat(251));
+    assert_eq!(
+        err(long.as_bytes()),
+        (KEY_TOO_LONG.to_vec(), 4, long.len() - 4)
+    );
+    let limits = Limits {
+        item_size_max: 4,
+        ..lim()
+    };
+    assert_eq!(
+        one_with(b"ms k 5\r\nhello\r\n", &limits).0,
+        Some(Parsed::Error {
+            reply: Bytes::from_static(TOO_LARGE),
+            swallow: 7
+        })
+    );
+}
+
+#[test]
+fn meta_errors() {
+    assert_eq!(err(b"mg\r\n"), (ERROR.to_vec(), 0, 4));
+    assert_eq!(err(b"md \r\n"), (ERROR.to_vec(), 0, 5));
+    assert_eq!(err(b"me\r\n"), (BAD_FORMAT.to_vec(), 0, 4));
+    assert_eq!(err(b"mg a\x01b v\r\n").0, BAD_KEY.to_vec());
+    let long = format!("mg {} v\r\n", "k".repeat(251));
+    assert_eq!(err(long.as_bytes()).0, KEY_TOO_LONG.to_vec());
+    // Case-sensitive, like memcached.
+    assert_eq!(err(b"MG k\r\n").0, ERROR.to_vec());
+}
+
+#[test]
+fn base64_keys_route_by_their_decoded_bytes() {
+    for data in [&b"f"[..], b"fo", b"foo", b"foob", b"\x00\xff\x80binary"] {
+        let enc = b64(data);
+        assert_eq!(
+            base64_decode(enc.as_bytes()).as_deref(),
+            Some(data),
+            "{enc}"
+        );
+        let r = req(format!("mg {enc} b v\r\n").as_bytes());
+        assert_eq!(keys(&r), vec![data]);
+        assert_eq!(
+            &r.raw[..],
+            format!("mg {enc} b v\r\n").as_bytes(),
+            "forwarded as is"
+        );
+        let r = req(format!("ms {enc} 1 b\r\nx\r\n").as_bytes());
+        assert_eq!(keys(&r), vec![data]);
+    }
+    for bad in [
+        &b"a"[..],
+        b"abc",
+        b"ab=c",
+        b"a===",
+        b"!!!!",
+        b"Zg==Zg==",
+        b"",
+    ] {
+        assert_eq!(
+            base64_decode(bad),
+            None,
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    // Undecodable: routed by the text, memcached answers the error.
+    assert_eq!(keys(&req(b"mg !!!! b\r\n")), vec![&b"!!!!"[..]]);
+}
+
+#[test]
+fn quiet_sentinel_round_trip() {
+    let r = req(b"mg k v q\r\n");
+    assert_eq!(&with_quiet_sentinel(&r.raw)[..], b"mg k v q\r\nmn\r\n");
+    assert_eq!(
+        strip_quiet_sentinel(Bytes::from_static(b"MN\r\n")),
+        Bytes::new()
+    );
+    assert_eq!(
+        strip_quiet_sentinel(Bytes::from_static(b"VA 2\r\nMN\r\nMN\r\n")),
+        Bytes::from_static(b"VA 2\r\nMN\r\n")
+    );
+}
+
+#[test]
+fn scan_meta_replies() {
+    let s = |b: &[u8], q| ReplyScanner::new().scan_meta(b, q);
+    assert_eq!(s(b"HD\r\n", false), Ok(Some(4)));
+    assert_eq!(s(b"EN\r\nHD\r\n", false), Ok(Some(4)));
+    assert_eq!(s(b"HD c12 t-1 kfoo O1\r\n", false), Ok(Some(20)));
+    assert_eq!(s(b"VA 2 c1\r\nhi\r\nHD\r\n", false), Ok(Some(13)));
+    assert_eq!(
+        s(b"VA 4\r\nMN\r\n\r\n", false),
+        Ok(Some(12)),
+        "data that looks like MN"
+    );
+    assert_eq!(s(b"VA 2 c1\r\nhi", false), Ok(None));
+    assert_eq!(s(b"VA 2 c1\r\nhi\r", false), Ok(None));
+    let me = b"ME k exp=-1 la=1 cas=2 fetch=no cls=1 size=63\r\n";
+    assert_eq!(s(me, false), Ok(Some(me.len())));
+    assert_eq!(
+        s(b"CLIENT_ERROR bad command line format\r\n", false),
+        Ok(Some(38))
+    );
+    assert!(s(b"VA x\r\n", false).is_err());
+    assert!(s(b"VA 2\r\nhixx", false).is_err());
+    assert!(s(b"VALUE k 0 1\r\nx\r\nEND\r\n", false).is_err());
+    // Quiet: everything up to MN.
+    assert_eq!(s(b"MN\r\n", true), Ok(Some(4)));
+    assert_eq!(s(b"HD\r\nMN\r\n", true), Ok(Some(8)));
+    assert_eq!(s(b"VA 4\r\nMN\r\n\r\nMN\r\n", true), Ok(Some(16)));
+    assert_eq!(s(b"NF\r\n", true), Ok(None));
+    // Resumes across reads.
+    let all = b"VA 10 c5\r\n0123456789\r\nMN\r\n";
+    let mut sc = ReplyScanner::new();
+    for n in 0..all.len() {
+        assert_eq!(sc.scan_meta(&all[..n], true), Ok(None), "{n}");
+    }
+    assert_eq!(sc.scan_meta(all, true), Ok(Some(all.len())));
+}
+
+#[test]
+fn rewrite_meta_ttls() {
+    let cap = |e: i64| if e == 0 || e > 10 { 10 } else { e };
+    let r = |c, b: &'static [u8]| rewrite_meta_ttl(c, &Bytes::from_static(b), cap);
+    assert_eq!(
+        r(Command::MetaSet, b"ms k 2 T3600 c\r\nhi\r\n").unwrap(),
+        &b"ms k 2 T10 c\r\nhi\r\n"[..]
+    );
+    assert_eq!(
+        r(Command::MetaSet, b"ms k 2 T5\r\nhi\r\n"),
+        Some(Bytes::from_static(b"ms k 2 T5\r\nhi\r\n"))
+    );
+    assert_eq!(
+        r(Command::MetaSet, b"ms k 2 c\r\nhi\r\n").unwrap(),
+        &b"ms k 2 c T10\r\nhi\r\n"[..]
+    );
+    assert_eq!(
+        r(Command::MetaSet, b"ms k 2\nhi\r\n").unwrap(),
+        &b"ms k 2 T10\nhi\r\n"[..]
+    );
+    assert_eq!(
+        r(Command::MetaSet, b"ms k 2 q\r\nhi\r\nmn\r\n").unwrap(),
+        &b"ms k 2 q T10\r\nhi\r\nmn\r\n"[..]
+    );
+    // The key or data length is never taken for a flag.
+    assert_eq!(
+        r(Command::MetaSet, b"ms T100 2\r\nhi\r\n").unwrap(),
+        &b"ms T100 2 T10\r\nhi\r\n"[..]
+    );
+    assert_eq!(
+        r(Command::MetaGet, b"mg N99 v N3600 T0 t\r\n").unwrap(),
+        &b"mg N99 v N10 T10 t\r\n"[..]
+    );
+    assert_eq!(r(Command::MetaGet, b"mg k v\r\n"), None);
+    assert_eq!(
+        r(Command::MetaArithmetic, b"ma k N0 J1\r\n").unwrap(),
+        &b"ma k N10 J1\r\n"[..]
+    );
+    assert_eq!(
+        r(Command::MetaDelete, b"md k I T3600\r\n").unwrap(),
+        &b"md k I T10\r\n"[..]
+    );
+    assert_eq!(r(Command::MetaDelete, b"md k N3600\r\n"), None);
+    // A bad token is left for memcached to refuse.
+    assert_eq!(r(Command::MetaGet, b"mg k Tx\r\n"), None);
+    assert_eq!(r(Command::MetaNoop, b"mn\r\n"), None);
+}
+
+/// One meta reply as a backend sends it: (bytes, sent for a quiet request).
+fn gen_meta_reply() -> impl Strategy<Value = (Vec<u8>, bool)> {
+    let one = prop_oneof![
+        prop::sample::select(vec![
+            &b"HD\r\n"[..],
+            b"HD c42 t-1 kfoo O9\r\n",
+            b"EN\r\n",
+            b"NF\r\n",
+            b"NS\r\n",
+            b"EX c1\r\n",
+            b"ME k exp=-1 la=3 cas=7 fetch=no cls=1 size=63\r\n",
+            b"CLIENT_ERROR bad command line format\r\n",
+            b"SERVER_ERROR out of memory\r\n",
+        ])
+        .prop_map(|s| s.to_vec()),
+        (
+            value_strategy(),
+            prop::sample::select(vec!["", " c5", " W", " Z X", " s3 t10 kk"])
+        )
+            .prop_map(|(v, flags)| {
+                let mut b = format!("VA {}{flags}\r\n", v.len()).into_bytes();
+                b.extend_from_slice(&v);
+                b.extend_from_slice(b"\r\n");
+                b
+            }),
+    ];
+    (proptest::option::of(one), any::<bool>()).prop_map(|(one, quiet)| match (one, quiet) {
+        (Some(mut b), true) => {
+            b.extend_from_slice(b"MN\r\n");
+            (b, true)
+        }
+        (None, true) => (b"MN\r\n".to_vec(), true),
+        (Some(b), false) => (b, false),
+        (None, false) => (b"HD\r\n".to_vec(), false),
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn meta_replies_scan_the_same_however_split(
+        replies in proptest::collection::vec(gen_meta_reply(), 1..20),
+        cuts in proptest::collection::vec(any::<usize>(), 0..40),
+    ) {
+        let input: Vec<u8> = replies.iter().flat_map(|(b, _)| b.iter().copied()).collect();
+        let points = splits(input.len(), &cuts);
+        let mut buf = BytesMut::new();
+        let mut scanner = ReplyScanner::new();
+        let mut next = 0;
+        for w in points.windows(2) {
+            buf.extend_from_slice(&input[w[0]..w[1]]);
+            while let Some((want, quiet)) = replies.get(next) {
+                let stateless = ReplyScanner::new().scan_meta(&buf, *quiet);
+                let resumed = scanner.scan_meta(&buf, *quiet);
+                prop_assert_eq!(&stateless, &resumed);
+                match resumed {
+                    Ok(Some(n)) => {
+                        prop_assert_eq!(&buf[..n], &want[..]);
+                        let _ = buf.split_to(n);
+                        next += 1;
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Err(TestCaseError::fail(format!("{e:?}"))),
+                }
+            }
+        }
+        prop_assert_eq!(next, replies.len());
+    }
 }
