@@ -326,3 +326,63 @@ fn alive(pid: i32) -> bool {
         Err(_) => false,
     }
 }
+
+fn http_get_auth(addr: SocketAddr, path: &str, token: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (code, body)
+}
+
+#[test]
+fn admin_token_protects_everything_but_healthz() {
+    let b = memcached();
+    let dir = TempDir::new();
+    let port = free_port();
+    let admin = free_port();
+    let token = "s3cret-token-0123456789";
+    let yaml = format!(
+        "admin: {{ listen: 127.0.0.1:{admin}, token: {token} }}\npools:\n  p: {{ protocol: memcache, servers: [\"{}:1\"] }}\nlisteners:\n  - {{ listen: 127.0.0.1:{port}, protocol: memcache, route: p }}\n",
+        b.addr
+    );
+    let conf = dir.write("admin.yml", &yaml);
+    let mut child = Command::new(kvrouter_bin())
+        .arg("-c")
+        .arg(&conf)
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    common::wait_port(addr, &mut child);
+    let _guard = common::Proc { child, addr };
+    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    wait_http(admin);
+    assert_eq!(
+        http_get(admin, "/healthz").0,
+        200,
+        "healthz stays open for probes"
+    );
+    for path in ["/metrics", "/pools", "/config", "/hotkeys"] {
+        assert_eq!(http_get(admin, path).0, 401, "{path} without a token");
+        assert_eq!(
+            http_get_auth(admin, path, "wrong-token-0123456789").0,
+            401,
+            "{path}"
+        );
+        let (code, body) = http_get_auth(admin, path, token);
+        assert_eq!(code, 200, "{path}: {body}");
+        assert!(!body.contains(token), "{path} never shows the token");
+    }
+    let (_, config) = http_get_auth(admin, "/config", token);
+    assert!(
+        config.contains("\"admin_token\": \"<redacted>\""),
+        "{config}"
+    );
+}

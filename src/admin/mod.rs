@@ -35,6 +35,29 @@ pub struct AdminApi {
     pub pools: JsonView,
     /// `GET /config`: the active config, secrets redacted.
     pub config: JsonView,
+    /// The bearer token required by every endpoint but `/healthz` (read per request, so a
+    /// reload can change it); None: open (the listener is on loopback by default).
+    pub token: TokenView,
+}
+
+/// The admin token in force.
+pub type TokenView = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Whether `req` may see a protected endpoint.
+fn authorized(req: &Request<Incoming>, api: &AdminApi) -> bool {
+    let Some(token) = (api.token)() else {
+        return true;
+    };
+    req.headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| same(given.trim().as_bytes(), token.as_bytes()))
 }
 
 /// Bind the admin listener and serve it on the current runtime.
@@ -80,6 +103,20 @@ fn json_body(v: serde_json::Value) -> String {
 }
 
 fn handle(req: Request<Incoming>, api: &AdminApi) -> Response<Full<Bytes>> {
+    if req.uri().path() != "/healthz" && !authorized(&req, api) {
+        tracing::warn!(
+            path = req.uri().path(),
+            "admin request without a valid bearer token"
+        );
+        return Response::builder()
+            .status(StatusCode::UNAUTHORIZED)
+            .header("content-type", TEXT)
+            .header("www-authenticate", "Bearer")
+            .body(Full::new(Bytes::from_static(
+                b"unauthorized: send Authorization: Bearer <admin.token>\n",
+            )))
+            .expect("static response");
+    }
     let (status, content_type, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => match (api.health)() {
             Ok(()) => (StatusCode::OK, TEXT, "ok\n".to_string()),

@@ -74,6 +74,7 @@ impl Config {
                 Format::Native => "kvrouter",
             },
             "admin": self.admin.map(|a| a.to_string()),
+            "admin_token": self.admin_token.as_ref().map(|_| REDACTED),
             "workers": self.workers,
             "log": {
                 "level": self.log.level,

@@ -375,6 +375,9 @@ pub struct Config {
     pub format: Format,
     /// `admin.listen` (native format only).
     pub admin: Option<SocketAddr>,
+    /// `admin.token`: a bearer token every admin endpoint but `/healthz` requires (secret:
+    /// redacted in `/config`).
+    pub admin_token: Option<String>,
     /// Worker threads (`workers:`; None = number of cores).
     pub workers: Option<usize>,
     /// `log: { level, file }` (native format only).
@@ -415,6 +418,7 @@ impl Config {
             file: path.to_path_buf(),
             format: parsed.format,
             admin: parsed.admin,
+            admin_token: parsed.admin_token,
             workers: parsed.workers,
             log: parsed.log,
             pools: parsed.pools,
@@ -447,6 +451,7 @@ impl Config {
 pub(crate) struct Parsed {
     format: Format,
     admin: Option<SocketAddr>,
+    admin_token: Option<String>,
     workers: Option<usize>,
     log: LogConfig,
     pools: Vec<PoolConfig>,

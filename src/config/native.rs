@@ -40,6 +40,8 @@ struct Log {
 #[serde(deny_unknown_fields)]
 struct Admin {
     listen: Spanned<String>,
+    /// Bearer token every admin endpoint but /healthz requires.
+    token: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -172,6 +174,12 @@ pub(super) fn parse(text_in: &str, resolve: Resolver) -> Res<super::Parsed> {
             }
         }
     };
+    let admin_token = match file.admin.as_ref().and_then(|a| a.token.as_ref()) {
+        Some(t) if t.value.len() < 16 => {
+            return problem(loc(t), "admin.token must be at least 16 characters")
+        }
+        t => t.map(|t| t.value.clone()),
+    };
     if let Some(w) = &file.workers {
         if w.value == 0 {
             return problem(loc(w), "workers must be at least 1");
@@ -199,6 +207,7 @@ pub(super) fn parse(text_in: &str, resolve: Resolver) -> Res<super::Parsed> {
     Ok(super::Parsed {
         format: Format::Native,
         admin,
+        admin_token,
         workers: file.workers.map(|w| w.value),
         log,
         pools,

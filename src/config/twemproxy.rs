@@ -85,6 +85,7 @@ pub(super) fn parse(text: &str, resolve: Resolver) -> Res<super::Parsed> {
     let mut out = super::Parsed {
         format: Format::Twemproxy,
         admin: None,
+        admin_token: None,
         workers: None,
         log: super::LogConfig::default(),
         pools: Vec::new(),
