@@ -5,6 +5,10 @@
 //! answer in order on one connection). A request that outlives the pool timeout fails with
 //! `Timeout`, and the connection is closed and reopened, so a late reply can never be handed to
 //! the wrong request. Reconnects back off while the server keeps failing.
+//!
+//! Redis connections may need per-connection state (AUTH, SELECT): the spec's `init` commands
+//! are sent on every (re)connect and their replies checked before any queued request is
+//! written, so a reconnect can never serve requests unauthenticated or in the wrong database.
 
 use std::collections::VecDeque;
 use std::io;
@@ -20,7 +24,7 @@ use tokio::time::{sleep_until, Instant};
 
 use super::health::{FailureOutcome, ServerHealth};
 use super::io::Io;
-use crate::protocol::memcache;
+use crate::protocol::{memcache, resp};
 
 /// How to find the end of the reply to a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,12 +33,16 @@ pub enum ReplyKind {
     McRetrieval,
     /// Any other memcached command: one line.
     McLine,
+    /// One RESP reply (RESP2 or RESP3, any nesting).
+    Resp,
 }
 
 /// Finds reply boundaries, resuming where it stopped when a reply arrives in pieces.
 #[derive(Default)]
 struct Scanner {
     mc: memcache::ReplyScanner,
+    /// Boxed: its fixed-size nesting stack is 4 KiB, and memcached connections never use it.
+    resp: Option<Box<resp::ReplyScanner>>,
 }
 
 impl Scanner {
@@ -42,6 +50,16 @@ impl Scanner {
         match kind {
             ReplyKind::McRetrieval => self.mc.scan(buf, true).map_err(|e| e.0),
             ReplyKind::McLine => self.mc.scan(buf, false).map_err(|e| e.0),
+            ReplyKind::Resp => {
+                // Fast path: a whole scalar reply (the common case) needs no resumable state.
+                if !buf.is_empty() && !matches!(buf[0], b'*' | b'~' | b'>' | b'%' | b'|') {
+                    return resp::scan_reply(buf).map_err(|e| e.message().to_string());
+                }
+                self.resp
+                    .get_or_insert_with(Default::default)
+                    .scan(buf)
+                    .map_err(|e| e.message().to_string())
+            }
         }
     }
 }
@@ -91,6 +109,9 @@ pub struct ServerSpec {
     pub auto_eject: bool,
     pub failure_limit: u32,
     pub retry_timeout: Duration,
+    /// Commands sent on every (re)connect before anything else, each with a label for errors
+    /// (Redis `AUTH`, `SELECT`). Each must be answered with a `+` status reply.
+    pub init: Vec<(String, Bytes)>,
 }
 
 /// The client side of a backend connection: cheap to clone, used from the worker's tasks.
@@ -142,14 +163,13 @@ async fn run(spec: Arc<ServerSpec>, mut rx: mpsc::UnboundedReceiver<Queued>, pre
             }
         }
         connect_now = false;
-        let stream = match connect(&spec).await {
+        let stream = match open(&spec).await {
             Ok(s) => {
                 backoff = Duration::ZERO;
                 s
             }
-            Err(e) => {
-                let err = BackendError::Connect(e.to_string());
-                tracing::warn!(server = %spec.address, error = %e, "backend connect failed");
+            Err(err) => {
+                tracing::warn!(server = %spec.address, error = %err, "backend connect failed");
                 failure(&spec, &err);
                 if let Some(q) = first.take() {
                     let _ = q.reply.send(Err(err.clone()));
@@ -198,12 +218,77 @@ fn failure(spec: &ServerSpec, err: &BackendError) {
     }
 }
 
-enum Stream {
+pub(super) enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
 }
 
-async fn connect(spec: &ServerSpec) -> io::Result<Stream> {
+/// Connect and run the spec's init commands: a connection ready to serve requests.
+pub(super) async fn open(spec: &ServerSpec) -> Result<Stream, BackendError> {
+    let stream = connect(spec)
+        .await
+        .map_err(|e| BackendError::Connect(e.to_string()))?;
+    if !spec.init.is_empty() {
+        let run = async {
+            match &stream {
+                Stream::Tcp(s) => init(spec, s).await,
+                Stream::Unix(s) => init(spec, s).await,
+            }
+        };
+        match spec.timeout {
+            Some(t) => tokio::time::timeout(t, run)
+                .await
+                .map_err(|_| "connection setup timed out".to_string())
+                .and_then(|r| r),
+            None => run.await,
+        }
+        .map_err(BackendError::Connect)?;
+    }
+    Ok(stream)
+}
+
+/// Send the init commands in one write and check that each is answered with `+...`.
+async fn init<S: Io>(spec: &ServerSpec, stream: &S) -> Result<(), String> {
+    let mut wbuf = BytesMut::new();
+    for (_, cmd) in &spec.init {
+        wbuf.extend_from_slice(cmd);
+    }
+    while !wbuf.is_empty() {
+        stream
+            .ready(Interest::WRITABLE)
+            .await
+            .map_err(|e| e.to_string())?;
+        flush(stream, &mut wbuf).map_err(|e| e.to_string())?;
+    }
+    let mut rbuf = BytesMut::with_capacity(1024);
+    for (label, _) in &spec.init {
+        let reply = loop {
+            if let Some(n) = resp::scan_reply(&rbuf).map_err(|e| format!("{label}: {e}"))? {
+                break rbuf.split_to(n);
+            }
+            stream
+                .ready(Interest::READABLE)
+                .await
+                .map_err(|e| e.to_string())?;
+            match stream.try_read_buf(&mut rbuf) {
+                Ok(0) => return Err(format!("{label}: server closed the connection")),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(format!("{label}: {e}")),
+            }
+        };
+        if !reply.starts_with(b"+") {
+            let text = String::from_utf8_lossy(&reply);
+            return Err(format!("{label} failed: {}", text.trim_end()));
+        }
+    }
+    if !rbuf.is_empty() {
+        return Err("unexpected bytes after connection setup".into());
+    }
+    Ok(())
+}
+
+pub(super) async fn connect(spec: &ServerSpec) -> io::Result<Stream> {
     let fut = async {
         if spec.unix {
             return Ok(Stream::Unix(UnixStream::connect(&spec.address).await?));
@@ -302,7 +387,7 @@ fn enqueue(spec: &ServerSpec, q: Queued, wbuf: &mut BytesMut, inflight: &mut Vec
     });
 }
 
-fn flush<S: Io>(stream: &S, wbuf: &mut BytesMut) -> Result<(), BackendError> {
+pub(super) fn flush<S: Io>(stream: &S, wbuf: &mut BytesMut) -> Result<(), BackendError> {
     while !wbuf.is_empty() {
         match stream.try_write(wbuf) {
             Ok(0) => return Err(BackendError::Closed("write returned 0".into())),

@@ -8,11 +8,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 
 use crate::backend::health::now_ms;
 use crate::backend::{ServerHealth, ServerSpec};
-use crate::config::PoolConfig;
+use crate::config::{PoolConfig, Protocol};
 use crate::protocol::memcache::Limits;
+use crate::protocol::resp::encode_request;
 use crate::routing::{Node, Placement};
 
 pub struct PoolRuntime {
@@ -30,9 +32,27 @@ pub struct PoolRuntime {
     rebuild: Mutex<()>,
 }
 
+/// What every backend connection of a Redis pool sends first: `AUTH redis_auth` when set,
+/// `SELECT redis_db` when not 0 (twemproxy does the same on each server connection).
+fn backend_init(config: &PoolConfig) -> Vec<(String, Bytes)> {
+    let mut init = Vec::new();
+    if config.protocol != Protocol::Redis {
+        return init;
+    }
+    if let Some(pw) = &config.redis_auth {
+        init.push(("AUTH".to_string(), encode_request(&["AUTH", pw]).raw));
+    }
+    if config.redis_db != 0 {
+        let db = config.redis_db.to_string();
+        init.push((format!("SELECT {db}"), encode_request(&["SELECT", &db]).raw));
+    }
+    init
+}
+
 impl PoolRuntime {
     pub fn new(config: PoolConfig) -> PoolRuntime {
         let epoch = Arc::new(AtomicU64::new(0));
+        let init = backend_init(&config);
         let specs: Vec<Arc<ServerSpec>> = config
             .servers
             .iter()
@@ -47,6 +67,7 @@ impl PoolRuntime {
                     auto_eject: config.auto_eject_hosts,
                     failure_limit: config.failure_limit,
                     retry_timeout: config.retry_timeout,
+                    init: init.clone(),
                 })
             })
             .collect();
