@@ -71,6 +71,11 @@ impl Dedicated {
         rx
     }
 
+    /// False once the connection failed (or could not be opened): open a new one.
+    pub fn is_alive(&self) -> bool {
+        !self.tx.is_closed()
+    }
+
     /// Queue bytes whose replies go to the push sink.
     pub fn send_raw(&self, bytes: Bytes) {
         let _ = self.tx.send(Cmd::Raw(bytes));
@@ -100,8 +105,9 @@ async fn run(
     if let Some((tag, sink)) = &push {
         let _ = sink.send((*tag, Err(err.clone())));
     }
-    // Everything queued from now on fails too, until the handle is dropped.
-    while let Some(cmd) = rx.recv().await {
+    // Everything already queued fails too; later sends see a closed channel and fail at once.
+    rx.close();
+    while let Ok(cmd) = rx.try_recv() {
         if let Cmd::Request(_, reply) = cmd {
             let _ = reply.send(Err(err.clone()));
         }

@@ -8,6 +8,8 @@
 pub mod listener;
 pub mod memcache;
 pub mod pool;
+pub mod redis;
+mod redis_merge;
 pub mod stats;
 
 use std::collections::HashMap;
@@ -21,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::backend::BackendHandle;
 use crate::config::{Config, Protocol, Route};
+use crate::protocol::resp::RespLimits;
 use listener::Accepted;
 use pool::PoolRuntime;
 use stats::Stats;
@@ -91,9 +94,9 @@ pub fn check(config: &Config) -> Result<Vec<usize>, String> {
             .iter()
             .position(|p| &p.name == pool_name)
             .ok_or_else(|| format!("unknown pool {pool_name}"))?;
-        if l.protocol == Protocol::Redis || config.pools[idx].protocol == Protocol::Redis {
+        if l.protocol != config.pools[idx].protocol {
             return Err(format!(
-                "{}:{}:{}: redis listeners are not implemented yet in this version (memcache only)",
+                "{}:{}:{}: listener protocol differs from pool {pool_name}'s",
                 config.file.display(),
                 l.location.line,
                 l.location.col
@@ -167,6 +170,26 @@ pub fn start(config: Config) -> Result<Running, String> {
     })
 }
 
+/// A listener's per-worker context, by protocol.
+enum Ctx {
+    Mc(Rc<memcache::McContext>),
+    Redis(Rc<redis::RedisContext>),
+}
+
+impl Ctx {
+    async fn serve<S: crate::backend::io::Io>(
+        self,
+        stream: S,
+        id: usize,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        match self {
+            Ctx::Mc(c) => memcache::serve(stream, c, id, shutdown).await,
+            Ctx::Redis(c) => redis::serve(stream, c, id, shutdown).await,
+        }
+    }
+}
+
 fn worker(
     shared: Arc<Shared>,
     mut rx: mpsc::UnboundedReceiver<(usize, Accepted)>,
@@ -195,16 +218,24 @@ fn worker(
                 )
             });
         }
-        let contexts: Vec<Rc<memcache::McContext>> = shared
+        let contexts: Vec<Ctx> = shared
             .listener_pool
             .iter()
-            .map(|&p| {
-                Rc::new(memcache::McContext {
+            .map(|&p| match shared.pools[p].config.protocol {
+                Protocol::Memcache => Ctx::Mc(Rc::new(memcache::McContext {
                     pool: shared.pools[p].clone(),
                     backends: backends[&p].clone(),
                     stats: shared.stats.clone(),
                     threads: shared.threads,
-                })
+                })),
+                Protocol::Redis => Ctx::Redis(Rc::new(redis::RedisContext {
+                    pool: shared.pools[p].clone(),
+                    backends: backends[&p].clone(),
+                    stats: shared.stats.clone(),
+                    threads: shared.threads,
+                    pools: shared.pools.clone(),
+                    limits: RespLimits::default(),
+                })),
             })
             .collect();
         let mut client_id = 0usize;
@@ -214,7 +245,10 @@ fn worker(
                 a = rx.recv() => {
                     let Some((listener, accepted)) = a else { break };
                     client_id = client_id.wrapping_add(1);
-                    let ctx = contexts[listener].clone();
+                    let ctx = match &contexts[listener] {
+                        Ctx::Mc(c) => Ctx::Mc(c.clone()),
+                        Ctx::Redis(c) => Ctx::Redis(c.clone()),
+                    };
                     let active = shared.active[listener].clone();
                     let stats = shared.stats.clone();
                     let sd = shutdown.clone();
@@ -225,11 +259,11 @@ fn worker(
                     tokio::task::spawn_local(async move {
                         match accepted {
                             Accepted::Tcp(s) => match tokio::net::TcpStream::from_std(s) {
-                                Ok(s) => memcache::serve(s, ctx, id, sd).await,
+                                Ok(s) => ctx.serve(s, id, sd).await,
                                 Err(e) => tracing::warn!(error = %e, "cannot register client"),
                             },
                             Accepted::Unix(s) => match tokio::net::UnixStream::from_std(s) {
-                                Ok(s) => memcache::serve(s, ctx, id, sd).await,
+                                Ok(s) => ctx.serve(s, id, sd).await,
                                 Err(e) => tracing::warn!(error = %e, "cannot register client"),
                             },
                         }
