@@ -1083,7 +1083,7 @@ impl Conn {
         });
         let name = info.name;
         let pattern = name.starts_with('p');
-        let shard = name.starts_with('s');
+        let shard = matches!(name, "ssubscribe" | "sunsubscribe");
         let subscribe = !name.contains("unsub");
         let mut names: Vec<Bytes> = args[1..].to_vec();
         if !subscribe && names.is_empty() {
@@ -1173,9 +1173,8 @@ impl Conn {
         match reply {
             Ok(frame) => {
                 let kind = push_kind(&frame);
-                if matches!(kind, Some(b"message" | b"pmessage" | b"smessage")) {
-                    self.reply(frame);
-                } else if frame.first() == Some(&b'-') {
+                let message = matches!(kind, Some(b"message" | b"pmessage" | b"smessage"));
+                if message || frame.first() == Some(&b'-') {
                     self.reply(frame);
                 }
                 true
