@@ -412,12 +412,12 @@ fn read_replies<S: Io>(
         if rbuf.capacity() - rbuf.len() < 4096 {
             rbuf.reserve(16 * 1024);
         }
-        match stream.try_read_buf(rbuf) {
+        let drained = match stream.try_read_drain(rbuf) {
             Ok(0) => return Err(BackendError::Closed("server closed the connection".into())),
-            Ok(_) => {}
+            Ok(n) => n < rbuf.capacity() - (rbuf.len() - n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(replies),
             Err(e) => return Err(BackendError::Closed(e.to_string())),
-        }
+        };
         while let Some(front) = inflight.front() {
             match scanner.scan(front.kind, rbuf) {
                 Ok(Some(n)) => {
@@ -435,6 +435,9 @@ fn read_replies<S: Io>(
                 "{} unexpected bytes with no request in flight",
                 rbuf.len()
             )));
+        }
+        if drained {
+            return Ok(replies); // a short read cleared the readiness: wait for the next edge
         }
     }
 }

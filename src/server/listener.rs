@@ -62,6 +62,7 @@ pub async fn accept_loop(
     max_clients: usize,
     active: Arc<AtomicUsize>,
     mut shutdown: watch::Receiver<bool>,
+    full_msg: &'static [u8],
 ) {
     let mut next = 0usize;
     enum L {
@@ -98,7 +99,7 @@ pub async fn accept_loop(
             }
         };
         if max_clients > 0 && active.load(Ordering::Relaxed) >= max_clients {
-            reject(accepted);
+            reject(accepted, full_msg);
             continue;
         }
         active.fetch_add(1, Ordering::Relaxed);
@@ -113,9 +114,12 @@ pub async fn accept_loop(
     }
 }
 
-fn reject(a: Accepted) {
+/// What a client over `max_clients` is told before it is closed, per protocol.
+pub const FULL_MEMCACHE: &[u8] = b"SERVER_ERROR Too many open connections\r\n";
+pub const FULL_REDIS: &[u8] = b"-ERR max number of clients reached\r\n";
+
+fn reject(a: Accepted, msg: &[u8]) {
     use std::io::Write;
-    let msg = b"SERVER_ERROR Too many open connections\r\n";
     match a {
         Accepted::Tcp(mut s) => {
             let _ = s.write(msg);

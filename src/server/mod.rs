@@ -161,6 +161,10 @@ pub fn start(config: Config) -> Result<Running, String> {
             shared.config.listeners[i].max_clients,
             shared.active[i].clone(),
             shutdown_rx.clone(),
+            match shared.config.listeners[i].protocol {
+                Protocol::Memcache => listener::FULL_MEMCACHE,
+                Protocol::Redis => listener::FULL_REDIS,
+            },
         ));
     }
     Ok(Running {

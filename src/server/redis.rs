@@ -423,7 +423,7 @@ impl Conn {
         if self.rbuf.capacity() - self.rbuf.len() < 4096 {
             self.rbuf.reserve(16 * 1024);
         }
-        match stream.try_read_buf(&mut self.rbuf) {
+        match stream.try_read_drain(&mut self.rbuf) {
             Ok(0) => {
                 self.reading = false;
                 return Ok(!self.blocking);
