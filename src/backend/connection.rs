@@ -5,6 +5,10 @@
 //! answer in order on one connection). A request that outlives the pool timeout fails with
 //! `Timeout`, and the connection is closed and reopened, so a late reply can never be handed to
 //! the wrong request. Reconnects back off while the server keeps failing.
+//!
+//! Redis connections may need per-connection state (AUTH, SELECT): the spec's `init` commands
+//! are sent on every (re)connect and their replies checked before any queued request is
+//! written, so a reconnect can never serve requests unauthenticated or in the wrong database.
 
 use std::collections::VecDeque;
 use std::io;
@@ -22,7 +26,7 @@ use tokio::time::{sleep_until, Instant};
 use super::health::{FailureKind, FailureOutcome, ServerHealth};
 use super::io::Io;
 use super::metrics::ServerMetrics;
-use crate::protocol::memcache;
+use crate::protocol::{memcache, resp};
 
 /// How to find the end of the reply to a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,12 +39,16 @@ pub enum ReplyKind {
     McMeta,
     /// A quiet meta command sent followed by `mn`: whatever it answered, then `MN`.
     McMetaQuiet,
+    /// One RESP reply (RESP2 or RESP3, any nesting).
+    Resp,
 }
 
 /// Finds reply boundaries, resuming where it stopped when a reply arrives in pieces.
 #[derive(Default)]
 struct Scanner {
     mc: memcache::ReplyScanner,
+    /// Boxed: its fixed-size nesting stack is 4 KiB, and memcached connections never use it.
+    resp: Option<Box<resp::ReplyScanner>>,
 }
 
 impl Scanner {
@@ -50,6 +58,16 @@ impl Scanner {
             ReplyKind::McLine => self.mc.scan(buf, false).map_err(|e| e.0),
             ReplyKind::McMeta => self.mc.scan_meta(buf, false).map_err(|e| e.0),
             ReplyKind::McMetaQuiet => self.mc.scan_meta(buf, true).map_err(|e| e.0),
+            ReplyKind::Resp => {
+                // Fast path: a whole scalar reply (the common case) needs no resumable state.
+                if !buf.is_empty() && !matches!(buf[0], b'*' | b'~' | b'>' | b'%' | b'|') {
+                    return resp::scan_reply(buf).map_err(|e| e.message().to_string());
+                }
+                self.resp
+                    .get_or_insert_with(Default::default)
+                    .scan(buf)
+                    .map_err(|e| e.message().to_string())
+            }
         }
     }
 }
@@ -109,6 +127,9 @@ pub struct ServerSpec {
     /// TLS to this server.
     pub tls: Option<super::tls::TlsClient>,
     pub metrics: ServerMetrics,
+    /// Commands sent on every (re)connect before anything else, each with a label for errors
+    /// (Redis `AUTH`, `SELECT`). Each must be answered with a `+` status reply.
+    pub init: Vec<(String, Bytes)>,
 }
 
 /// The request a probe sends to a down server, and how its reply ends.
@@ -185,19 +206,13 @@ async fn run(spec: Arc<ServerSpec>, mut rx: mpsc::UnboundedReceiver<Queued>, pre
             }
         }
         connect_now = false;
-        let stream = match connect(&spec).await {
+        let stream = match open(&spec).await {
             Ok(s) => {
                 backoff = Duration::ZERO;
                 s
             }
-            Err(e) => {
-                let err = BackendError::Connect(e.to_string());
-                tracing::warn!(server = %spec.address, error = %e, "backend connect failed");
-                let kind = if e.kind() == io::ErrorKind::ConnectionRefused {
-                    FailureKind::Refused
-                } else {
-                    FailureKind::Soft
-                };
+            Err((err, kind)) => {
+                tracing::warn!(server = %spec.address, error = %err, "backend connect failed");
                 failure(&spec, &err, kind);
                 if let Some(q) = first.take() {
                     answer_err(&spec, q.reply, &err);
@@ -261,6 +276,77 @@ fn failure(spec: &Arc<ServerSpec>, err: &BackendError, kind: FailureKind) {
 pub(crate) enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+}
+
+/// Connect and run the spec's init commands: a connection ready to serve requests. A failure
+/// says how TKO should count it (a refused connection marks the server down at once).
+pub(crate) async fn open(spec: &ServerSpec) -> Result<Stream, (BackendError, FailureKind)> {
+    let stream = connect(spec).await.map_err(|e| {
+        let kind = if e.kind() == io::ErrorKind::ConnectionRefused {
+            FailureKind::Refused
+        } else {
+            FailureKind::Soft
+        };
+        (BackendError::Connect(e.to_string()), kind)
+    })?;
+    if !spec.init.is_empty() {
+        let run = async {
+            match &stream {
+                Stream::Tcp(s) => init(spec, s).await,
+                Stream::Unix(s) => init(spec, s).await,
+            }
+        };
+        match spec.timeout {
+            Some(t) => tokio::time::timeout(t, run)
+                .await
+                .map_err(|_| "connection setup timed out".to_string())
+                .and_then(|r| r),
+            None => run.await,
+        }
+        .map_err(|e| (BackendError::Connect(e), FailureKind::Soft))?;
+    }
+    Ok(stream)
+}
+
+/// Send the init commands in one write and check that each is answered with `+...`.
+async fn init<S: Io>(spec: &ServerSpec, stream: &S) -> Result<(), String> {
+    let mut wbuf = BytesMut::new();
+    for (_, cmd) in &spec.init {
+        wbuf.extend_from_slice(cmd);
+    }
+    while !wbuf.is_empty() {
+        stream
+            .ready(Interest::WRITABLE)
+            .await
+            .map_err(|e| e.to_string())?;
+        flush(stream, &mut wbuf).map_err(|e| e.to_string())?;
+    }
+    let mut rbuf = BytesMut::with_capacity(1024);
+    for (label, _) in &spec.init {
+        let reply = loop {
+            if let Some(n) = resp::scan_reply(&rbuf).map_err(|e| format!("{label}: {e}"))? {
+                break rbuf.split_to(n);
+            }
+            stream
+                .ready(Interest::READABLE)
+                .await
+                .map_err(|e| e.to_string())?;
+            match stream.try_read_buf(&mut rbuf) {
+                Ok(0) => return Err(format!("{label}: server closed the connection")),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(format!("{label}: {e}")),
+            }
+        };
+        if !reply.starts_with(b"+") {
+            let text = String::from_utf8_lossy(&reply);
+            return Err(format!("{label} failed: {}", text.trim_end()));
+        }
+    }
+    if !rbuf.is_empty() {
+        return Err("unexpected bytes after connection setup".into());
+    }
+    Ok(())
 }
 
 pub(crate) async fn connect(spec: &ServerSpec) -> io::Result<Stream> {
@@ -374,7 +460,7 @@ fn enqueue(spec: &ServerSpec, q: Queued, wbuf: &mut BytesMut, inflight: &mut Vec
     });
 }
 
-fn flush<S: Io>(stream: &S, wbuf: &mut BytesMut) -> Result<(), BackendError> {
+pub(super) fn flush<S: Io>(stream: &S, wbuf: &mut BytesMut) -> Result<(), BackendError> {
     while !wbuf.is_empty() {
         match stream.try_write(wbuf) {
             Ok(0) => return Err(BackendError::Closed("write returned 0".into())),
@@ -420,12 +506,12 @@ fn scan_replies<S: Io>(
         if rbuf.capacity() - rbuf.len() < 4096 {
             rbuf.reserve(16 * 1024);
         }
-        match stream.try_read_buf(rbuf) {
+        let drained = match stream.try_read_drain(rbuf) {
             Ok(0) => return Err(BackendError::Closed("server closed the connection".into())),
-            Ok(_) => {}
+            Ok(n) => n < rbuf.capacity() - (rbuf.len() - n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) => return Err(BackendError::Closed(e.to_string())),
-        }
+        };
         let now = Instant::now();
         while let Some(front) = inflight.front() {
             match scanner.scan(front.kind, rbuf) {
@@ -445,6 +531,9 @@ fn scan_replies<S: Io>(
                 "{} unexpected bytes with no request in flight",
                 rbuf.len()
             )));
+        }
+        if drained {
+            return Ok(()); // a short read cleared the readiness: wait for the next edge
         }
     }
 }

@@ -15,6 +15,46 @@ pub trait Io {
     async fn ready(&self, interest: Interest) -> io::Result<Ready>;
     fn try_read_buf(&self, buf: &mut bytes::BytesMut) -> io::Result<usize>;
     fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+
+    /// `try_read_buf`, except that a short read (less than the free space offered) also clears
+    /// the socket's read readiness: the socket was drained, so the next `ready()` waits for
+    /// the next edge instead of returning at once for a read that would only say WouldBlock.
+    /// Saves one `read` syscall per request on request/response traffic. Safe because the
+    /// worker runtime is single-threaded: no event can be processed between the read and the
+    /// clear, and data arriving afterwards raises a new edge (tokio tracks readiness ticks).
+    fn try_read_drain(&self, buf: &mut bytes::BytesMut) -> io::Result<usize>;
+}
+
+/// The body of `try_read_drain` for a socket whose fd `fd` is read inside `try_io`.
+fn read_drain(
+    try_io: impl FnOnce(&mut dyn FnMut() -> io::Result<usize>) -> io::Result<usize>,
+    fd: std::os::fd::RawFd,
+    buf: &mut bytes::BytesMut,
+) -> io::Result<usize> {
+    if buf.capacity() == buf.len() {
+        buf.reserve(4096); // a zero-length read would look like end of file
+    }
+    let mut got = 0usize;
+    let r = try_io(&mut || {
+        let spare = buf.spare_capacity_mut();
+        let want = spare.len();
+        // SAFETY: reading into the spare capacity of `buf`; `n` bytes are initialised after.
+        let n = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), want) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        unsafe { buf.set_len(buf.len() + n) };
+        got = n;
+        if n > 0 && n < want {
+            return Err(io::ErrorKind::WouldBlock.into()); // drained: clear readiness
+        }
+        Ok(n)
+    });
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        other => other,
+    }
 }
 
 impl Io for TcpStream {
@@ -27,6 +67,14 @@ impl Io for TcpStream {
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         TcpStream::try_write(self, buf)
     }
+    fn try_read_drain(&self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        read_drain(
+            |f| TcpStream::try_io(self, Interest::READABLE, f),
+            self.as_raw_fd(),
+            buf,
+        )
+    }
 }
 
 impl Io for UnixStream {
@@ -38,5 +86,13 @@ impl Io for UnixStream {
     }
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         UnixStream::try_write(self, buf)
+    }
+    fn try_read_drain(&self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        read_drain(
+            |f| UnixStream::try_io(self, Interest::READABLE, f),
+            self.as_raw_fd(),
+            buf,
+        )
     }
 }

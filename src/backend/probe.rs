@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::connection::{connect, ServerSpec, Stream};
-use crate::protocol::memcache;
+use crate::protocol::{memcache, resp};
 
 const FIRST_PROBE: Duration = Duration::from_millis(100);
 /// A probe waits this long for its answer when the pool has no timeout.
@@ -45,6 +45,8 @@ async fn once(spec: &ServerSpec, p: &super::connection::Probe) -> std::io::Resul
         | super::ReplyKind::McMetaQuiet => {
             matches!(memcache::scan_reply(buf, false), Ok(Some(_)) | Err(_))
         }
+        // Any complete reply, `-NOAUTH` included, means the server is alive.
+        super::ReplyKind::Resp => matches!(resp::scan_reply(buf), Ok(Some(_)) | Err(_)),
     };
     match connect(spec).await? {
         Stream::Tcp(mut s) => {

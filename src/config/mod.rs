@@ -30,6 +30,10 @@ use yaml::{problem, OrderedMap, Problem, Res};
 /// `item_size_max` when not configured: memcached's default 1 MiB item limit.
 pub const DEFAULT_ITEM_SIZE_MAX: usize = 1024 * 1024;
 
+/// Redis commands refused unless a pool lists them in `allow_commands`: each one acts on every
+/// server of the pool at once (wiping them, or walking every key while blocking each server).
+pub const GATED_COMMANDS: &[&str] = &["flushall", "flushdb", "keys"];
+
 /// Where a config value came from (1-based line and column).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Location {
@@ -172,6 +176,8 @@ pub struct PoolConfig {
     pub redis_db: u32,
     /// TLS to the backends.
     pub tls: Option<TlsConfig>,
+    /// Redis commands enabled with `allow_commands` (lowercase; a subset of `GATED_COMMANDS`).
+    pub allow_commands: Vec<String>,
     pub location: Location,
 }
 

@@ -65,7 +65,7 @@ struct NativePool {
     cluster: Reserved,
     replicas: Reserved,
     tls: Option<Spanned<NativeTls>>,
-    allow_commands: Reserved,
+    allow_commands: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -223,7 +223,6 @@ fn convert_pool(name: &Spanned<String>, sp: &Spanned<NativePool>) -> Res<PoolCon
     }
     reserved(&p.cluster, "`cluster` (Redis Cluster pools)")?;
     reserved(&p.replicas, "`replicas`")?;
-    reserved(&p.allow_commands, "`allow_commands`")?;
     let protocol = text(&p.protocol, syntax::parse_protocol)?;
     let servers = match &p.servers {
         Some(s) if !s.value.is_empty() => s,
@@ -245,6 +244,7 @@ fn convert_pool(name: &Spanned<String>, sp: &Spanned<NativePool>) -> Res<PoolCon
         Some(c) => c.value,
         None => super::DEFAULT_ITEM_SIZE_MAX,
     };
+    let allow_commands = allowed_commands(&p.allow_commands, protocol)?;
     Ok(PoolConfig {
         name: pname.clone(),
         protocol,
@@ -266,8 +266,39 @@ fn convert_pool(name: &Spanned<String>, sp: &Spanned<NativePool>) -> Res<PoolCon
         redis_auth: p.redis_auth.clone(),
         redis_db: p.redis_db.unwrap_or(0),
         tls: tls(&p.tls, false)?,
+        allow_commands,
         location: loc(name),
     })
+}
+
+/// `allow_commands: [flushall, keys]`: Redis commands that are off by default because one
+/// client could wipe or stall every server of the pool. Names are case-insensitive.
+fn allowed_commands(
+    v: &Option<Spanned<Vec<Spanned<String>>>>,
+    protocol: Protocol,
+) -> Res<Vec<String>> {
+    let Some(list) = v else { return Ok(Vec::new()) };
+    if protocol != Protocol::Redis {
+        return problem(loc(list), "allow_commands applies to redis pools only");
+    }
+    let mut out = Vec::new();
+    for c in &list.value {
+        let name = c.value.to_ascii_lowercase();
+        if !super::GATED_COMMANDS.contains(&name.as_str()) {
+            return problem(
+                loc(c),
+                format!(
+                    "allow_commands: '{}' is not a command that needs enabling (one of: {})",
+                    c.value,
+                    super::GATED_COMMANDS.join(", ")
+                ),
+            );
+        }
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    Ok(out)
 }
 
 fn convert_listener(

@@ -418,6 +418,7 @@ pools:
     item_size_max: 2097152
     redis_auth: pw
     redis_db: 1
+    allow_commands: [FLUSHALL, keys, flushall]
 listeners:
   - { listen: /tmp/kv.sock 0600, protocol: redis, route: { pool: s }, max_clients: 9, backlog: 64, reuseport: true }
 ");
@@ -432,6 +433,7 @@ listeners:
     assert_eq!((p.connections, p.failure_limit), (2, 5));
     assert_eq!(p.retry_timeout, Duration::from_secs(60));
     assert_eq!(p.item_size_max, 2 << 20);
+    assert_eq!(p.allow_commands, ["flushall", "keys"]);
     let l = &c.listeners[0];
     assert_eq!(
         l.listen,
@@ -445,7 +447,7 @@ listeners:
         l.route,
         Route::Pool {
             name: "s".into(),
-            location: Location { line: 21, col: 66 }
+            location: Location { line: 22, col: 66 }
         }
     );
 }
@@ -868,4 +870,31 @@ fn coalesce_misses_per_listener() {
         "    route: users\n    coalesce_misses: 3"
     ))
     .starts_with("9:22:"));
+}
+
+#[test]
+fn native_allow_commands() {
+    let redis = "\
+pools:
+  s:
+    protocol: redis
+    servers: [\"127.0.0.1:6379:1\"]
+    allow_commands: [keys, get]
+listeners:
+  - { listen: 127.0.0.1:6390, protocol: redis, route: s }
+";
+    assert_eq!(
+        err(redis),
+        "5:28: allow_commands: 'get' is not a command that needs enabling (one of: flushall, flushdb, keys)"
+    );
+    assert!(ok(&redis.replace("[keys, get]", "[]")).pools[0]
+        .allow_commands
+        .is_empty());
+    assert_eq!(
+        err(&NATIVE.replace(
+            "    protocol: memcache\n    servers",
+            "    protocol: memcache\n    allow_commands: [keys]\n    servers"
+        )),
+        "4:21: allow_commands applies to redis pools only"
+    );
 }

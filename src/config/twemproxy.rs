@@ -168,6 +168,7 @@ fn convert(
         tcpkeepalive: boolean(&p.tcpkeepalive, "tcpkeepalive")?.unwrap_or(false),
         redis_auth: p.redis_auth.as_ref().map(|a| a.value.clone()),
         redis_db: num(&p.redis_db, "redis_db")?.unwrap_or(0),
+        allow_commands: Vec::new(),
         location: loc(name),
     };
     let listener = ListenerConfig {

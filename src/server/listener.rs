@@ -58,6 +58,7 @@ pub fn bind(cfg: &ListenerConfig) -> io::Result<Bound> {
 /// workers in turn. `active` counts this listener's open clients (the worker decrements it when
 /// a client ends); beyond `max_clients` (0 = unlimited; changed by reloads) a client is told so
 /// and closed. Dropping the socket on return closes the listener.
+#[allow(clippy::too_many_arguments)] // one per piece of listener state the loop needs
 pub async fn accept_loop(
     bound: Bound,
     listener: u64,
@@ -66,6 +67,7 @@ pub async fn accept_loop(
     active: IntGauge,
     accepted_total: IntCounter,
     mut shutdown: watch::Receiver<bool>,
+    full_msg: &'static [u8],
 ) {
     let mut next = 0usize;
     enum L {
@@ -103,7 +105,7 @@ pub async fn accept_loop(
         };
         let max = max_clients.load(Ordering::Relaxed);
         if max > 0 && active.get() >= max as i64 {
-            reject(accepted);
+            reject(accepted, full_msg);
             continue;
         }
         active.inc();
@@ -119,9 +121,12 @@ pub async fn accept_loop(
     }
 }
 
-fn reject(a: Accepted) {
+/// What a client over `max_clients` is told before it is closed, per protocol.
+pub const FULL_MEMCACHE: &[u8] = b"SERVER_ERROR Too many open connections\r\n";
+pub const FULL_REDIS: &[u8] = b"-ERR max number of clients reached\r\n";
+
+fn reject(a: Accepted, msg: &[u8]) {
     use std::io::Write;
-    let msg = b"SERVER_ERROR Too many open connections\r\n";
     match a {
         Accepted::Tcp(mut s) => {
             let _ = s.write(msg);

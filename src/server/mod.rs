@@ -15,6 +15,8 @@ pub mod listener;
 pub mod memcache;
 pub mod metrics;
 pub mod pool;
+pub mod redis;
+mod redis_merge;
 pub mod reload;
 pub mod route;
 pub mod stats;
@@ -63,6 +65,42 @@ pub struct ListenerRuntime {
     pub max_clients: Arc<AtomicUsize>,
     /// TLS for its clients (`tls:`), built when the generation is.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub protocol: Protocol,
+}
+
+/// A listener's per-worker context, by protocol.
+#[derive(Clone)]
+pub enum Ctx {
+    Mc(Rc<memcache::McContext>),
+    Redis(Rc<redis::RedisContext>),
+}
+
+impl Ctx {
+    pub fn tls(&self) -> Option<tokio_rustls::TlsAcceptor> {
+        match self {
+            Ctx::Mc(c) => c.tls.clone(),
+            Ctx::Redis(c) => c.tls.clone(),
+        }
+    }
+
+    pub fn clients(&self) -> prometheus::IntGauge {
+        match self {
+            Ctx::Mc(c) => c.metrics.clients.clone(),
+            Ctx::Redis(c) => c.metrics.clients.clone(),
+        }
+    }
+
+    async fn serve<S: crate::backend::io::Io>(
+        self,
+        stream: S,
+        id: usize,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        match self {
+            Ctx::Mc(c) => memcache::serve(stream, c, id, shutdown).await,
+            Ctx::Redis(c) => redis::serve(stream, c, id, shutdown).await,
+        }
+    }
 }
 
 /// State shared by all workers.
@@ -131,10 +169,11 @@ pub fn check(config: &Config) -> Result<Vec<usize>, String> {
         let at = |loc: crate::config::Location| {
             format!("{}:{}:{}", config.file.display(), loc.line, loc.col)
         };
-        if l.protocol == Protocol::Redis {
+        if l.protocol == Protocol::Redis && !matches!(l.route, crate::config::Route::Pool { .. }) {
             return Err(format!(
-                "{}: redis listeners are not implemented yet in this version (memcache only)",
-                at(l.location)
+                "{}: route handle `{}` is not implemented for redis listeners yet (redis listeners route to one pool)",
+                at(l.route.location()),
+                l.route.handle()
             ));
         }
         if let Some(t) = &l.tls {
@@ -237,30 +276,30 @@ fn worker(
             tokio::select! {
                 a = rx.recv() => {
                     let Some((listener, accepted)) = a else { break };
-                    let Some(ctx) = routing.context(listener) else {
+                    let Some(ctx) = routing.client_context(listener) else {
                         // The listener was removed by a reload while this client was on its
                         // way: close it, as the listener is closed.
                         continue;
                     };
                     client_id = client_id.wrapping_add(1);
                     tracing::debug!(client = client_id, listener, "client connected");
-                    let clients = ctx.metrics.clients.clone();
+                    let clients = ctx.clients();
                     let stats = shared.stats.clone();
                     let sd = shutdown.clone();
                     let guard = tracker.clone();
                     let id = client_id;
-                    let acceptor = ctx.tls.clone();
+                    let acceptor = ctx.tls();
                     stats.curr_connections.fetch_add(1, Ordering::Relaxed);
                     stats.total_connections.fetch_add(1, Ordering::Relaxed);
                     tokio::task::spawn_local(async move {
                         match accepted {
                             Accepted::Tcp(s) => match (tokio::net::TcpStream::from_std(s), acceptor) {
-                                (Ok(s), None) => memcache::serve(s, ctx, id, sd).await,
+                                (Ok(s), None) => ctx.serve(s, id, sd).await,
                                 (Ok(s), Some(acceptor)) => {
                                     let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(s));
                                     match handshake.await {
                                         Ok(Ok(tls)) => match crate::backend::tls::bridge(tls) {
-                                            Ok(s) => memcache::serve(s, ctx, id, sd).await,
+                                            Ok(s) => ctx.serve(s, id, sd).await,
                                             Err(e) => tracing::warn!(error = %e, "cannot bridge a TLS client"),
                                         },
                                         Ok(Err(e)) => tracing::info!(error = %e, "TLS handshake failed"),
@@ -270,7 +309,7 @@ fn worker(
                                 (Err(e), _) => tracing::warn!(error = %e, "cannot register client"),
                             },
                             Accepted::Unix(s) => match tokio::net::UnixStream::from_std(s) {
-                                Ok(s) => memcache::serve(s, ctx, id, sd).await,
+                                Ok(s) => ctx.serve(s, id, sd).await,
                                 Err(e) => tracing::warn!(error = %e, "cannot register client"),
                             },
                         }

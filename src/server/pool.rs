@@ -14,8 +14,9 @@ use bytes::Bytes;
 
 use crate::backend::tls::TlsClient;
 use crate::backend::{Probe, ReplyKind, ServerHealth, ServerMetrics, ServerSpec};
-use crate::config::PoolConfig;
+use crate::config::{PoolConfig, Protocol};
 use crate::protocol::memcache::Limits;
+use crate::protocol::resp::encode_request;
 use crate::routing::{Node, Placement};
 
 use super::metrics::{Families, PoolMetrics};
@@ -36,6 +37,23 @@ pub struct PoolRuntime {
     rebuild: Mutex<()>,
 }
 
+/// What every backend connection of a Redis pool sends first: `AUTH redis_auth` when set,
+/// `SELECT redis_db` when not 0 (twemproxy does the same on each server connection).
+fn backend_init(config: &PoolConfig) -> Vec<(String, Bytes)> {
+    let mut init = Vec::new();
+    if config.protocol != Protocol::Redis {
+        return init;
+    }
+    if let Some(pw) = &config.redis_auth {
+        init.push(("AUTH".to_string(), encode_request(&["AUTH", pw]).raw));
+    }
+    if config.redis_db != 0 {
+        let db = config.redis_db.to_string();
+        init.push((format!("SELECT {db}"), encode_request(&["SELECT", &db]).raw));
+    }
+    init
+}
+
 impl PoolRuntime {
     /// A pool with unregistered metrics and no TLS (tests, tools).
     pub fn new(config: PoolConfig) -> PoolRuntime {
@@ -54,6 +72,17 @@ impl PoolRuntime {
         tls: Option<TlsClient>,
     ) -> PoolRuntime {
         let epoch = old.map_or_else(|| Arc::new(AtomicU64::new(0)), |o| o.epoch.clone());
+        let init = backend_init(&config);
+        let probe = match config.protocol {
+            Protocol::Memcache => Probe {
+                request: Bytes::from_static(b"version\r\n"),
+                kind: ReplyKind::McLine,
+            },
+            Protocol::Redis => Probe {
+                request: Bytes::from_static(b"PING\r\n"),
+                kind: ReplyKind::Resp,
+            },
+        };
         let specs: Vec<Arc<ServerSpec>> = config
             .servers
             .iter()
@@ -70,10 +99,8 @@ impl PoolRuntime {
                     failure_limit: config.failure_limit,
                     retry_timeout: config.retry_timeout,
                     tls: tls.clone(),
-                    tko: config.tko.then(|| Probe {
-                        request: Bytes::from_static(b"version\r\n"),
-                        kind: ReplyKind::McLine,
-                    }),
+                    tko: config.tko.then(|| probe.clone()),
+                    init: init.clone(),
                     metrics: ServerMetrics::unregistered(),
                 };
                 if let Some(o) = old {
@@ -208,6 +235,7 @@ fn same_connection(a: &ServerSpec, b: &ServerSpec) -> bool {
         && a.failure_limit == b.failure_limit
         && a.retry_timeout == b.retry_timeout
         && a.tko.is_some() == b.tko.is_some()
+        && a.init == b.init
         && a.tls.is_none()
         && b.tls.is_none()
 }

@@ -26,10 +26,13 @@ use super::listener::{self, Bound};
 use super::memcache::McContext;
 use super::metrics::Families;
 use super::pool::PoolRuntime;
+use super::redis::RedisContext;
 use super::route::{Node, Target};
+use super::Ctx;
 use super::{check, Generation, ListenerRuntime, Running, Shared};
 use crate::backend::BackendHandle;
-use crate::config::{Config, Route};
+use crate::config::{Config, Protocol, Route};
+use crate::protocol::resp::RespLimits;
 
 /// Seconds since the Unix epoch, for the last-reload gauge.
 pub fn unix_now() -> f64 {
@@ -94,6 +97,7 @@ pub(crate) fn build_generation(
                     .as_ref()
                     .map(|t| super::tls::acceptor(&config, t))
                     .transpose()?,
+                protocol: l.protocol,
             })
         })
         .collect::<Result<_, String>>()?;
@@ -158,6 +162,10 @@ impl Running {
             l.metrics.clients.clone(),
             l.metrics.clients_total.clone(),
             stop_rx,
+            match l.protocol {
+                Protocol::Memcache => listener::FULL_MEMCACHE,
+                Protocol::Redis => listener::FULL_REDIS,
+            },
         ));
         self.acceptors.insert(l.name.clone(), Acceptor { stop });
     }
@@ -276,7 +284,7 @@ pub struct WorkerRouting {
     shared: Arc<Shared>,
     me: Weak<WorkerRouting>,
     built: Cell<u64>,
-    contexts: RefCell<HashMap<u64, Rc<McContext>>>,
+    contexts: RefCell<HashMap<u64, Ctx>>,
     /// Backend connections per server, keyed by the server's `ServerSpec` (kept alive by the
     /// handles themselves, so the key cannot be reused while present).
     backends: RefCell<HashMap<usize, Vec<BackendHandle>>>,
@@ -296,6 +304,14 @@ impl WorkerRouting {
     /// The context for new requests of `listener`'s clients, in the newest generation; None
     /// when the listener is gone.
     pub fn context(&self, listener: u64) -> Option<Rc<McContext>> {
+        match self.client_context(listener)? {
+            Ctx::Mc(c) => Some(c),
+            Ctx::Redis(_) => None,
+        }
+    }
+
+    /// The context a newly accepted client of `listener` starts with (either protocol).
+    pub fn client_context(&self, listener: u64) -> Option<Ctx> {
         self.refresh();
         self.contexts.borrow().get(&listener).cloned()
     }
@@ -355,6 +371,23 @@ impl WorkerRouting {
             .iter()
             .zip(&generation.config.listeners)
             .map(|(l, lc)| {
+                if lc.protocol == Protocol::Redis {
+                    let mut limits = RespLimits::default();
+                    if let Some(max) = lc.max_request_bytes {
+                        limits.max_bulk_len = limits.max_bulk_len.min(max);
+                    }
+                    let ctx = RedisContext {
+                        pool: generation.pools[l.pool].clone(),
+                        backends: per_pool[&l.pool].clone(),
+                        stats: self.shared.stats.clone(),
+                        threads: self.shared.threads,
+                        pools: generation.pools.clone(),
+                        limits,
+                        tls: l.tls.clone(),
+                        metrics: l.metrics.clone(),
+                    };
+                    return (l.id, Ctx::Redis(Rc::new(ctx)));
+                }
                 let mut limits = generation.pools[l.pool].limits;
                 if let Some(max) = lc.max_request_bytes {
                     limits.item_size_max = limits.item_size_max.min(max);
@@ -381,7 +414,7 @@ impl WorkerRouting {
                         worker: self.me.clone(),
                     },
                 };
-                (l.id, Rc::new(ctx))
+                (l.id, Ctx::Mc(Rc::new(ctx)))
             })
             .collect();
         // Connections of servers no longer configured close once no client context holds

@@ -267,6 +267,11 @@ impl Mc {
 
 /// A real redis-server on an ephemeral loopback port (no persistence).
 pub fn redis_server() -> Proc {
+    redis_server_with(&[])
+}
+
+/// redis-server with extra arguments (e.g. `["--requirepass", "pw"]`).
+pub fn redis_server_with(extra: &[&str]) -> Proc {
     for _ in 0..20 {
         let port = free_port();
         let mut child = Command::new(which("redis-server"))
@@ -280,6 +285,7 @@ pub fn redis_server() -> Proc {
                 "--appendonly",
                 "no",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -446,4 +452,84 @@ pub fn mc_stat(c: &mut Mc, name: &str) -> u64 {
 /// A port nothing listens on (bound, then released).
 pub fn dead_port() -> u16 {
     free_port()
+}
+
+/// A blocking RESP client for tests: commands out, `Frame`s back.
+pub struct Resp {
+    pub s: TcpStream,
+    buf: bytes::BytesMut,
+}
+
+impl Resp {
+    pub fn connect(addr: SocketAddr) -> Resp {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_nodelay(true).unwrap();
+        Resp {
+            s,
+            buf: bytes::BytesMut::new(),
+        }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).unwrap();
+    }
+
+    /// Queue one command (not flushed separately: TCP_NODELAY, one write per command).
+    pub fn send<A: AsRef<[u8]>>(&mut self, args: &[A]) {
+        let req = kvrouter::protocol::resp::encode_request(args);
+        self.s.write_all(&req.raw).unwrap();
+    }
+
+    /// The next reply's raw bytes; None when the connection is closed first.
+    pub fn try_read_raw(&mut self) -> Option<bytes::Bytes> {
+        loop {
+            if let Some(n) = kvrouter::protocol::resp::scan_reply(&self.buf).unwrap() {
+                return Some(self.buf.split_to(n).freeze());
+            }
+            let mut chunk = [0u8; 65536];
+            let n = self.s.read(&mut chunk).unwrap();
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    pub fn read(&mut self) -> Frame {
+        let raw = self
+            .try_read_raw()
+            .expect("connection closed before a reply");
+        kvrouter::protocol::resp::parse_frame(&raw).unwrap().0
+    }
+
+    pub fn call<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Frame {
+        self.send(args);
+        self.read()
+    }
+
+    /// `call` on a space-separated command line, answered as text (see `text`).
+    pub fn cmd(&mut self, line: &str) -> String {
+        let args: Vec<&str> = line.split(' ').collect();
+        text(&self.call(&args))
+    }
+
+    /// True when the server closed the connection (after any unread replies).
+    pub fn closed(&mut self) -> bool {
+        self.try_read_raw().is_none()
+    }
+}
+
+pub use kvrouter::protocol::resp::Frame;
+
+/// A reply as compact text: `OK`, `-ERR ...`, `:5`, the bulk's text, `(nil)`, `[a, b]`.
+pub fn text(f: &Frame) -> String {
+    match f {
+        Frame::Simple(b) | Frame::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
+        Frame::Error(e) => format!("-{}", String::from_utf8_lossy(e)),
+        Frame::Integer(i) => format!(":{i}"),
+        Frame::Bulk(None) | Frame::Array(None) | Frame::Null => "(nil)".into(),
+        Frame::Array(Some(v)) => format!("[{}]", v.iter().map(text).collect::<Vec<_>>().join(", ")),
+        other => format!("{other:?}"),
+    }
 }

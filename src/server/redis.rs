@@ -1,0 +1,1258 @@
+//! One Redis (RESP2) client connection: parse pipelined commands, route each by its keys to its
+//! server's shared backend connection, and write the replies back strictly in request order.
+//!
+//! Per command, the command table (`protocol::redis_commands`) says what to do:
+//! - **route**: every key of the command must live on one server (else `-CROSSSLOT`, which
+//!   names hash tags as the way to keep keys together); the request is forwarded untouched and
+//!   the reply passed through byte for byte.
+//! - **split**: MGET, MSET, DEL, UNLINK, EXISTS, TOUCH go to each server with that server's keys,
+//!   and the replies are merged (`redis_merge`); a failed server fails the whole command with an
+//!   `-ERR` naming it (design.md: no partial answers for Redis).
+//! - **local**: PING, ECHO, QUIT, SELECT 0, HELLO 2, AUTH, RESET, CLIENT SETNAME/GETNAME/ID,
+//!   INFO, COMMAND COUNT are answered here: the client's connection is to the proxy.
+//! - **fan-out**: DBSIZE, SCAN (a cursor walking the servers in turn), RANDOMKEY, SCRIPT
+//!   LOAD/EXISTS/FLUSH, FUNCTION LOAD/DELETE/FLUSH; FLUSHALL, FLUSHDB and KEYS only when the pool
+//!   lists them in `allow_commands`.
+//! - **dedicated**: state a shared connection cannot hold for one client gets a connection of
+//!   its own (`backend::Dedicated`): blocking commands (so a BLPOP never stalls the clients
+//!   multiplexed behind it, and no pool timeout cuts it short), WATCH (the watched keys live on
+//!   that connection until EXEC/DISCARD/UNWATCH), EXEC (MULTI, the queued commands and EXEC are
+//!   sent together on the client's own connection), and subscriptions (one connection per
+//!   server the client subscribes on; patterns subscribe on every server).
+//!
+//! **Order.** Replies are queued in request order. A command that goes over a dedicated
+//! connection is a *barrier*: it waits until every earlier reply is in (so it runs after them
+//! on the server, as it would on one connection), and nothing after it is parsed until its own
+//! reply is in. Shared-connection commands keep the per-server FIFO order of the backends.
+//!
+//! **Transactions** are queued in the proxy: MULTI answers `+OK`, each command is checked
+//! (known, arity, keys) and answered `+QUEUED`, and EXEC sends `MULTI ... EXEC` at once on the
+//! client's dedicated connection (the one WATCH opened, or a fresh one). The first keyed command
+//! (or WATCH) decides the server; a key on another server gets `-CROSSSLOT` and makes EXEC answer
+//! `-EXECABORT Transaction discarded because of: keys on different servers` with nothing run.
+//!
+//! **RESP3 is not offered**: `HELLO 3` gets `-NOPROTO`. Replies are passed through from RESP2
+//! backend connections unparsed; serving RESP3 would mean either a second set of RESP3 backend
+//! connections (whose replies differ in shape) or re-encoding every reply, and push messages of
+//! pub/sub would change shape too. Clients fall back to RESP2 on `-NOPROTO`.
+
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::Interest;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::pool::PoolRuntime;
+use super::redis_merge::{self, error};
+use super::stats::{bump, Stats};
+use crate::backend::io::Io;
+use crate::backend::{BackendError, BackendHandle, Dedicated, Reply, ReplyKind};
+use crate::config::GATED_COMMANDS;
+use crate::protocol::redis_commands::{
+    self as rc, flags, handling_for, key_indices, CommandInfo, Handling, Merge,
+};
+use crate::protocol::resp::{self, encode_request, parse_request, RespLimits, RespRequest};
+
+/// Stop reading from a client that has this many replies outstanding, or this much unsent
+/// output: a client that pipelines without reading is throttled instead of growing memory.
+const MAX_PENDING: usize = 4096;
+const MAX_OUTPUT: usize = 8 << 20;
+/// While a barrier command waits, input is read but not parsed (so a client that goes away is
+/// noticed); at most this much is buffered meanwhile.
+const MAX_UNPARSED: usize = 1 << 20;
+
+/// CLIENT ID: unique across workers.
+static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// What a client connection needs from its worker.
+pub struct RedisContext {
+    pub pool: Arc<PoolRuntime>,
+    /// `backends[server][i]`: this worker's connections to each server of the pool.
+    pub backends: Rc<Vec<Vec<BackendHandle>>>,
+    pub stats: Arc<Stats>,
+    pub threads: usize,
+    /// Every pool of the proxy, for INFO.
+    pub pools: Vec<Arc<PoolRuntime>>,
+    pub limits: RespLimits,
+    /// The listener's TLS acceptor (used when a client connects).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub metrics: Arc<super::metrics::ListenerMetrics>,
+}
+
+/// One command's reply, in the order the client sent it.
+enum Pending {
+    Ready(Bytes),
+    /// A reply passed through from one server.
+    Single {
+        rx: oneshot::Receiver<Reply>,
+        server: usize,
+    },
+    /// Parts on several servers, merged when all are in.
+    Merged(Box<Merged>),
+    /// One step of a SCAN walk: the server's cursor is rewritten.
+    Scan {
+        rx: oneshot::Receiver<Reply>,
+        server: usize,
+    },
+    /// MULTI, the queued commands and EXEC on a dedicated connection; the EXEC reply is the
+    /// client's (the connection is closed when this completes).
+    Exec {
+        rxs: VecDeque<oneshot::Receiver<Reply>>,
+        first: Option<Bytes>,
+        last: Option<Bytes>,
+        server: usize,
+        _conn: Dedicated,
+    },
+    /// Close after the replies before it.
+    Quit,
+}
+
+struct Merged {
+    how: Merge,
+    parts: Vec<Part>,
+    part_of: Vec<usize>,
+}
+
+struct Part {
+    server: usize,
+    rx: Option<oneshot::Receiver<Reply>>,
+    result: Option<Reply>,
+}
+
+fn flatten(r: Result<Reply, oneshot::error::RecvError>) -> Reply {
+    r.unwrap_or_else(|_| Err(BackendError::Closed("backend connection went away".into())))
+}
+
+fn backend_error(ctx: &RedisContext, server: usize, e: &BackendError) -> Bytes {
+    bump(&ctx.stats.server_errors, 1);
+    let addr = &ctx.pool.specs[server].address;
+    error(&format!("ERR backend {addr} {e}"))
+}
+
+impl Pending {
+    /// The reply once complete; `None` means close the connection.
+    fn poll(&mut self, cx: &mut Context<'_>, ctx: &RedisContext) -> Poll<Option<Bytes>> {
+        match self {
+            Pending::Ready(b) => Poll::Ready(Some(std::mem::take(b))),
+            Pending::Quit => Poll::Ready(None),
+            Pending::Single { rx, server } => match Pin::new(rx).poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(r) => Poll::Ready(Some(match flatten(r) {
+                    Ok(b) => b,
+                    Err(e) => backend_error(ctx, *server, &e),
+                })),
+            },
+            Pending::Scan { rx, server } => match Pin::new(rx).poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(r) => Poll::Ready(Some(match flatten(r) {
+                    Ok(b) => redis_merge::scan_reply(&b, *server, ctx.pool.specs.len()),
+                    Err(e) => backend_error(ctx, *server, &e),
+                })),
+            },
+            Pending::Merged(m) => {
+                let mut waiting = false;
+                for p in m.parts.iter_mut() {
+                    if let Some(rx) = p.rx.as_mut() {
+                        match Pin::new(rx).poll(cx) {
+                            Poll::Pending => waiting = true,
+                            Poll::Ready(r) => {
+                                p.result = Some(flatten(r));
+                                p.rx = None;
+                            }
+                        }
+                    }
+                }
+                if waiting {
+                    return Poll::Pending;
+                }
+                let mut replies = Vec::with_capacity(m.parts.len());
+                for p in &m.parts {
+                    match p.result.as_ref().expect("part complete") {
+                        Ok(b) => replies.push(b.clone()),
+                        Err(e) => return Poll::Ready(Some(backend_error(ctx, p.server, e))),
+                    }
+                }
+                Poll::Ready(Some(redis_merge::merge(m.how, &replies, &m.part_of)))
+            }
+            Pending::Exec {
+                rxs,
+                first,
+                last,
+                server,
+                _conn: _,
+            } => {
+                while let Some(rx) = rxs.front_mut() {
+                    let r = match Pin::new(rx).poll(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(r) => flatten(r),
+                    };
+                    rxs.pop_front();
+                    match r {
+                        Err(e) => {
+                            rxs.clear();
+                            return Poll::Ready(Some(backend_error(ctx, *server, &e)));
+                        }
+                        Ok(b) if first.is_none() => *first = Some(b),
+                        Ok(b) => *last = Some(b),
+                    }
+                }
+                let first = first.take().unwrap_or_default();
+                Poll::Ready(Some(if first.as_ref() != b"+OK\r\n" {
+                    first // MULTI itself failed (e.g. NOAUTH): that is the answer
+                } else {
+                    last.take().unwrap_or_default()
+                }))
+            }
+        }
+    }
+}
+
+/// A transaction being queued (MULTI seen, EXEC not yet).
+struct Multi {
+    /// The commands, as received.
+    cmds: Vec<Bytes>,
+    /// The server the first keyed command chose.
+    server: Option<usize>,
+    /// Why EXEC must fail (redis: "previous errors").
+    abort: Option<&'static str>,
+}
+
+/// Subscribed mode: one push connection per server subscribed on.
+struct PubSub {
+    conns: Vec<Option<Dedicated>>,
+    sink: mpsc::UnboundedSender<(usize, Reply)>,
+    rx: mpsc::UnboundedReceiver<(usize, Reply)>,
+    channels: Vec<Bytes>,
+    patterns: Vec<Bytes>,
+    shard: Vec<Bytes>,
+}
+
+impl PubSub {
+    fn count(&self) -> usize {
+        self.channels.len() + self.patterns.len()
+    }
+}
+
+/// Serve one client until it quits, closes, breaks the protocol, or the proxy shuts down.
+pub async fn serve<S: Io>(
+    stream: S,
+    ctx: Rc<RedisContext>,
+    client_id: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut conn = Conn {
+        authed: ctx.pool.config.redis_auth.is_none(),
+        ctx,
+        client_id,
+        id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
+        name: None,
+        pending: VecDeque::new(),
+        rbuf: BytesMut::with_capacity(16 * 1024),
+        wbuf: BytesMut::with_capacity(16 * 1024),
+        reading: true,
+        parsing: true,
+        barrier: false,
+        blocking: false,
+        deferred: None,
+        multi: None,
+        watch: None,
+        blocker: None,
+        pubsub: None,
+    };
+    if let Err(e) = conn.run(&stream, &mut shutdown).await {
+        tracing::debug!(error = %e, "client connection ended");
+    }
+}
+
+struct Conn {
+    ctx: Rc<RedisContext>,
+    client_id: usize,
+    /// CLIENT ID.
+    id: u64,
+    /// CLIENT SETNAME.
+    name: Option<Bytes>,
+    authed: bool,
+    pending: VecDeque<Pending>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    /// False after EOF or shutdown.
+    reading: bool,
+    /// False after QUIT or a protocol error: nothing more is parsed.
+    parsing: bool,
+    /// A barrier command is outstanding: parse nothing until the queue is empty.
+    barrier: bool,
+    /// ... and it is a blocking command (the client leaving cancels it).
+    blocking: bool,
+    /// A barrier command waiting for the replies before it.
+    deferred: Option<RespRequest>,
+    multi: Option<Multi>,
+    /// The connection holding this client's WATCHed keys, and its server.
+    watch: Option<(usize, Dedicated)>,
+    /// The connection the last blocking command used (reused while alive, same server).
+    blocker: Option<(usize, Dedicated)>,
+    pubsub: Option<PubSub>,
+}
+
+impl Conn {
+    async fn run<S: Io>(
+        &mut self,
+        stream: &S,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> io::Result<()> {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        loop {
+            // Move every completed reply at the front into the output buffer.
+            let mut closing = false;
+            {
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                while let Some(front) = self.pending.front_mut() {
+                    match front.poll(&mut cx, &self.ctx) {
+                        Poll::Ready(Some(b)) => {
+                            self.wbuf.extend_from_slice(&b);
+                            self.pending.pop_front();
+                        }
+                        Poll::Ready(None) => {
+                            self.pending.clear();
+                            closing = true;
+                        }
+                        Poll::Pending => break,
+                    }
+                }
+            }
+            if !closing && self.pending.is_empty() && (self.barrier || self.deferred.is_some()) {
+                // The barrier is done (or may start now): carry on with the input.
+                self.barrier = false;
+                self.blocking = false;
+                if let Some(req) = self.deferred.take() {
+                    self.handle(req);
+                }
+                self.parse_all();
+                continue;
+            }
+            if !self.wbuf.is_empty() {
+                self.flush(stream)?;
+            }
+            if closing || (!self.reading && self.pending.is_empty() && self.deferred.is_none()) {
+                return self.drain(stream).await;
+            }
+            let paused = self.barrier || self.deferred.is_some();
+            let can_read = self.reading
+                && self.pending.len() < MAX_PENDING
+                && self.wbuf.len() < MAX_OUTPUT
+                && !(paused && self.rbuf.len() >= MAX_UNPARSED);
+            let interest = match (can_read, !self.wbuf.is_empty()) {
+                (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
+                (true, false) => Some(Interest::READABLE),
+                (false, true) => Some(Interest::WRITABLE),
+                (false, false) => None,
+            };
+            let ctx = self.ctx.clone();
+            let pushes = self.pubsub.as_mut().map(|p| &mut p.rx);
+            let subscribed = pushes.is_some();
+            tokio::select! {
+                biased;
+                ready = async { stream.ready(interest.expect("guarded")).await }, if interest.is_some() => {
+                    let ready = ready?;
+                    if ready.is_readable() && can_read && !self.read(stream)? {
+                        return Ok(()); // the client left while blocked: cancel
+                    }
+                }
+                done = poll_fn(|cx| self.pending.front_mut().expect("guarded").poll(cx, &ctx)), if !self.pending.is_empty() => {
+                    match done {
+                        Some(b) => {
+                            self.wbuf.extend_from_slice(&b);
+                            self.pending.pop_front();
+                        }
+                        None => {
+                            self.pending.clear();
+                            return self.drain(stream).await;
+                        }
+                    }
+                }
+                msg = async { pushes.expect("guarded").recv().await }, if subscribed => {
+                    if let Some((server, reply)) = msg {
+                        if !self.pushed(server, reply) {
+                            self.parsing = false;
+                            self.reading = false;
+                        }
+                    }
+                }
+                _ = shutdown.changed(), if self.reading => {
+                    self.reading = false;
+                    if self.blocking || self.pubsub.is_some() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Write whatever can be written now without waiting.
+    fn flush<S: Io>(&mut self, stream: &S) -> io::Result<()> {
+        while !self.wbuf.is_empty() {
+            match stream.try_write(&self.wbuf) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    let _ = self.wbuf.split_to(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Write out everything left, then return (the connection closes when dropped).
+    async fn drain<S: Io>(&mut self, stream: &S) -> io::Result<()> {
+        while !self.wbuf.is_empty() {
+            stream.ready(Interest::WRITABLE).await?;
+            self.flush(stream)?;
+        }
+        Ok(())
+    }
+
+    /// Read and parse what arrived. Returns false when the client left while a blocking command
+    /// was waiting: the caller drops everything, which closes the dedicated connection.
+    fn read<S: Io>(&mut self, stream: &S) -> io::Result<bool> {
+        if self.rbuf.capacity() - self.rbuf.len() < 4096 {
+            self.rbuf.reserve(16 * 1024);
+        }
+        match stream.try_read_drain(&mut self.rbuf) {
+            Ok(0) => {
+                self.reading = false;
+                return Ok(!self.blocking);
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+            Err(e) => return Err(e),
+        }
+        self.parse_all();
+        Ok(true)
+    }
+
+    fn parse_all(&mut self) {
+        while self.parsing && !self.barrier && self.deferred.is_none() {
+            match parse_request(&mut self.rbuf, &self.ctx.limits) {
+                Ok(None) => return,
+                Ok(Some(req)) => self.handle(req),
+                Err(fatal) => {
+                    bump(&self.ctx.stats.client_errors, 1);
+                    self.pending.push_back(Pending::Ready(fatal.to_reply()));
+                    self.pending.push_back(Pending::Quit);
+                    self.parsing = false;
+                }
+            }
+        }
+    }
+
+    fn reply(&mut self, b: Bytes) {
+        self.pending.push_back(Pending::Ready(b));
+    }
+
+    fn reply_static(&mut self, b: &'static [u8]) {
+        self.reply(Bytes::from_static(b));
+    }
+
+    /// An error reply; inside MULTI it also dooms the transaction, as redis does.
+    fn reject(&mut self, msg: &str) {
+        bump(&self.ctx.stats.client_errors, 1);
+        if let Some(m) = self.multi.as_mut() {
+            m.abort.get_or_insert("previous errors");
+        }
+        self.reply(error(msg));
+    }
+
+    fn backend(&self, server: usize) -> &BackendHandle {
+        let conns = &self.ctx.backends[server];
+        &conns[self.client_id % conns.len()]
+    }
+
+    /// Wait for the replies before this command (a barrier); true when it must wait.
+    fn defer(&mut self, req: &RespRequest) -> bool {
+        if self.pending.is_empty() {
+            return false;
+        }
+        self.deferred = Some(req.clone());
+        true
+    }
+
+    fn handle(&mut self, req: RespRequest) {
+        let args = &req.args;
+        let Some(info) = rc::resolve(args) else {
+            let msg = unknown_command(args);
+            return self.reject(&msg);
+        };
+        if !info.arity_ok(args.len()) {
+            return self.reject(&format!(
+                "ERR wrong number of arguments for '{}' command",
+                info.name
+            ));
+        }
+        if !self.authed && !matches!(info.name, "auth" | "hello" | "quit") {
+            return self.reject("NOAUTH Authentication required.");
+        }
+        if self.pubsub.is_some() {
+            return self.subscribed(info, req);
+        }
+        if self.multi.is_some() {
+            return self.queue(info, req);
+        }
+        match handling_for(info, args) {
+            Handling::Route => self.route(info, req),
+            Handling::Split => self.split(info, req),
+            Handling::Local => self.local(info, req),
+            Handling::FanOut => self.fan_out(info, req),
+            Handling::Dedicated => self.dedicated(info, req),
+            Handling::Refuse(why) => self.reject(&format!(
+                "ERR {} is not supported by kvrouter: {why}",
+                info.name.replace('|', " ").to_uppercase()
+            )),
+        }
+    }
+
+    /// The one server all keys of the command map to (None: the command has no key).
+    fn server_of(&self, info: &CommandInfo, args: &[Bytes]) -> Result<Option<usize>, String> {
+        let keys = key_indices(info, args).map_err(|e| format!("ERR {e}"))?;
+        let mut server = None;
+        for k in keys {
+            let s = self.ctx.pool.server_for(&args[k]).ok_or_else(|| {
+                format!(
+                    "ERR no server available in pool {}",
+                    self.ctx.pool.config.name
+                )
+            })?;
+            match server {
+                None => server = Some(s),
+                Some(x) if x != s => return Err(self.crossslot("Keys in request don't")),
+                _ => {}
+            }
+        }
+        Ok(server)
+    }
+
+    fn crossslot(&self, what: &str) -> String {
+        let how = if self.ctx.pool.config.hash_tag.is_some() {
+            "use hash tags {...} to force them together"
+        } else {
+            "set the pool's hash_tag, e.g. \"{}\", and use hash tags {...} to force them together"
+        };
+        format!("CROSSSLOT {what} hash to the same server ({how})")
+    }
+
+    fn route(&mut self, info: &CommandInfo, req: RespRequest) {
+        match self.server_of(info, &req.args) {
+            Ok(Some(server)) => {
+                let rx = self.backend(server).send(req.raw, ReplyKind::Resp);
+                self.pending.push_back(Pending::Single { rx, server });
+            }
+            Ok(None) => self.reject(&format!(
+                "ERR {} without keys cannot be routed by kvrouter: there is no key to pick a server",
+                info.name.to_uppercase()
+            )),
+            Err(e) => self.reject(&e),
+        }
+    }
+
+    /// MGET, MSET, DEL, UNLINK, EXISTS, TOUCH: one request per server with its keys.
+    fn split(&mut self, info: &CommandInfo, req: RespRequest) {
+        let args = &req.args;
+        let keys = match key_indices(info, args) {
+            Ok(k) => k,
+            Err(e) => return self.reject(&format!("ERR {e}")),
+        };
+        let with_value = info.name == "mset";
+        let mut servers: Vec<usize> = Vec::new();
+        let mut part_args: Vec<Vec<&Bytes>> = Vec::new();
+        let mut part_of = Vec::with_capacity(keys.len());
+        for &k in &keys {
+            let Some(server) = self.ctx.pool.server_for(&args[k]) else {
+                let msg = format!(
+                    "ERR no server available in pool {}",
+                    self.ctx.pool.config.name
+                );
+                return self.reject(&msg);
+            };
+            let p = match servers.iter().position(|&s| s == server) {
+                Some(p) => p,
+                None => {
+                    servers.push(server);
+                    part_args.push(vec![&args[0]]);
+                    servers.len() - 1
+                }
+            };
+            part_args[p].push(&args[k]);
+            if with_value {
+                part_args[p].push(&args[k + 1]);
+            }
+            part_of.push(p);
+        }
+        if servers.len() == 1 {
+            let server = servers[0];
+            let rx = self.backend(server).send(req.raw, ReplyKind::Resp);
+            return self.pending.push_back(Pending::Single { rx, server });
+        }
+        let how = rc::merge(info).unwrap_or(Merge::Sum);
+        let parts = servers
+            .iter()
+            .zip(&part_args)
+            .map(|(&server, a)| Part {
+                server,
+                rx: Some(
+                    self.backend(server)
+                        .send(encode_request(a).raw, ReplyKind::Resp),
+                ),
+                result: None,
+            })
+            .collect();
+        self.pending.push_back(Pending::Merged(Box::new(Merged {
+            how,
+            parts,
+            part_of,
+        })));
+    }
+
+    fn fan_out(&mut self, info: &CommandInfo, req: RespRequest) {
+        let pool = &self.ctx.pool.config;
+        if GATED_COMMANDS.contains(&info.name)
+            && !pool.allow_commands.iter().any(|c| c == info.name)
+        {
+            let msg = format!(
+                "ERR {} is disabled on pool {} (allow_commands): it acts on every server of the pool; \
+                 add `allow_commands: [{}]` to the pool to enable it",
+                info.name.to_uppercase(),
+                pool.name,
+                info.name
+            );
+            return self.reject(&msg);
+        }
+        let n = self.ctx.pool.specs.len();
+        if info.name == "scan" {
+            let cursor = std::str::from_utf8(&req.args[1])
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok());
+            let Some(cursor) = cursor else {
+                return self.reject("ERR invalid cursor");
+            };
+            let (server, backend_cursor) = redis_merge::split_cursor(cursor, n);
+            let c = backend_cursor.to_string();
+            let mut args: Vec<&[u8]> = req.args.iter().map(|a| a.as_ref()).collect();
+            args[1] = c.as_bytes();
+            let rx = self
+                .backend(server)
+                .send(encode_request(&args).raw, ReplyKind::Resp);
+            return self.pending.push_back(Pending::Scan { rx, server });
+        }
+        let how = rc::merge(info).unwrap_or(Merge::AllEqual);
+        let parts = (0..n)
+            .map(|server| Part {
+                server,
+                rx: Some(self.backend(server).send(req.raw.clone(), ReplyKind::Resp)),
+                result: None,
+            })
+            .collect();
+        self.pending.push_back(Pending::Merged(Box::new(Merged {
+            how,
+            parts,
+            part_of: Vec::new(),
+        })));
+    }
+
+    fn local(&mut self, info: &CommandInfo, req: RespRequest) {
+        let args = &req.args;
+        match info.name {
+            "ping" => match args.get(1) {
+                None => self.reply_static(b"+PONG\r\n"),
+                Some(a) if args.len() == 2 => self.reply(bulk(a)),
+                Some(_) => self.reject("ERR wrong number of arguments for 'ping' command"),
+            },
+            "echo" => self.reply(bulk(&args[1])),
+            "quit" => {
+                self.reply_static(b"+OK\r\n");
+                self.pending.push_back(Pending::Quit);
+                self.parsing = false;
+            }
+            "select" => match std::str::from_utf8(&args[1])
+                .ok()
+                .and_then(|s| s.parse::<i64>().ok())
+            {
+                Some(0) => self.reply_static(b"+OK\r\n"),
+                Some(_) => self.reject(
+                    "ERR SELECT is not supported by kvrouter: only database 0 is served \
+                     (the proxy selects the pool's redis_db on its server connections)",
+                ),
+                None => self.reject("ERR value is not an integer or out of range"),
+            },
+            "auth" => {
+                let (user, pass) = match args.len() {
+                    2 => (None, &args[1]),
+                    3 => (Some(&args[1]), &args[2]),
+                    _ => return self.reject("ERR syntax error"),
+                };
+                match self.auth(user, pass) {
+                    Ok(()) => self.reply_static(b"+OK\r\n"),
+                    Err(e) => self.reject(e),
+                }
+            }
+            "hello" => self.hello(args),
+            "reset" => {
+                self.multi = None;
+                self.watch = None;
+                self.blocker = None;
+                self.pubsub = None;
+                self.name = None;
+                self.authed = self.ctx.pool.config.redis_auth.is_none();
+                self.reply_static(b"+RESET\r\n");
+            }
+            "info" => {
+                let text = self.info();
+                self.reply(bulk(text.as_bytes()));
+            }
+            "client|id" => self.reply(integer(self.id as i64)),
+            "client|getname" => {
+                let b = match &self.name {
+                    Some(n) => bulk(n),
+                    None => Bytes::from_static(b"$-1\r\n"),
+                };
+                self.reply(b)
+            }
+            "client|setname" => {
+                let name = &args[2];
+                if name.iter().any(|&c| !(b'!'..=b'~').contains(&c)) {
+                    return self.reject(
+                        "ERR Client names cannot contain spaces, newlines or special characters.",
+                    );
+                }
+                self.name = (!name.is_empty()).then(|| name.clone());
+                self.reply_static(b"+OK\r\n");
+            }
+            "command|count" => self.reply(integer(rc::COMMANDS.len() as i64)),
+            // COMMAND, COMMAND INFO/DOCS/LIST/GETKEYS: the first server describes its commands,
+            // which are the ones the proxy routes (the table is checked against a live server).
+            _ if info.name == "command" || info.name.starts_with("command|") => {
+                let rx = self.backend(0).send(req.raw, ReplyKind::Resp);
+                self.pending.push_back(Pending::Single { rx, server: 0 });
+            }
+            other => self.reject(&format!("ERR {other} is not answered by kvrouter")),
+        }
+    }
+
+    fn auth(&mut self, user: Option<&Bytes>, pass: &[u8]) -> Result<(), &'static str> {
+        let Some(want) = &self.ctx.pool.config.redis_auth else {
+            return Err(
+                "ERR AUTH <password> called without any password configured for the default user. \
+                 Are you sure your configuration is correct?",
+            );
+        };
+        let user_ok = user.is_none_or(|u| u.as_ref() == b"default");
+        if user_ok && pass == want.as_bytes() {
+            self.authed = true;
+            Ok(())
+        } else {
+            Err("WRONGPASS invalid username-password pair or user is disabled.")
+        }
+    }
+
+    /// HELLO [protover [AUTH user pass] [SETNAME name]]: RESP2 only (see the module doc).
+    fn hello(&mut self, args: &[Bytes]) {
+        if let Some(v) = args.get(1) {
+            match std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.parse::<i64>().ok())
+            {
+                Some(2) => {}
+                Some(_) => {
+                    return self.reject("NOPROTO sorry, this protocol version is not supported")
+                }
+                None => {
+                    return self.reject("ERR Protocol version is not an integer or out of range")
+                }
+            }
+        }
+        let mut i = 2;
+        let mut setname = None;
+        while i < args.len() {
+            let more = args.len() - i - 1;
+            if args[i].eq_ignore_ascii_case(b"auth") && more >= 2 {
+                if let Err(e) = self.auth(Some(&args[i + 1]), &args[i + 2]) {
+                    return self.reject(e);
+                }
+                i += 3;
+            } else if args[i].eq_ignore_ascii_case(b"setname") && more >= 1 {
+                setname = Some(args[i + 1].clone());
+                i += 2;
+            } else {
+                let msg = format!(
+                    "ERR Syntax error in HELLO option '{}'",
+                    String::from_utf8_lossy(&args[i])
+                );
+                return self.reject(&msg);
+            }
+        }
+        if !self.authed {
+            return self.reject(
+                "NOAUTH HELLO must be called with the client already authenticated, otherwise the \
+                 HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and \
+                 select the RESP protocol version at the same time",
+            );
+        }
+        if let Some(n) = setname {
+            self.name = (!n.is_empty()).then_some(n);
+        }
+        let mut out = BytesMut::new();
+        resp::write_array_len(&mut out, Some(16));
+        for (k, v) in [
+            ("server", "redis"),
+            ("version", rc::REDIS_VERSION),
+            ("proto", ""),
+            ("id", ""),
+            ("mode", "standalone"),
+            ("role", "master"),
+            ("modules", ""),
+            ("proxy", concat!("kvrouter ", env!("CARGO_PKG_VERSION"))),
+        ] {
+            resp::write_bulk(&mut out, Some(k.as_bytes()));
+            match k {
+                "proto" => resp::write_integer(&mut out, 2),
+                "id" => resp::write_integer(&mut out, self.id as i64),
+                "modules" => resp::write_array_len(&mut out, Some(0)),
+                _ => resp::write_bulk(&mut out, Some(v.as_bytes())),
+            }
+        }
+        self.reply(out.freeze());
+    }
+
+    fn info(&self) -> String {
+        let stats = &self.ctx.stats;
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut s = String::new();
+        s.push_str("# Server\r\n");
+        s.push_str(&format!("redis_version:{}\r\n", rc::REDIS_VERSION));
+        s.push_str("redis_mode:standalone\r\n");
+        s.push_str(&format!("process_id:{}\r\n", std::process::id()));
+        s.push_str("\r\n# Proxy\r\n");
+        s.push_str("proxy:kvrouter\r\n");
+        s.push_str(&format!(
+            "kvrouter_version:{}\r\n",
+            env!("CARGO_PKG_VERSION")
+        ));
+        s.push_str(&format!("uptime_in_seconds:{}\r\n", stats.uptime_secs()));
+        s.push_str(&format!("threads:{}\r\n", self.ctx.threads));
+        s.push_str(&format!(
+            "connected_clients:{}\r\n",
+            g(&stats.curr_connections)
+        ));
+        s.push_str(&format!(
+            "total_connections_received:{}\r\n",
+            g(&stats.total_connections)
+        ));
+        s.push_str(&format!("client_errors:{}\r\n", g(&stats.client_errors)));
+        s.push_str(&format!("server_errors:{}\r\n", g(&stats.server_errors)));
+        s.push_str(&format!("pool:{}\r\n", self.ctx.pool.config.name));
+        s.push_str(&format!("pools:{}\r\n", self.ctx.pools.len()));
+        let now = crate::backend::health::now_ms();
+        for p in &self.ctx.pools {
+            let c = &p.config;
+            let live = p.specs.iter().filter(|s| !s.health.is_ejected(now)).count();
+            s.push_str(&format!(
+                "pool_{}:protocol={},servers={},live={},distribution={:?},hash={:?}\r\n",
+                c.name,
+                match c.protocol {
+                    crate::config::Protocol::Redis => "redis",
+                    crate::config::Protocol::Memcache => "memcache",
+                },
+                p.specs.len(),
+                live,
+                c.distribution,
+                c.hash
+            ));
+        }
+        s
+    }
+
+    /// Commands needing a connection of their own (outside MULTI and subscribed mode).
+    fn dedicated(&mut self, info: &CommandInfo, req: RespRequest) {
+        match info.name {
+            "multi" => {
+                self.multi = Some(Multi {
+                    cmds: Vec::new(),
+                    server: None,
+                    abort: None,
+                });
+                return self.reply_static(b"+OK\r\n");
+            }
+            "exec" => return self.reject("ERR EXEC without MULTI"),
+            "discard" => return self.reject("ERR DISCARD without MULTI"),
+            "unwatch" => {
+                self.watch = None;
+                return self.reply_static(b"+OK\r\n");
+            }
+            "subscribe" | "psubscribe" | "ssubscribe" => {
+                if self.defer(&req) {
+                    return;
+                }
+                return self.subscribed(info, req);
+            }
+            "unsubscribe" | "punsubscribe" | "sunsubscribe" => {
+                // Not subscribed: redis answers one confirmation per name, count 0.
+                return self.unsubscribe_none(info, &req.args);
+            }
+            _ => {}
+        }
+        // WATCH and blocking commands: all keys on one server.
+        let server = match self.server_of(info, &req.args) {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                return self.reject(&format!(
+                    "ERR {} without keys cannot be routed by kvrouter",
+                    info.name.to_uppercase()
+                ))
+            }
+            Err(e) => return self.reject(&e),
+        };
+        if info.name == "watch" {
+            if let Some((w, _)) = &self.watch {
+                if *w != server {
+                    let msg = self.crossslot("WATCH keys of this client don't");
+                    return self.reject(&msg);
+                }
+            }
+            if self.defer(&req) {
+                return;
+            }
+            let spec = self.ctx.pool.specs[server].clone();
+            let timeout = self.ctx.pool.config.timeout;
+            let (_, conn) = self
+                .watch
+                .get_or_insert_with(|| (server, Dedicated::open(spec, timeout)));
+            let rx = conn.send(req.raw);
+            self.barrier = true;
+            return self.pending.push_back(Pending::Single { rx, server });
+        }
+        // A blocking command: its own connection, no pool timeout (its timeout argument rules).
+        if self.defer(&req) {
+            return;
+        }
+        if !matches!(&self.blocker, Some((s, c)) if *s == server && c.is_alive()) {
+            let spec = self.ctx.pool.specs[server].clone();
+            self.blocker = Some((server, Dedicated::open(spec, None)));
+        }
+        let rx = self.blocker.as_ref().expect("just set").1.send(req.raw);
+        self.barrier = true;
+        self.blocking = true;
+        self.pending.push_back(Pending::Single { rx, server });
+    }
+
+    /// Inside MULTI: check and queue, or run EXEC / DISCARD.
+    fn queue(&mut self, info: &CommandInfo, req: RespRequest) {
+        match info.name {
+            "exec" => return self.exec(req),
+            "discard" => {
+                self.multi = None;
+                self.watch = None; // closing the connection drops the watch on the server
+                return self.reply_static(b"+OK\r\n");
+            }
+            "multi" => return self.reply(error("ERR MULTI calls can not be nested")),
+            "watch" => return self.reply(error("ERR WATCH inside MULTI is not allowed")),
+            "quit" | "reset" => return self.local(info, req),
+            _ => {}
+        }
+        let allowed = match handling_for(info, &req.args) {
+            Handling::Route | Handling::Split => true,
+            // Inside a transaction a blocking command does not block (redis runs it at once).
+            Handling::Dedicated => info.has_flag(flags::BLOCKING) || info.name.starts_with("xread"),
+            Handling::Local => matches!(info.name, "ping" | "echo"),
+            _ => false,
+        };
+        if !allowed {
+            return self.reject(&format!(
+                "ERR {} inside MULTI is not supported by kvrouter",
+                info.name.replace('|', " ").to_uppercase()
+            ));
+        }
+        let server = if matches!(info.name, "ping" | "echo") {
+            None
+        } else {
+            match self.server_of(info, &req.args) {
+                Ok(s) => s,
+                Err(e) => return self.reject(&e),
+            }
+        };
+        let watched = self.watch.as_ref().map(|(s, _)| *s);
+        let cross =
+            self.crossslot("Keys in this command and earlier commands of the transaction don't");
+        let m = self.multi.as_mut().expect("in multi");
+        if let Some(s) = server {
+            match m.server.or(watched) {
+                Some(t) if t != s => {
+                    m.abort = Some("keys on different servers");
+                    bump(&self.ctx.stats.client_errors, 1);
+                    return self.reply(error(&cross));
+                }
+                _ => m.server = Some(s),
+            }
+        }
+        m.cmds.push(req.raw);
+        self.reply_static(b"+QUEUED\r\n");
+    }
+
+    fn exec(&mut self, req: RespRequest) {
+        if self.defer(&req) {
+            return;
+        }
+        let m = self.multi.take().expect("in multi");
+        let watch = self.watch.take();
+        if let Some(why) = m.abort {
+            // Nothing was sent; dropping the WATCH connection discards the watch on the server.
+            return self.reply(error(&format!(
+                "EXECABORT Transaction discarded because of: {why}"
+            )));
+        }
+        let server = m.server.or(watch.as_ref().map(|(s, _)| *s)).unwrap_or(0);
+        let conn = match watch {
+            Some((_, c)) => c,
+            None => Dedicated::open(
+                self.ctx.pool.specs[server].clone(),
+                self.ctx.pool.config.timeout,
+            ),
+        };
+        let mut rxs = VecDeque::with_capacity(m.cmds.len() + 2);
+        rxs.push_back(conn.send(Bytes::from_static(b"*1\r\n$5\r\nMULTI\r\n")));
+        for c in m.cmds {
+            rxs.push_back(conn.send(c));
+        }
+        rxs.push_back(conn.send(req.raw));
+        self.barrier = true;
+        self.pending.push_back(Pending::Exec {
+            rxs,
+            first: None,
+            last: None,
+            server,
+            _conn: conn,
+        });
+    }
+
+    /// Replies to UNSUBSCRIBE/PUNSUBSCRIBE/SUNSUBSCRIBE of a client with no subscriptions.
+    fn unsubscribe_none(&mut self, info: &CommandInfo, args: &[Bytes]) {
+        let mut out = BytesMut::new();
+        if args.len() == 1 {
+            push_msg(&mut out, info.name, None, 0);
+        }
+        for a in &args[1..] {
+            push_msg(&mut out, info.name, Some(a), 0);
+        }
+        self.reply(out.freeze());
+    }
+
+    /// Subscribed mode: only the subscribe family, PING, QUIT and RESET.
+    fn subscribed(&mut self, info: &CommandInfo, req: RespRequest) {
+        let args = &req.args;
+        match info.name {
+            "ping" => {
+                let mut out = BytesMut::new();
+                resp::write_array_len(&mut out, Some(2));
+                resp::write_bulk(&mut out, Some(b"pong"));
+                resp::write_bulk(&mut out, Some(args.get(1).map_or(&b""[..], |a| a)));
+                return self.reply(out.freeze());
+            }
+            "quit" | "reset" => return self.local(info, req),
+            "subscribe" | "psubscribe" | "ssubscribe" | "unsubscribe" | "punsubscribe"
+            | "sunsubscribe" => {}
+            other => {
+                return self.reject(&format!(
+                    "ERR Can't execute '{other}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
+                ))
+            }
+        }
+        let n = self.ctx.pool.specs.len();
+        let ps = self.pubsub.get_or_insert_with(|| {
+            let (sink, rx) = mpsc::unbounded_channel();
+            PubSub {
+                conns: (0..n).map(|_| None).collect(),
+                sink,
+                rx,
+                channels: Vec::new(),
+                patterns: Vec::new(),
+                shard: Vec::new(),
+            }
+        });
+        let name = info.name;
+        let pattern = name.starts_with('p');
+        let shard = matches!(name, "ssubscribe" | "sunsubscribe");
+        let subscribe = !name.contains("unsub");
+        let mut names: Vec<Bytes> = args[1..].to_vec();
+        if !subscribe && names.is_empty() {
+            names = if pattern {
+                ps.patterns.clone()
+            } else if shard {
+                ps.shard.clone()
+            } else {
+                ps.channels.clone()
+            };
+        }
+        // What to send to each server.
+        let mut per_server: Vec<Vec<Bytes>> = vec![Vec::new(); n];
+        let mut out = BytesMut::new();
+        let mut failed = None;
+        for ch in &names {
+            let set = if pattern {
+                &mut ps.patterns
+            } else if shard {
+                &mut ps.shard
+            } else {
+                &mut ps.channels
+            };
+            let had = set.iter().position(|c| c == ch);
+            let changed = match (subscribe, had) {
+                (true, None) => {
+                    set.push(ch.clone());
+                    true
+                }
+                (false, Some(i)) => {
+                    set.swap_remove(i);
+                    true
+                }
+                _ => false,
+            };
+            if changed {
+                if pattern {
+                    per_server.iter_mut().for_each(|v| v.push(ch.clone()));
+                } else {
+                    match self.ctx.pool.server_for(ch) {
+                        Some(s) => per_server[s].push(ch.clone()),
+                        None => failed = Some(ch.clone()),
+                    }
+                }
+            }
+            let count = if shard { ps.shard.len() } else { ps.count() };
+            push_msg(&mut out, name, Some(ch), count);
+        }
+        if names.is_empty() {
+            push_msg(
+                &mut out,
+                name,
+                None,
+                if shard { ps.shard.len() } else { ps.count() },
+            );
+        }
+        for (server, chans) in per_server.into_iter().enumerate() {
+            if chans.is_empty() {
+                continue;
+            }
+            let conn = ps.conns[server].get_or_insert_with(|| {
+                Dedicated::open_push(self.ctx.pool.specs[server].clone(), server, ps.sink.clone())
+            });
+            let mut words: Vec<&[u8]> = vec![name.as_bytes()];
+            words.extend(chans.iter().map(|c| c.as_ref()));
+            conn.send_raw(encode_request(&words).raw);
+        }
+        let empty = ps.count() == 0 && ps.shard.is_empty();
+        if empty {
+            self.pubsub = None; // closing the connections ends the subscriptions
+        }
+        self.reply(out.freeze());
+        if let Some(ch) = failed {
+            self.reject(&format!(
+                "ERR no server available in pool {} for channel {}",
+                self.ctx.pool.config.name,
+                String::from_utf8_lossy(&ch)
+            ));
+        }
+    }
+
+    /// Something a subscription connection delivered. Messages are forwarded; the servers'
+    /// own confirmations are dropped (the proxy already confirmed, with the client's count).
+    /// Returns false when the connection failed: the client is told and disconnected, so it
+    /// resubscribes instead of silently missing messages.
+    fn pushed(&mut self, server: usize, reply: Reply) -> bool {
+        match reply {
+            Ok(frame) => {
+                let kind = push_kind(&frame);
+                let message = matches!(kind, Some(b"message" | b"pmessage" | b"smessage"));
+                if message || frame.first() == Some(&b'-') {
+                    self.reply(frame);
+                }
+                true
+            }
+            Err(e) => {
+                let addr = &self.ctx.pool.specs[server].address;
+                let msg = format!(
+                    "ERR backend {addr} {e}: subscriptions on that server are lost, resubscribe"
+                );
+                self.reply(error(&msg));
+                self.pending.push_back(Pending::Quit);
+                self.pubsub = None;
+                false
+            }
+        }
+    }
+}
+
+/// The first element of a pushed array (`message`, `subscribe`, ...).
+fn push_kind(frame: &Bytes) -> Option<&[u8]> {
+    let rest = frame.strip_prefix(b"*")?;
+    let nl = memchr::memchr(b'\n', rest)?;
+    let rest = rest[nl + 1..].strip_prefix(b"$")?;
+    let nl2 = memchr::memchr(b'\n', rest)?;
+    let len: usize = std::str::from_utf8(&rest[..nl2.checked_sub(1)?])
+        .ok()?
+        .parse()
+        .ok()?;
+    rest.get(nl2 + 1..nl2 + 1 + len)
+}
+
+/// `[kind, name, count]` as redis sends it for (un)subscribe confirmations.
+fn push_msg(out: &mut BytesMut, kind: &str, name: Option<&Bytes>, count: usize) {
+    resp::write_array_len(out, Some(3));
+    resp::write_bulk(out, Some(kind.as_bytes()));
+    resp::write_bulk(out, name.map(|n| n.as_ref()));
+    resp::write_integer(out, count as i64);
+}
+
+fn bulk(b: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(b.len() + 16);
+    resp::write_bulk(&mut out, Some(b));
+    out.freeze()
+}
+
+fn integer(v: i64) -> Bytes {
+    let mut out = BytesMut::with_capacity(24);
+    resp::write_integer(&mut out, v);
+    out.freeze()
+}
+
+/// redis 7.0's `unknown command` / `unknown subcommand` texts.
+fn unknown_command(args: &[Bytes]) -> String {
+    let lossy = |b: &[u8], max: usize| {
+        let s = String::from_utf8_lossy(&b[..b.len().min(max)]).into_owned();
+        s.replace(['\r', '\n'], " ")
+    };
+    if let Some(container) = args.first().and_then(|a| rc::lookup(a)) {
+        if args.len() >= 2 && !container.subcommands.is_empty() {
+            return format!(
+                "ERR unknown subcommand '{}'. Try {} HELP.",
+                lossy(&args[1], 128),
+                container.name.to_uppercase()
+            );
+        }
+    }
+    let mut rest = String::new();
+    for a in args.iter().skip(1) {
+        if rest.len() >= 128 {
+            break;
+        }
+        rest.push_str(&format!("'{}' ", lossy(a, 128 - rest.len())));
+    }
+    format!(
+        "ERR unknown command '{}', with args beginning with: {rest}",
+        lossy(args.first().map_or(&b""[..], |a| a), 128)
+    )
+}
