@@ -475,8 +475,10 @@ fn blocking_commands_use_their_own_connection() {
     let mut c = s.client();
     let t = Instant::now();
     assert_eq!(c.cmd("BRPOP {q}empty 1"), "(nil)");
+    // Well past the 300 ms pool timeout (redis checks blocking timeouts on its own clock, and
+    // can answer a little early on a loaded machine).
     assert!(
-        t.elapsed() >= Duration::from_millis(900),
+        t.elapsed() >= Duration::from_millis(600),
         "{:?}",
         t.elapsed()
     );
