@@ -61,6 +61,12 @@ impl Config {
                     "listen": l.listen.to_string(),
                     "protocol": protocol(l.protocol),
                     "route": route_json(&l.route),
+                    "users": l.users.iter().map(|u| json!({
+                        "name": u.name,
+                        "password": REDACTED,
+                        "pools": u.pools,
+                        "commands": u.commands,
+                    })).collect::<Vec<_>>(),
                     "backlog": l.backlog,
                     "max_clients": l.max_clients,
                     "reuseport": l.reuseport,

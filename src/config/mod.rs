@@ -363,6 +363,22 @@ pub struct ListenerConfig {
     /// `coalesce_misses: true` (memcached listeners): concurrent plain single-key `get`s of one
     /// key on one worker share one backend request.
     pub coalesce_misses: bool,
+    /// `users` (redis listeners): who may connect, and what each may do.
+    pub users: Vec<UserConfig>,
+    pub location: Location,
+}
+
+/// A client identity of a redis listener (`AUTH name password`; `AUTH password` is the user
+/// named `default`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserConfig {
+    pub name: String,
+    pub password: String,
+    /// Pools this user may use (None: all). A user who may not use the listener's pool cannot
+    /// authenticate on it.
+    pub pools: Option<Vec<String>>,
+    /// Commands this user may run, lowercase (None: all).
+    pub commands: Option<Vec<String>>,
     pub location: Location,
 }
 

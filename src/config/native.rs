@@ -79,10 +79,67 @@ struct NativeListener {
     reuseport: Option<bool>,
     hot_keys: Reserved,
     tls: Option<Spanned<NativeTls>>,
-    users: Reserved,
+    users: Option<Spanned<Vec<Spanned<NativeUser>>>>,
     max_request_bytes: Option<Spanned<usize>>,
     client_idle_timeout: Text,
     coalesce_misses: Option<Spanned<bool>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NativeUser {
+    name: Spanned<String>,
+    password: Spanned<String>,
+    pools: Option<Vec<Spanned<String>>>,
+    commands: Option<Vec<Spanned<String>>>,
+}
+
+/// A redis listener's `users`: unique names, non-empty passwords, known pools.
+fn users(
+    list: &Option<Spanned<Vec<Spanned<NativeUser>>>>,
+    protocol: Protocol,
+    pools: &[PoolConfig],
+) -> Res<Vec<super::UserConfig>> {
+    let Some(list) = list else {
+        return Ok(Vec::new());
+    };
+    if protocol != Protocol::Redis {
+        return problem(loc(list), "`users` applies to redis listeners only");
+    }
+    let mut out: Vec<super::UserConfig> = Vec::new();
+    for u in &list.value {
+        let v = &u.value;
+        if v.name.value.is_empty() || out.iter().any(|o| o.name == v.name.value) {
+            return problem(
+                loc(&v.name),
+                format!("user name '{}' is empty or repeated", v.name.value),
+            );
+        }
+        if v.password.value.is_empty() {
+            return problem(loc(&v.password), "a user's password must not be empty");
+        }
+        if let Some(ps) = &v.pools {
+            for p in ps {
+                if !pools.iter().any(|c| c.name == p.value) {
+                    return problem(loc(p), format!("unknown pool '{}'", p.value));
+                }
+            }
+        }
+        out.push(super::UserConfig {
+            name: v.name.value.clone(),
+            password: v.password.value.clone(),
+            pools: v
+                .pools
+                .as_ref()
+                .map(|ps| ps.iter().map(|p| p.value.clone()).collect()),
+            commands: v
+                .commands
+                .as_ref()
+                .map(|cs| cs.iter().map(|c| c.value.to_ascii_lowercase()).collect()),
+            location: loc(u),
+        });
+    }
+    Ok(out)
 }
 
 #[derive(Deserialize)]
@@ -308,7 +365,6 @@ fn convert_listener(
 ) -> Res<ListenerConfig> {
     let l = &sl.value;
     reserved(&l.hot_keys, "`hot_keys`")?;
-    reserved(&l.users, "`users`")?;
     let listen = text(&l.listen, |s| {
         syntax::parse_listen(s).and_then(|spec| syntax::resolve_listen(spec, resolve))
     })?;
@@ -335,6 +391,7 @@ fn convert_listener(
         client_idle_timeout: opt(&l.client_idle_timeout, syntax::parse_duration)?,
         tls: tls(&l.tls, true)?,
         coalesce_misses: l.coalesce_misses.as_ref().is_some_and(|c| c.value),
+        users: users(&l.users, protocol, pools)?,
         location: loc(&l.listen),
     })
 }

@@ -185,6 +185,7 @@ fn convert(
         client_idle_timeout: None,
         tls: None,
         coalesce_misses: false,
+        users: Vec::new(),
         location: loc(listen),
     };
     Ok((pool, listener))

@@ -79,6 +79,7 @@ const LATENCY_BUCKETS: [f64; 15] = [
 pub struct Families {
     client_connections: IntGaugeVec,
     client_connections_total: IntCounterVec,
+    auth_failures: IntCounterVec,
     requests: IntCounterVec,
     get_keys: IntCounterVec,
     server_requests: IntCounterVec,
@@ -113,6 +114,11 @@ impl Families {
             client_connections_total: counter(
                 "kvrouter_client_connections_total",
                 "Client connections accepted, per listener.",
+                &["listener"],
+            ),
+            auth_failures: counter(
+                "kvrouter_auth_failures_total",
+                "Failed client authentications (AUTH/HELLO with a wrong password or user), per listener.",
                 &["listener"],
             ),
             requests: counter(
@@ -187,6 +193,7 @@ impl Families {
             let cs: Vec<Box<dyn prometheus::core::Collector>> = vec![
                 Box::new(f.client_connections.clone()),
                 Box::new(f.client_connections_total.clone()),
+                Box::new(f.auth_failures.clone()),
                 Box::new(f.requests.clone()),
                 Box::new(f.get_keys.clone()),
                 Box::new(f.server_requests.clone()),
@@ -223,6 +230,7 @@ impl Families {
         ListenerMetrics {
             clients: self.client_connections.with_label_values(&[listener]),
             clients_total: self.client_connections_total.with_label_values(&[listener]),
+            auth_failures: self.auth_failures.with_label_values(&[listener]),
             requests,
             hits: keys("hit"),
             misses: keys("miss"),
@@ -235,6 +243,7 @@ impl Families {
         let _ = self
             .client_connections_total
             .remove_label_values(&[listener]);
+        let _ = self.auth_failures.remove_label_values(&[listener]);
         for i in 0..=COMMANDS.len() {
             let cmd = COMMANDS.get(i).map_or("invalid", |c| c.name());
             for r in OUTCOMES {
@@ -293,6 +302,7 @@ impl Families {
 pub struct ListenerMetrics {
     pub clients: IntGauge,
     pub clients_total: IntCounter,
+    pub auth_failures: IntCounter,
     /// `requests[command index][Outcome]`; the last row is `invalid`.
     requests: Vec<[IntCounter; 3]>,
     pub hits: IntCounter,

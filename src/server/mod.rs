@@ -179,6 +179,17 @@ pub fn check(config: &Config) -> Result<Vec<usize>, String> {
         if let Some(t) = &l.tls {
             tls::acceptor(config, t)?;
         }
+        for u in &l.users {
+            for c in u.commands.iter().flatten() {
+                if crate::protocol::redis_commands::lookup(c.as_bytes()).is_none() {
+                    return Err(format!(
+                        "{}: user {}: unknown redis command '{c}'",
+                        at(u.location),
+                        u.name
+                    ));
+                }
+            }
+        }
         let names = l.route.pools();
         let idx = config
             .pools

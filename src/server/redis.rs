@@ -84,6 +84,22 @@ pub struct RedisContext {
     /// The listener's TLS acceptor (used when a client connects).
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub metrics: Arc<super::metrics::ListenerMetrics>,
+    /// The listener's `users` (empty: the pool's `redis_auth`, if any, is the one password).
+    pub users: Arc<Vec<crate::config::UserConfig>>,
+    /// The listener's address, for logs.
+    pub listener: String,
+}
+
+impl RedisContext {
+    /// Whether a new client starts authenticated.
+    fn open(&self) -> bool {
+        self.users.is_empty() && self.pool.config.redis_auth.is_none()
+    }
+}
+
+/// Constant-time comparison: a password cannot be guessed byte by byte from timings.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// One command's reply, in the order the client sent it.
@@ -248,7 +264,8 @@ pub async fn serve<S: Io>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut conn = Conn {
-        authed: ctx.pool.config.redis_auth.is_none(),
+        authed: ctx.open(),
+        user: None,
         ctx,
         client_id,
         id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
@@ -279,6 +296,8 @@ struct Conn {
     /// CLIENT SETNAME.
     name: Option<Bytes>,
     authed: bool,
+    /// The `users` entry this client authenticated as.
+    user: Option<usize>,
     pending: VecDeque<Pending>,
     rbuf: BytesMut,
     wbuf: BytesMut,
@@ -500,6 +519,21 @@ impl Conn {
         if !self.authed && !matches!(info.name, "auth" | "hello" | "quit") {
             return self.reject("NOAUTH Authentication required.");
         }
+        if let Some(u) = self.user {
+            let user = &self.ctx.users[u];
+            if let Some(allowed) = &user.commands {
+                let base = info.name.split('|').next().unwrap_or(info.name);
+                let exempt = matches!(base, "auth" | "hello" | "quit" | "reset");
+                if !exempt && !allowed.iter().any(|c| c == base || c == info.name) {
+                    let msg = format!(
+                        "NOPERM User {} has no permissions to run the '{}' command",
+                        user.name,
+                        info.name.replace('|', " ")
+                    );
+                    return self.reject(&msg);
+                }
+            }
+        }
         if self.pubsub.is_some() {
             return self.subscribed(info, req);
         }
@@ -709,7 +743,8 @@ impl Conn {
                 self.blocker = None;
                 self.pubsub = None;
                 self.name = None;
-                self.authed = self.ctx.pool.config.redis_auth.is_none();
+                self.authed = self.ctx.open();
+                self.user = None;
                 self.reply_static(b"+RESET\r\n");
             }
             "info" => {
@@ -746,6 +781,43 @@ impl Conn {
     }
 
     fn auth(&mut self, user: Option<&Bytes>, pass: &[u8]) -> Result<(), &'static str> {
+        let result = self.check_auth(user, pass);
+        if result.is_err() {
+            // Logged and counted; never the password.
+            self.ctx.metrics.auth_failures.inc();
+            tracing::warn!(
+                listener = %self.ctx.listener,
+                user = %user.map_or("default".into(), |u| String::from_utf8_lossy(u).into_owned()),
+                client = self.id,
+                "authentication failed"
+            );
+        }
+        result
+    }
+
+    fn check_auth(&mut self, user: Option<&Bytes>, pass: &[u8]) -> Result<(), &'static str> {
+        if !self.ctx.users.is_empty() {
+            let name: &[u8] = user.map_or(b"default", |u| u.as_ref());
+            let found = self
+                .ctx
+                .users
+                .iter()
+                .position(|u| u.name.as_bytes() == name && same(u.password.as_bytes(), pass));
+            let Some(i) = found else {
+                return Err("WRONGPASS invalid username-password pair or user is disabled.");
+            };
+            let pool = &self.ctx.pool.config.name;
+            if let Some(pools) = &self.ctx.users[i].pools {
+                if !pools.iter().any(|p| p == pool) {
+                    return Err(
+                        "NOPERM this user has no permissions to access this listener's pool",
+                    );
+                }
+            }
+            self.authed = true;
+            self.user = Some(i);
+            return Ok(());
+        }
         let Some(want) = &self.ctx.pool.config.redis_auth else {
             return Err(
                 "ERR AUTH <password> called without any password configured for the default user. \
@@ -753,7 +825,7 @@ impl Conn {
             );
         };
         let user_ok = user.is_none_or(|u| u.as_ref() == b"default");
-        if user_ok && pass == want.as_bytes() {
+        if user_ok && same(pass, want.as_bytes()) {
             self.authed = true;
             Ok(())
         } else {

@@ -385,6 +385,8 @@ impl WorkerRouting {
                         limits,
                         tls: l.tls.clone(),
                         metrics: l.metrics.clone(),
+                        users: Arc::new(lc.users.clone()),
+                        listener: l.name.clone(),
                     };
                     return (l.id, Ctx::Redis(Rc::new(ctx)));
                 }
