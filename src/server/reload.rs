@@ -390,6 +390,7 @@ impl WorkerRouting {
                     };
                     return (l.id, Ctx::Redis(Rc::new(ctx)));
                 }
+                let route_metrics = self.shared.families.route(&l.name);
                 let mut limits = generation.pools[l.pool].limits;
                 if let Some(max) = lc.max_request_bytes {
                     limits.item_size_max = limits.item_size_max.min(max);
@@ -402,7 +403,7 @@ impl WorkerRouting {
                     threads: self.shared.threads,
                     route: match &lc.route {
                         Route::Pool { .. } => None,
-                        r => Some(Node::build(r, &target)),
+                        r => Some(Node::build(r, &target, &route_metrics)),
                     },
                     limits,
                     idle_timeout: lc.client_idle_timeout,
