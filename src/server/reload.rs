@@ -387,6 +387,12 @@ impl WorkerRouting {
                         metrics: l.metrics.clone(),
                         users: Arc::new(lc.users.clone()),
                         listener: l.name.clone(),
+                        follow: Follow {
+                            listener: l.id,
+                            built_for: generation.id,
+                            current: self.shared.current_id.clone(),
+                            worker: self.me.clone(),
+                        },
                     };
                     return (l.id, Ctx::Redis(Rc::new(ctx)));
                 }
@@ -447,5 +453,17 @@ impl Follow {
             return None;
         }
         self.worker.upgrade()?.context(self.listener)
+    }
+
+    /// The same for a redis client.
+    #[inline]
+    pub fn newer_redis(&self) -> Option<Rc<RedisContext>> {
+        if self.current.load(Ordering::Relaxed) == self.built_for {
+            return None;
+        }
+        match self.worker.upgrade()?.client_context(self.listener)? {
+            Ctx::Redis(c) => Some(c),
+            Ctx::Mc(_) => None,
+        }
     }
 }
