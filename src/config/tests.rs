@@ -930,7 +930,7 @@ listeners:
     );
     assert_eq!(
         err(&redis.replace("\"localhost:7001\"", "\"localhost\"")),
-        "4:39: cluster seed 'localhost' is not host:port"
+        "4:42: cluster seed 'localhost' is not host:port"
     );
     assert!(err(&redis.replace(
         "    cluster:",
