@@ -485,9 +485,10 @@ async fn retry(w: Rc<ClusterWorker>, call: Call, first: Option<Reply>) -> Bytes 
                 };
                 addr = to;
                 on_replica = ro;
-                if asking {
-                    drop(w.send_on(&addr, false, call.client, asking_bytes()));
-                }
+                // ASKING and the command back to back on one connection. The ASKING reply's
+                // receiver is kept until the command's reply is in: a request whose receiver
+                // is gone is never sent.
+                let _asking = asking.then(|| w.send_on(&addr, false, call.client, asking_bytes()));
                 let rx = w.send_on(&addr, ro, call.client, call.raw.clone());
                 match tokio::time::timeout_at(deadline, rx).await {
                     Ok(r) => r.unwrap_or_else(|_| {
