@@ -455,6 +455,9 @@ fn cluster_failover_under_traffic() {
         recovery.as_secs_f64(),
         recovered.duration_since(killed).as_secs_f64()
     );
+    let mut kinds: Vec<&str> = errors.iter().map(|(_, e)| e.as_str()).collect();
+    kinds.truncate(3);
+    eprintln!("failover: first errors: {kinds:?}");
     for (_, e) in errors.iter() {
         // Errors are clear errors, never another key's value.
         assert!(
