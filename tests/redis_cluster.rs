@@ -50,8 +50,27 @@ fn info_stat(addr: SocketAddr, section: &str, field: &str) -> u64 {
 #[test]
 fn cluster_routing_multikey_and_replica_reads() {
     let cluster = RedisCluster::start(5000);
-    let (_dir, proxy, replica_listener) = proxy(&cluster, "replica");
+    let (dir, proxy, replica_listener) = proxy(&cluster, "replica");
     let mut c = Resp::connect(proxy.addr);
+
+    // keymap: the slot, and its owner as a seed tells.
+    let conf = dir.0.join(format!("kvrouter-{}.yml", proxy.addr.port()));
+    let out = std::process::Command::new(common::kvrouter_bin())
+        .args(["keymap", "-c"])
+        .arg(&conf)
+        .args(["foo", "{foo}bar"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (owner, _) = cluster.owner(cluster.seed(), 12182);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("foo\tc\tslot 12182\t{owner}\n{{foo}}bar\tc\tslot 12182\t{owner}\n")
+    );
 
     // Slots: CRC16/XMODEM with hash tags, checked against the cluster for random binary keys.
     let mut direct = Resp::connect(cluster.seed());
