@@ -2,7 +2,47 @@
 //! any traffic to memcached pools.
 
 use crate::config::{Config, ListenAddr, Route};
+use crate::routing::slots::ClusterMap;
 use crate::routing::{Node, Placement};
+
+/// The slot map of a cluster from `CLUSTER SLOTS` of the first seed that answers within 1 s.
+fn cluster_map(seeds: &[String]) -> Option<ClusterMap> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let t = std::time::Duration::from_secs(1);
+    for seed in seeds {
+        let Some(addr) = seed.to_socket_addrs().ok().and_then(|mut a| a.next()) else {
+            continue;
+        };
+        let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, t) else {
+            continue;
+        };
+        let _ = s.set_read_timeout(Some(t));
+        if s.write_all(b"*2\r\n$7\r\nCLUSTER\r\n$5\r\nSLOTS\r\n")
+            .is_err()
+        {
+            continue;
+        }
+        let mut buf = bytes::BytesMut::new();
+        let mut chunk = [0u8; 16384];
+        let reply = loop {
+            match crate::protocol::resp::scan_reply(&buf) {
+                Ok(Some(n)) => break Some(buf.split_to(n).freeze()),
+                Ok(None) => {}
+                Err(_) => break None,
+            }
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => break None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        if let Some(ranges) = reply.and_then(|r| crate::server::cluster::parse_slots(&r, seed).ok())
+        {
+            return Some(ClusterMap::from_ranges(&ranges, 1));
+        }
+    }
+    None
+}
 
 fn placement(pool: &crate::config::PoolConfig) -> Placement {
     let nodes: Vec<Node> = pool
@@ -35,12 +75,26 @@ pub fn keymap(config: &Config, listener: Option<&str>, keys: &[String]) -> Resul
             .ok_or_else(|| format!("no listener on {want}"))?,
     };
     let mut out = String::new();
+    // Cluster pools: the slot map, asked once per pool from the first seed that answers.
+    let mut maps: std::collections::HashMap<String, Option<ClusterMap>> = Default::default();
     for key in keys {
         let pool_name =
             get_pool(&l.route, key.as_bytes()).ok_or_else(|| format!("no route for key {key}"))?;
         let pool = config
             .pool(pool_name)
             .ok_or_else(|| format!("unknown pool {pool_name}"))?;
+        if let Some(c) = &pool.cluster {
+            let slot = crate::routing::slots::key_slot(key.as_bytes());
+            let map = maps
+                .entry(pool.name.clone())
+                .or_insert_with(|| cluster_map(&c.seeds));
+            let owner = map
+                .as_ref()
+                .and_then(|m| m.shard(slot))
+                .map_or("?".to_string(), |s| s.primary.clone());
+            out.push_str(&format!("{key}\t{}\tslot {slot}\t{owner}\n", pool.name));
+            continue;
+        }
         let s = placement(pool)
             .server_for(key.as_bytes())
             .map(|i| &pool.servers[i])

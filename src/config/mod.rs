@@ -178,7 +178,29 @@ pub struct PoolConfig {
     pub tls: Option<TlsConfig>,
     /// Redis commands enabled with `allow_commands` (lowercase; a subset of `GATED_COMMANDS`).
     pub allow_commands: Vec<String>,
+    /// A Redis Cluster pool (`cluster:`): its servers are discovered, `servers` is empty.
+    pub cluster: Option<ClusterConfig>,
     pub location: Location,
+}
+
+/// `cluster: { seeds: [...], read_from: ... }` of a Redis pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `host:port` of nodes asked for the topology (any node of the cluster will do).
+    pub seeds: Vec<String>,
+    pub read_from: ReadFrom,
+}
+
+/// Where read-only commands of a cluster pool go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ReadFrom {
+    /// The slot's primary (default).
+    #[default]
+    Primary,
+    /// A replica of the slot (READONLY connections), the primary when no replica answers.
+    PreferReplica,
+    /// A replica of the slot only.
+    Replica,
 }
 
 /// A route tree (the grammar of design.md's "Route grammar"), as written in the config.

@@ -62,10 +62,55 @@ struct NativePool {
     item_size_max: Option<Spanned<usize>>,
     redis_auth: Option<String>,
     redis_db: Option<u32>,
-    cluster: Reserved,
+    cluster: Option<Spanned<NativeCluster>>,
     replicas: Reserved,
     tls: Option<Spanned<NativeTls>>,
     allow_commands: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NativeCluster {
+    seeds: Spanned<Vec<Spanned<String>>>,
+    read_from: Text,
+}
+
+/// `cluster:`: seeds are `host:port` (at least one), read_from primary|prefer_replica|replica.
+fn cluster(c: &Spanned<NativeCluster>, protocol: Protocol) -> Res<super::ClusterConfig> {
+    if protocol != Protocol::Redis {
+        return problem(loc(c), "`cluster` applies to redis pools only");
+    }
+    let v = &c.value;
+    if v.seeds.value.is_empty() {
+        return problem(
+            loc(&v.seeds),
+            "`cluster.seeds` needs at least one host:port",
+        );
+    }
+    let mut seeds = Vec::new();
+    for s in &v.seeds.value {
+        let ok = s
+            .value
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
+        if !ok {
+            return problem(
+                loc(s),
+                format!("cluster seed '{}' is not host:port", s.value),
+            );
+        }
+        seeds.push(s.value.clone());
+    }
+    let read_from = opt(&v.read_from, |r| match r {
+        "primary" => Ok(super::ReadFrom::Primary),
+        "prefer_replica" => Ok(super::ReadFrom::PreferReplica),
+        "replica" => Ok(super::ReadFrom::Replica),
+        other => Err(format!(
+            "read_from '{other}': expected primary, prefer_replica or replica"
+        )),
+    })?
+    .unwrap_or_default();
+    Ok(super::ClusterConfig { seeds, read_from })
 }
 
 #[derive(Deserialize)]
@@ -278,17 +323,44 @@ fn convert_pool(name: &Spanned<String>, sp: &Spanned<NativePool>) -> Res<PoolCon
     if pname.is_empty() {
         return problem(loc(name), "empty pool name");
     }
-    reserved(&p.cluster, "`cluster` (Redis Cluster pools)")?;
     reserved(&p.replicas, "`replicas`")?;
     let protocol = text(&p.protocol, syntax::parse_protocol)?;
-    let servers = match &p.servers {
-        Some(s) if !s.value.is_empty() => s,
-        Some(s) => return problem(loc(s), format!("pool '{pname}' has no servers")),
-        None => return problem(loc(name), format!("pool '{pname}' has no servers")),
-    };
-    let mut parsed = Vec::with_capacity(servers.value.len());
-    for s in &servers.value {
-        parsed.push(text(s, |v| syntax::parse_server(v, loc(s)))?);
+    let cluster = p
+        .cluster
+        .as_ref()
+        .map(|c| cluster(c, protocol))
+        .transpose()?;
+    let mut parsed = Vec::new();
+    if cluster.is_some() {
+        if let Some(s) = &p.servers {
+            return problem(
+                loc(s),
+                format!("pool '{pname}' is a cluster pool: its servers are discovered from `cluster.seeds`, remove `servers`"),
+            );
+        }
+        for (what, set) in [
+            ("distribution", p.distribution.is_some()),
+            ("hash", p.hash.is_some()),
+            ("hash_tag", p.hash_tag.is_some()),
+            ("auto_eject_hosts", p.auto_eject_hosts.is_some()),
+            ("redis_db", p.redis_db.is_some_and(|d| d != 0)),
+        ] {
+            if set {
+                return problem(
+                    loc(name),
+                    format!("pool '{pname}': `{what}` does not apply to a cluster pool (keys go by CRC16 slot, database 0 only)"),
+                );
+            }
+        }
+    } else {
+        let servers = match &p.servers {
+            Some(s) if !s.value.is_empty() => s,
+            Some(s) => return problem(loc(s), format!("pool '{pname}' has no servers")),
+            None => return problem(loc(name), format!("pool '{pname}' has no servers")),
+        };
+        for s in &servers.value {
+            parsed.push(text(s, |v| syntax::parse_server(v, loc(s)))?);
+        }
     }
     super::check_duplicate_servers(pname, &parsed)?;
     let connections = match &p.connections {
@@ -306,7 +378,6 @@ fn convert_pool(name: &Spanned<String>, sp: &Spanned<NativePool>) -> Res<PoolCon
         name: pname.clone(),
         protocol,
         hash: opt(&p.hash, syntax::parse_hash)?.unwrap_or(HashKind::Fnv1a_64),
-        hash_tag: opt(&p.hash_tag, syntax::parse_hash_tag)?,
         distribution: opt(&p.distribution, syntax::parse_distribution)?
             .unwrap_or(DistributionKind::Ketama),
         timeout: Some(opt(&p.timeout, syntax::parse_duration)?.unwrap_or(Duration::from_secs(1))),
@@ -324,6 +395,12 @@ fn convert_pool(name: &Spanned<String>, sp: &Spanned<NativePool>) -> Res<PoolCon
         redis_db: p.redis_db.unwrap_or(0),
         tls: tls(&p.tls, false)?,
         allow_commands,
+        hash_tag: if cluster.is_some() {
+            Some(*b"{}")
+        } else {
+            opt(&p.hash_tag, syntax::parse_hash_tag)?
+        },
+        cluster,
         location: loc(name),
     })
 }

@@ -650,7 +650,7 @@ fn native_reserved_keys_are_refused() {
             "    protocol: memcache\n    servers",
             "    protocol: memcache\n    cluster: { seeds: [\"127.0.0.1:7000\"] }\n    servers"
         )),
-        "4:14: `cluster` (Redis Cluster pools) is not supported yet"
+        "4:14: `cluster` applies to redis pools only"
     );
     assert_eq!(
         err(&NATIVE.replace(
@@ -896,5 +896,49 @@ listeners:
             "    protocol: memcache\n    allow_commands: [keys]\n    servers"
         )),
         "4:21: allow_commands applies to redis pools only"
+    );
+}
+
+#[test]
+fn native_cluster_pools() {
+    let redis = "\
+pools:
+  s:
+    protocol: redis
+    cluster: { seeds: [\"127.0.0.1:7000\", \"localhost:7001\"], read_from: prefer_replica }
+listeners:
+  - { listen: 127.0.0.1:6390, protocol: redis, route: s }
+";
+    let c = ok(redis);
+    let p = &c.pools[0];
+    assert!(p.servers.is_empty());
+    let cl = p.cluster.as_ref().unwrap();
+    assert_eq!(cl.seeds, ["127.0.0.1:7000", "localhost:7001"]);
+    assert_eq!(cl.read_from, crate::config::ReadFrom::PreferReplica);
+    assert_eq!(p.hash_tag, Some(*b"{}"));
+    assert_eq!(
+        ok(&redis.replace(", read_from: prefer_replica", "")).pools[0]
+            .cluster
+            .as_ref()
+            .unwrap()
+            .read_from,
+        crate::config::ReadFrom::Primary
+    );
+    assert_eq!(
+        err(&redis.replace("prefer_replica", "nearest")),
+        "4:72: read_from 'nearest': expected primary, prefer_replica or replica"
+    );
+    assert_eq!(
+        err(&redis.replace("\"localhost:7001\"", "\"localhost\"")),
+        "4:42: cluster seed 'localhost' is not host:port"
+    );
+    assert!(err(&redis.replace(
+        "    cluster:",
+        "    servers: [\"127.0.0.1:6379:1\"]\n    cluster:"
+    ))
+    .contains("is a cluster pool"));
+    assert!(
+        err(&redis.replace("    cluster:", "    hash: md5\n    cluster:"))
+            .contains("`hash` does not apply to a cluster pool")
     );
 }

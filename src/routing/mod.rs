@@ -8,6 +8,7 @@
 pub mod distribution;
 pub mod hash;
 pub mod ketama;
+pub mod slots;
 
 pub use distribution::{hash_tag_key, DistributionKind, Node, Placement};
 pub use hash::HashKind;

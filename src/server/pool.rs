@@ -26,6 +26,8 @@ pub struct PoolRuntime {
     pub specs: Vec<Arc<ServerSpec>>,
     pub limits: Limits,
     pub metrics: PoolMetrics,
+    /// A Redis Cluster pool's topology (its `specs` are empty: nodes are discovered).
+    pub cluster: Option<Arc<super::cluster::ClusterShared>>,
     nodes: Vec<Node>,
     placement: ArcSwap<Placement>,
     /// Bumped by backend connections when they eject a server.
@@ -148,7 +150,31 @@ impl PoolRuntime {
             item_size_max: config.item_size_max,
             ..Limits::default()
         };
+        let cluster = config.cluster.as_ref().map(|_| {
+            let template = ServerSpec {
+                address: String::new(),
+                unix: false,
+                timeout: config.timeout,
+                tcpkeepalive: config.tcpkeepalive,
+                health: Arc::new(ServerHealth::default()),
+                pool_epoch: epoch.clone(),
+                auto_eject: false,
+                failure_limit: config.failure_limit,
+                retry_timeout: config.retry_timeout,
+                tls: tls.clone(),
+                tko: None,
+                init: init.clone(),
+                metrics: ServerMetrics::unregistered(),
+            };
+            match old.and_then(|o| o.cluster.as_ref()) {
+                Some(c) if c.reusable(&config, &template) => c.clone(),
+                _ => Arc::new(super::cluster::ClusterShared::new(
+                    &config, template, families,
+                )),
+            }
+        });
         PoolRuntime {
+            cluster,
             metrics: families.pool(&config.name),
             config,
             specs,
@@ -218,6 +244,9 @@ impl PoolRuntime {
 
     /// True when at least one server is in service.
     pub fn has_live_server(&self) -> bool {
+        if let Some(c) = &self.cluster {
+            return c.map().complete();
+        }
         let now = now_ms();
         self.specs
             .iter()

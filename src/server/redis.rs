@@ -49,16 +49,18 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::Interest;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::cluster::{ClusterRx, ClusterWorker};
 use super::pool::PoolRuntime;
 use super::redis_merge::{self, error};
 use super::stats::{bump, Stats};
 use crate::backend::io::Io;
-use crate::backend::{BackendError, BackendHandle, Dedicated, Reply, ReplyKind};
+use crate::backend::{BackendError, BackendHandle, Dedicated, Reply, ReplyKind, ServerSpec};
 use crate::config::GATED_COMMANDS;
 use crate::protocol::redis_commands::{
     self as rc, flags, handling_for, key_indices, CommandInfo, Handling, Merge,
 };
 use crate::protocol::resp::{self, encode_request, parse_request, RespLimits, RespRequest};
+use crate::routing::slots;
 
 /// Stop reading from a client that has this many replies outstanding, or this much unsent
 /// output: a client that pipelines without reading is throttled instead of growing memory.
@@ -76,6 +78,9 @@ pub struct RedisContext {
     pub pool: Arc<PoolRuntime>,
     /// `backends[server][i]`: this worker's connections to each server of the pool.
     pub backends: Rc<Vec<Vec<BackendHandle>>>,
+    /// A Redis Cluster pool: this worker's node connections and the slot map. Then a
+    /// "server" index in this file is a slot (see `cluster.rs`), and `backends` is empty.
+    pub cluster: Option<Rc<ClusterWorker>>,
     pub stats: Arc<Stats>,
     pub threads: usize,
     /// Every pool of the proxy, for INFO.
@@ -109,15 +114,16 @@ enum Pending {
     Ready(Bytes),
     /// A reply passed through from one server.
     Single {
-        rx: oneshot::Receiver<Reply>,
+        rx: Rx,
         server: usize,
     },
     /// Parts on several servers, merged when all are in.
     Merged(Box<Merged>),
     /// One step of a SCAN walk: the server's cursor is rewritten.
     Scan {
-        rx: oneshot::Receiver<Reply>,
+        rx: Rx,
         server: usize,
+        n: usize,
     },
     /// MULTI, the queued commands and EXEC on a dedicated connection; the EXEC reply is the
     /// client's (the connection is closed when this completes).
@@ -140,8 +146,30 @@ struct Merged {
 
 struct Part {
     server: usize,
-    rx: Option<oneshot::Receiver<Reply>>,
+    rx: Option<Rx>,
     result: Option<Reply>,
+}
+
+/// A reply on its way: from one backend connection, or a cluster request that follows
+/// redirections (whose transport errors arrive already turned into `-ERR` replies).
+enum Rx {
+    Plain(oneshot::Receiver<Reply>),
+    Cluster(ClusterRx),
+}
+
+impl From<oneshot::Receiver<Reply>> for Rx {
+    fn from(rx: oneshot::Receiver<Reply>) -> Rx {
+        Rx::Plain(rx)
+    }
+}
+
+impl Rx {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Reply> {
+        match self {
+            Rx::Plain(rx) => Pin::new(rx).poll(cx).map(flatten),
+            Rx::Cluster(c) => c.poll(cx).map(Ok),
+        }
+    }
 }
 
 fn flatten(r: Result<Reply, oneshot::error::RecvError>) -> Reply {
@@ -150,8 +178,20 @@ fn flatten(r: Result<Reply, oneshot::error::RecvError>) -> Reply {
 
 fn backend_error(ctx: &RedisContext, server: usize, e: &BackendError) -> Bytes {
     bump(&ctx.stats.server_errors, 1);
-    let addr = &ctx.pool.specs[server].address;
+    let addr = server_address(ctx, server);
     error(&format!("ERR backend {addr} {e}"))
+}
+
+/// The address of `server` for messages (cluster pools: the current owner of that slot).
+fn server_address(ctx: &RedisContext, server: usize) -> String {
+    match &ctx.cluster {
+        Some(c) => c
+            .shared
+            .map()
+            .shard(server.min(u16::MAX as usize) as u16)
+            .map_or_else(|| "(cluster)".to_string(), |s| s.primary.clone()),
+        None => ctx.pool.specs[server].address.clone(),
+    }
 }
 
 impl Pending {
@@ -160,17 +200,17 @@ impl Pending {
         match self {
             Pending::Ready(b) => Poll::Ready(Some(std::mem::take(b))),
             Pending::Quit => Poll::Ready(None),
-            Pending::Single { rx, server } => match Pin::new(rx).poll(cx) {
+            Pending::Single { rx, server } => match rx.poll(cx) {
                 Poll::Pending => Poll::Pending,
-                Poll::Ready(r) => Poll::Ready(Some(match flatten(r) {
+                Poll::Ready(r) => Poll::Ready(Some(match r {
                     Ok(b) => b,
                     Err(e) => backend_error(ctx, *server, &e),
                 })),
             },
-            Pending::Scan { rx, server } => match Pin::new(rx).poll(cx) {
+            Pending::Scan { rx, server, n } => match rx.poll(cx) {
                 Poll::Pending => Poll::Pending,
-                Poll::Ready(r) => Poll::Ready(Some(match flatten(r) {
-                    Ok(b) => redis_merge::scan_reply(&b, *server, ctx.pool.specs.len()),
+                Poll::Ready(r) => Poll::Ready(Some(match r {
+                    Ok(b) => redis_merge::scan_reply(&b, *server, *n),
                     Err(e) => backend_error(ctx, *server, &e),
                 })),
             },
@@ -178,10 +218,10 @@ impl Pending {
                 let mut waiting = false;
                 for p in m.parts.iter_mut() {
                     if let Some(rx) = p.rx.as_mut() {
-                        match Pin::new(rx).poll(cx) {
+                        match rx.poll(cx) {
                             Poll::Pending => waiting = true,
                             Poll::Ready(r) => {
-                                p.result = Some(flatten(r));
+                                p.result = Some(r);
                                 p.rx = None;
                             }
                         }
@@ -244,7 +284,8 @@ struct Multi {
 
 /// Subscribed mode: one push connection per server subscribed on.
 struct PubSub {
-    conns: Vec<Option<Dedicated>>,
+    /// By server (cluster pools: by slot for SSUBSCRIBE, `slots::SLOTS` for the rest).
+    conns: std::collections::HashMap<usize, Dedicated>,
     sink: mpsc::UnboundedSender<(usize, Reply)>,
     rx: mpsc::UnboundedReceiver<(usize, Reply)>,
     channels: Vec<Bytes>,
@@ -592,7 +633,7 @@ impl Conn {
         let keys = key_indices(info, args).map_err(|e| format!("ERR {e}"))?;
         let mut server = None;
         for k in keys {
-            let s = self.ctx.pool.server_for(&args[k]).ok_or_else(|| {
+            let s = self.place(&args[k]).ok_or_else(|| {
                 format!(
                     "ERR no server available in pool {}",
                     self.ctx.pool.config.name
@@ -608,6 +649,9 @@ impl Conn {
     }
 
     fn crossslot(&self, what: &str) -> String {
+        if self.ctx.cluster.is_some() {
+            return format!("CROSSSLOT {what} hash to the same slot");
+        }
         let how = if self.ctx.pool.config.hash_tag.is_some() {
             "use hash tags {...} to force them together"
         } else {
@@ -619,7 +663,7 @@ impl Conn {
     fn route(&mut self, info: &CommandInfo, req: RespRequest) {
         match self.server_of(info, &req.args) {
             Ok(Some(server)) => {
-                let rx = self.backend(server).send(req.raw, ReplyKind::Resp);
+                let rx = self.send(server, req.raw, info.is_readonly());
                 self.pending.push_back(Pending::Single { rx, server });
             }
             Ok(None) => self.reject(&format!(
@@ -642,7 +686,7 @@ impl Conn {
         let mut part_args: Vec<Vec<&Bytes>> = Vec::new();
         let mut part_of = Vec::with_capacity(keys.len());
         for &k in &keys {
-            let Some(server) = self.ctx.pool.server_for(&args[k]) else {
+            let Some(server) = self.place(&args[k]) else {
                 let msg = format!(
                     "ERR no server available in pool {}",
                     self.ctx.pool.config.name
@@ -663,9 +707,10 @@ impl Conn {
             }
             part_of.push(p);
         }
+        let read = info.is_readonly();
         if servers.len() == 1 {
             let server = servers[0];
-            let rx = self.backend(server).send(req.raw, ReplyKind::Resp);
+            let rx = self.send(server, req.raw, read);
             return self.pending.push_back(Pending::Single { rx, server });
         }
         let how = rc::merge(info).unwrap_or(Merge::Sum);
@@ -674,10 +719,7 @@ impl Conn {
             .zip(&part_args)
             .map(|(&server, a)| Part {
                 server,
-                rx: Some(
-                    self.backend(server)
-                        .send(encode_request(a).raw, ReplyKind::Resp),
-                ),
+                rx: Some(self.send(server, encode_request(a).raw, read)),
                 result: None,
             })
             .collect();
@@ -702,6 +744,9 @@ impl Conn {
             );
             return self.reject(&msg);
         }
+        if let Some(c) = self.ctx.cluster.clone() {
+            return self.cluster_fan_out(&c, info, req);
+        }
         let n = self.ctx.pool.specs.len();
         if info.name == "scan" {
             let cursor = std::str::from_utf8(&req.args[1])
@@ -716,14 +761,19 @@ impl Conn {
             args[1] = c.as_bytes();
             let rx = self
                 .backend(server)
-                .send(encode_request(&args).raw, ReplyKind::Resp);
-            return self.pending.push_back(Pending::Scan { rx, server });
+                .send(encode_request(&args).raw, ReplyKind::Resp)
+                .into();
+            return self.pending.push_back(Pending::Scan { rx, server, n });
         }
         let how = rc::merge(info).unwrap_or(Merge::AllEqual);
         let parts = (0..n)
             .map(|server| Part {
                 server,
-                rx: Some(self.backend(server).send(req.raw.clone(), ReplyKind::Resp)),
+                rx: Some(
+                    self.backend(server)
+                        .send(req.raw.clone(), ReplyKind::Resp)
+                        .into(),
+                ),
                 result: None,
             })
             .collect();
@@ -807,7 +857,16 @@ impl Conn {
             // COMMAND, COMMAND INFO/DOCS/LIST/GETKEYS: the first server describes its commands,
             // which are the ones the proxy routes (the table is checked against a live server).
             _ if info.name == "command" || info.name.starts_with("command|") => {
-                let rx = self.backend(0).send(req.raw, ReplyKind::Resp);
+                let rx = match &self.ctx.cluster {
+                    Some(c) => match c.shared.map().primaries().first() {
+                        Some(addr) => Rx::Cluster(c.send_to(addr, req.raw, self.client_id)),
+                        None => {
+                            c.shared.refresh();
+                            return self.reject(NO_MAP);
+                        }
+                    },
+                    None => self.backend(0).send(req.raw, ReplyKind::Resp).into(),
+                };
                 self.pending.push_back(Pending::Single { rx, server: 0 });
             }
             other => self.reject(&format!("ERR {other} is not answered by kvrouter")),
@@ -1034,12 +1093,15 @@ impl Conn {
             if self.defer(&req) {
                 return;
             }
-            let spec = self.ctx.pool.specs[server].clone();
+            let spec = match self.spec_of(server) {
+                Ok(s) => s,
+                Err(e) => return self.reject(&e),
+            };
             let timeout = self.ctx.pool.config.timeout;
             let (_, conn) = self
                 .watch
                 .get_or_insert_with(|| (server, Dedicated::open(spec, timeout)));
-            let rx = conn.send(req.raw);
+            let rx = conn.send(req.raw).into();
             self.barrier = true;
             return self.pending.push_back(Pending::Single { rx, server });
         }
@@ -1048,10 +1110,19 @@ impl Conn {
             return;
         }
         if !matches!(&self.blocker, Some((s, c)) if *s == server && c.is_alive()) {
-            let spec = self.ctx.pool.specs[server].clone();
+            let spec = match self.spec_of(server) {
+                Ok(s) => s,
+                Err(e) => return self.reject(&e),
+            };
             self.blocker = Some((server, Dedicated::open(spec, None)));
         }
-        let rx = self.blocker.as_ref().expect("just set").1.send(req.raw);
+        let rx = self
+            .blocker
+            .as_ref()
+            .expect("just set")
+            .1
+            .send(req.raw)
+            .into();
         self.barrier = true;
         self.blocking = true;
         self.pending.push_back(Pending::Single { rx, server });
@@ -1125,10 +1196,10 @@ impl Conn {
         let server = m.server.or(watch.as_ref().map(|(s, _)| *s)).unwrap_or(0);
         let conn = match watch {
             Some((_, c)) => c,
-            None => Dedicated::open(
-                self.ctx.pool.specs[server].clone(),
-                self.ctx.pool.config.timeout,
-            ),
+            None => match self.spec_of(server) {
+                Ok(spec) => Dedicated::open(spec, self.ctx.pool.config.timeout),
+                Err(e) => return self.reject(&e),
+            },
         };
         let mut rxs = VecDeque::with_capacity(m.cmds.len() + 2);
         rxs.push_back(conn.send(Bytes::from_static(b"*1\r\n$5\r\nMULTI\r\n")));
@@ -1179,10 +1250,23 @@ impl Conn {
             }
         }
         let n = self.ctx.pool.specs.len();
+        let cluster = self.ctx.cluster.is_some();
+        // Where each name subscribes (None: no server available).
+        let pool = self.ctx.pool.clone();
+        let place = |ch: &[u8], shard: bool| -> Option<usize> {
+            if !cluster {
+                pool.server_for(ch)
+            } else if shard {
+                Some(slots::key_slot(ch) as usize)
+            } else {
+                Some(slots::SLOTS)
+            }
+        };
+        let mut specs = std::collections::HashMap::new();
         let ps = self.pubsub.get_or_insert_with(|| {
             let (sink, rx) = mpsc::unbounded_channel();
             PubSub {
-                conns: (0..n).map(|_| None).collect(),
+                conns: std::collections::HashMap::new(),
                 sink,
                 rx,
                 channels: Vec::new(),
@@ -1205,7 +1289,7 @@ impl Conn {
             };
         }
         // What to send to each server.
-        let mut per_server: Vec<Vec<Bytes>> = vec![Vec::new(); n];
+        let mut per_server: std::collections::BTreeMap<usize, Vec<Bytes>> = Default::default();
         let mut out = BytesMut::new();
         let mut failed = None;
         for ch in &names {
@@ -1229,11 +1313,11 @@ impl Conn {
                 _ => false,
             };
             if changed {
-                if pattern {
-                    per_server.iter_mut().for_each(|v| v.push(ch.clone()));
+                if pattern && !cluster {
+                    (0..n).for_each(|s| per_server.entry(s).or_default().push(ch.clone()));
                 } else {
-                    match self.ctx.pool.server_for(ch) {
-                        Some(s) => per_server[s].push(ch.clone()),
+                    match place(ch, shard) {
+                        Some(s) => per_server.entry(s).or_default().push(ch.clone()),
                         None => failed = Some(ch.clone()),
                     }
                 }
@@ -1249,13 +1333,28 @@ impl Conn {
                 if shard { ps.shard.len() } else { ps.count() },
             );
         }
-        for (server, chans) in per_server.into_iter().enumerate() {
-            if chans.is_empty() {
-                continue;
+        // The connections to open (cluster: the slot's owner now; it is kept while subscribed).
+        let mut no_node = false;
+        for &server in per_server.keys() {
+            let ps = self.pubsub.as_ref().expect("subscribed");
+            if !ps.conns.contains_key(&server) {
+                match self.spec_of(server) {
+                    Ok(spec) => {
+                        specs.insert(server, spec);
+                    }
+                    Err(_) => no_node = true,
+                }
             }
-            let conn = ps.conns[server].get_or_insert_with(|| {
-                Dedicated::open_push(self.ctx.pool.specs[server].clone(), server, ps.sink.clone())
-            });
+        }
+        let ps = self.pubsub.as_mut().expect("subscribed");
+        for (server, chans) in per_server {
+            let conn = match ps.conns.entry(server) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => match specs.remove(&server) {
+                    Some(spec) => v.insert(Dedicated::open_push(spec, server, ps.sink.clone())),
+                    None => continue,
+                },
+            };
             let mut words: Vec<&[u8]> = vec![name.as_bytes()];
             words.extend(chans.iter().map(|c| c.as_ref()));
             conn.send_raw(encode_request(&words).raw);
@@ -1265,6 +1364,9 @@ impl Conn {
             self.pubsub = None; // closing the connections ends the subscriptions
         }
         self.reply(out.freeze());
+        if no_node {
+            self.reject(NO_MAP);
+        }
         if let Some(ch) = failed {
             self.reject(&format!(
                 "ERR no server available in pool {} for channel {}",
@@ -1289,7 +1391,8 @@ impl Conn {
                 true
             }
             Err(e) => {
-                let addr = &self.ctx.pool.specs[server].address;
+                let addr = self.pubsub.as_ref().and_then(|p| p.conns.get(&server));
+                let addr = addr.map_or_else(String::new, |c| c.spec.address.clone());
                 let msg = format!(
                     "ERR backend {addr} {e}: subscriptions on that server are lost, resubscribe"
                 );
@@ -1361,4 +1464,95 @@ fn unknown_command(args: &[Bytes]) -> String {
         "ERR unknown command '{}', with args beginning with: {rest}",
         lossy(args.first().map_or(&b""[..], |a| a), 128)
     )
+}
+
+/// A cluster pool whose map has no owner for what a command needs.
+const NO_MAP: &str =
+    "CLUSTERDOWN kvrouter knows no cluster node for this yet (refreshing the slot map); try again";
+
+/// Cluster pools (see `cluster.rs`): a "server" index is a slot; `SLOTS` stands for "any node"
+/// (SUBSCRIBE and PSUBSCRIBE: a cluster broadcasts PUBLISH to every node).
+impl Conn {
+    /// Where `key` goes: its server (sharded pools) or its slot (cluster pools).
+    fn place(&self, key: &[u8]) -> Option<usize> {
+        if self.ctx.cluster.is_some() {
+            return Some(slots::key_slot(key) as usize);
+        }
+        self.ctx.pool.server_for(key)
+    }
+
+    /// Send a request to `server`; on a cluster pool to the owner of that slot (or a replica
+    /// for reads, per `read_from`), following redirections.
+    fn send(&self, server: usize, raw: Bytes, read: bool) -> Rx {
+        match &self.ctx.cluster {
+            Some(c) => Rx::Cluster(c.send(server as u16, raw, read, self.client_id)),
+            None => self.backend(server).send(raw, ReplyKind::Resp).into(),
+        }
+    }
+
+    /// The spec of a dedicated connection to `server` (cluster pools: the slot's primary).
+    fn spec_of(&self, server: usize) -> Result<Arc<ServerSpec>, String> {
+        let Some(c) = &self.ctx.cluster else {
+            return Ok(self.ctx.pool.specs[server].clone());
+        };
+        let map = c.shared.map();
+        let addr = if server < slots::SLOTS {
+            map.shard(server as u16).map(|s| s.primary.clone())
+        } else {
+            map.primaries().first().cloned()
+        };
+        match addr {
+            Some(a) => Ok(c.shared.spec(&a, false)),
+            None => {
+                c.shared.refresh();
+                Err(NO_MAP.to_string())
+            }
+        }
+    }
+
+    /// DBSIZE, SCAN, RANDOMKEY, SCRIPT ...: over the primaries of the current map. The SCAN
+    /// cursor encodes the primary's index, so a walk is only complete while the topology is
+    /// stable.
+    fn cluster_fan_out(&mut self, c: &Rc<ClusterWorker>, info: &CommandInfo, req: RespRequest) {
+        let primaries = c.shared.map().primaries();
+        if primaries.is_empty() {
+            c.shared.refresh();
+            return self.reject(NO_MAP);
+        }
+        let n = primaries.len();
+        if info.name == "scan" {
+            let cursor = std::str::from_utf8(&req.args[1])
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok());
+            let Some(cursor) = cursor else {
+                return self.reject("ERR invalid cursor");
+            };
+            let (server, backend_cursor) = redis_merge::split_cursor(cursor, n);
+            let cur = backend_cursor.to_string();
+            let mut args: Vec<&[u8]> = req.args.iter().map(|a| a.as_ref()).collect();
+            args[1] = cur.as_bytes();
+            let raw = encode_request(&args).raw;
+            let rx = Rx::Cluster(c.send_to(&primaries[server], raw, self.client_id));
+            return self.pending.push_back(Pending::Scan { rx, server, n });
+        }
+        let how = rc::merge(info).unwrap_or(Merge::AllEqual);
+        let parts = primaries
+            .iter()
+            .enumerate()
+            .map(|(server, addr)| Part {
+                server,
+                rx: Some(Rx::Cluster(c.send_to(
+                    addr,
+                    req.raw.clone(),
+                    self.client_id,
+                ))),
+                result: None,
+            })
+            .collect();
+        self.pending.push_back(Pending::Merged(Box::new(Merged {
+            how,
+            parts,
+            part_of: Vec::new(),
+        })));
+    }
 }

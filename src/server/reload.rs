@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use super::cluster::ClusterWorker;
 use super::listener::{self, Bound};
 use super::memcache::McContext;
 use super::metrics::Families;
@@ -288,6 +289,9 @@ pub struct WorkerRouting {
     /// Backend connections per server, keyed by the server's `ServerSpec` (kept alive by the
     /// handles themselves, so the key cannot be reused while present).
     backends: RefCell<HashMap<usize, Vec<BackendHandle>>>,
+    /// This worker's side of each cluster pool, keyed by its `ClusterShared` (kept while a
+    /// reload keeps the pool's cluster state, so its node connections survive).
+    clusters: RefCell<HashMap<usize, Rc<ClusterWorker>>>,
 }
 
 impl WorkerRouting {
@@ -298,6 +302,7 @@ impl WorkerRouting {
             built: Cell::new(0),
             contexts: RefCell::new(HashMap::new()),
             backends: RefCell::new(HashMap::new()),
+            clusters: RefCell::new(HashMap::new()),
         })
     }
 
@@ -366,6 +371,23 @@ impl WorkerRouting {
                 backends: per_pool[&p].clone(),
             }
         };
+        let mut old_clusters = self.clusters.take();
+        let mut clusters = HashMap::new();
+        for p in &generation.pools {
+            if let Some(c) = &p.cluster {
+                let key = Arc::as_ptr(c) as usize;
+                let w = old_clusters.remove(&key).unwrap_or_else(|| {
+                    Rc::new(ClusterWorker::new(
+                        c.clone(),
+                        p.config.connections,
+                        self.shared.stats.clone(),
+                    ))
+                });
+                c.maybe_refresh();
+                clusters.insert(key, w);
+            }
+        }
+        drop(old_clusters);
         let contexts = generation
             .listeners
             .iter()
@@ -379,6 +401,10 @@ impl WorkerRouting {
                     let ctx = RedisContext {
                         pool: generation.pools[l.pool].clone(),
                         backends: per_pool[&l.pool].clone(),
+                        cluster: generation.pools[l.pool]
+                            .cluster
+                            .as_ref()
+                            .map(|c| clusters[&(Arc::as_ptr(c) as usize)].clone()),
                         stats: self.shared.stats.clone(),
                         threads: self.shared.threads,
                         pools: generation.pools.clone(),
@@ -431,6 +457,7 @@ impl WorkerRouting {
         drop(old);
         *self.backends.borrow_mut() = backends;
         *self.contexts.borrow_mut() = contexts;
+        *self.clusters.borrow_mut() = clusters;
         self.built.set(generation.id);
     }
 }

@@ -533,3 +533,154 @@ pub fn text(f: &Frame) -> String {
         other => format!("{other:?}"),
     }
 }
+
+/// A real Redis Cluster on loopback: `nodes[i]` are redis-server processes with
+/// `--cluster-enabled yes`, joined by `redis-cli --cluster create --cluster-replicas 1`. Each
+/// node's cluster bus port is chosen free too (`--cluster-port`). A short node timeout
+/// (`node_timeout_ms`) makes failovers happen within seconds.
+pub struct RedisCluster {
+    pub nodes: Vec<Proc>,
+    pub dir: TempDir,
+}
+
+fn cluster_node(dir: &TempDir, node_timeout_ms: u64) -> Proc {
+    for _ in 0..20 {
+        let port = free_port();
+        let bus = free_port();
+        let mut child = Command::new(which("redis-server"))
+            .args([
+                "--port",
+                &port.to_string(),
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                &bus.to_string(),
+                "--cluster-config-file",
+                &dir.0.join(format!("nodes-{port}.conf")).to_string_lossy(),
+                "--cluster-node-timeout",
+                &node_timeout_ms.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                &dir.0.to_string_lossy(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        if let Ok(Some(_)) = child.try_wait() {
+            continue;
+        }
+        wait_port(addr, &mut child);
+        return Proc { child, addr };
+    }
+    panic!("could not start a cluster node");
+}
+
+/// `CLUSTER SLOTS` of the node at `addr` as (first, last, [primary, replicas...]).
+pub fn cluster_slots(addr: SocketAddr) -> Vec<(u16, u16, Vec<SocketAddr>)> {
+    let mut c = Resp::connect(addr);
+    let Frame::Array(Some(items)) = c.call(&["CLUSTER", "SLOTS"]) else {
+        panic!("CLUSTER SLOTS");
+    };
+    items
+        .iter()
+        .map(|it| {
+            let Frame::Array(Some(v)) = it else { panic!() };
+            let (Frame::Integer(a), Frame::Integer(b)) = (&v[0], &v[1]) else {
+                panic!()
+            };
+            let nodes = v[2..]
+                .iter()
+                .map(|n| {
+                    let Frame::Array(Some(n)) = n else { panic!() };
+                    let (Frame::Bulk(Some(h)), Frame::Integer(p)) = (&n[0], &n[1]) else {
+                        panic!()
+                    };
+                    format!("{}:{p}", String::from_utf8_lossy(h))
+                        .parse()
+                        .unwrap()
+                })
+                .collect();
+            (*a as u16, *b as u16, nodes)
+        })
+        .collect()
+}
+
+impl RedisCluster {
+    /// Six nodes, three primaries with one replica each; returns once every node reports
+    /// `cluster_state:ok` and sees every primary with its replica.
+    pub fn start(node_timeout_ms: u64) -> RedisCluster {
+        let dir = TempDir::new();
+        let nodes: Vec<Proc> = (0..6)
+            .map(|_| cluster_node(&dir, node_timeout_ms))
+            .collect();
+        let out = Command::new(which("redis-cli"))
+            .arg("--cluster")
+            .arg("create")
+            .args(nodes.iter().map(|n| n.addr.to_string()))
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = RedisCluster { nodes, dir };
+        wait_for(30, "cluster_state:ok on every node", || {
+            cluster
+                .nodes
+                .iter()
+                .all(|n| cluster.healthy(n.addr))
+                .then_some(())
+        });
+        cluster
+    }
+
+    fn healthy(&self, addr: SocketAddr) -> bool {
+        let mut c = Resp::connect(addr);
+        if !c.cmd("CLUSTER INFO").contains("cluster_state:ok") {
+            return false;
+        }
+        let slots = cluster_slots(addr);
+        slots
+            .iter()
+            .map(|(a, b, _)| (b - a) as usize + 1)
+            .sum::<usize>()
+            == 16384
+            && slots.iter().all(|(_, _, n)| n.len() == 2)
+    }
+
+    pub fn seed(&self) -> SocketAddr {
+        self.nodes[0].addr
+    }
+
+    /// The node (by index in `nodes`) at `addr`.
+    pub fn index_of(&self, addr: SocketAddr) -> usize {
+        self.nodes.iter().position(|n| n.addr == addr).unwrap()
+    }
+
+    /// (primary, replicas) of `slot` as `from` sees it.
+    pub fn owner(&self, from: SocketAddr, slot: u16) -> (SocketAddr, Vec<SocketAddr>) {
+        let slots = cluster_slots(from);
+        let (_, _, n) = slots
+            .iter()
+            .find(|(a, b, _)| (*a..=*b).contains(&slot))
+            .unwrap_or_else(|| panic!("no owner for slot {slot}"));
+        (n[0], n[1..].to_vec())
+    }
+
+    /// The node id of the node at `addr`.
+    pub fn node_id(&self, addr: SocketAddr) -> String {
+        let mut c = Resp::connect(addr);
+        c.cmd("CLUSTER MYID")
+    }
+}
