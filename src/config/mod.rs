@@ -357,7 +357,27 @@ pub struct ListenerConfig {
     /// `coalesce_misses: true` (memcached listeners): concurrent plain single-key `get`s of one
     /// key on one worker share one backend request.
     pub coalesce_misses: bool,
+    /// `hot_keys: { threshold, local_cache, split }` (memcached listeners).
+    pub hot_keys: Option<HotKeysConfig>,
     pub location: Location,
+}
+
+/// A listener's hot-key handling: detect keys read more than `threshold` times per second, then
+/// serve their plain `get`s from an in-proxy cache and/or spread them over `split` copies.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HotKeysConfig {
+    /// Accesses per second (all workers) that make a key hot; cold again below half of it.
+    pub threshold: f64,
+    pub local_cache: Option<LocalCacheConfig>,
+    /// Copies per hot key (`KEY::0..N-1`); None: no split.
+    pub split: Option<usize>,
+    pub location: Location,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalCacheConfig {
+    pub ttl: std::time::Duration,
+    pub capacity: usize,
 }
 
 /// `log: { level, file }`: the log filter (a level such as `info`, or tracing directives such

@@ -183,6 +183,7 @@ fn convert(
         client_idle_timeout: None,
         tls: None,
         coalesce_misses: false,
+        hot_keys: None,
         location: loc(listen),
     };
     Ok((pool, listener))
