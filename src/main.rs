@@ -258,6 +258,10 @@ async fn serve(
             let s = shared.clone();
             Arc::new(move || s.current().config.to_json_redacted())
         },
+        hotkeys: {
+            let s = shared.clone();
+            Arc::new(move || server::hot::hotkeys_json(&s))
+        },
     };
     match kvrouter::admin::spawn(admin, api).await {
         Ok(a) => tracing::info!("admin listening on http://{a}"),

@@ -35,6 +35,8 @@ pub struct AdminApi {
     pub pools: JsonView,
     /// `GET /config`: the active config, secrets redacted.
     pub config: JsonView,
+    /// `GET /hotkeys`: per listener with hot_keys, the keys hot now and what is done with them.
+    pub hotkeys: JsonView,
 }
 
 /// Bind the admin listener and serve it on the current runtime.
@@ -64,15 +66,6 @@ pub async fn spawn(addr: SocketAddr, api: AdminApi) -> std::io::Result<SocketAdd
 const TEXT: &str = "text/plain; charset=utf-8";
 const JSON: &str = "application/json";
 
-/// What `/hotkeys` says until hot key detection exists.
-pub fn hotkeys_json() -> serde_json::Value {
-    serde_json::json!({
-        "hot_keys": [],
-        "enabled": false,
-        "note": "hot key detection is not implemented yet",
-    })
-}
-
 fn json_body(v: serde_json::Value) -> String {
     let mut s = serde_json::to_string_pretty(&v).expect("a Value always serializes");
     s.push('\n');
@@ -92,7 +85,7 @@ fn handle(req: Request<Incoming>, api: &AdminApi) -> Response<Full<Bytes>> {
         (&Method::GET, "/metrics") => (StatusCode::OK, metrics::CONTENT_TYPE, (api.metrics)()),
         (&Method::GET, "/pools") => (StatusCode::OK, JSON, json_body((api.pools)())),
         (&Method::GET, "/config") => (StatusCode::OK, JSON, json_body((api.config)())),
-        (&Method::GET, "/hotkeys") => (StatusCode::OK, JSON, json_body(hotkeys_json())),
+        (&Method::GET, "/hotkeys") => (StatusCode::OK, JSON, json_body((api.hotkeys)())),
         (&Method::GET, _) => (
             StatusCode::NOT_FOUND,
             TEXT,

@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use super::hot::HotCtx;
 use super::listener::{self, Bound};
 use super::memcache::McContext;
 use super::metrics::Families;
@@ -83,8 +84,23 @@ pub(crate) fn build_generation(
                     (*next_listener_id, Arc::new(AtomicUsize::new(l.max_clients)))
                 }
             };
+            let hot = match &l.hot_keys {
+                Some(h) => Some(super::hot::HotRuntime::build(
+                    &name,
+                    h,
+                    previous.and_then(|p| p.hot.as_ref()),
+                    families,
+                )),
+                None => {
+                    if previous.is_some_and(|p| p.hot.is_some()) {
+                        families.remove_hot(&name);
+                    }
+                    None
+                }
+            };
             Ok(ListenerRuntime {
                 id: lid,
+                hot,
                 metrics: Arc::new(families.listener(&name)),
                 name,
                 pool,
@@ -350,11 +366,16 @@ impl WorkerRouting {
                 backends: per_pool[&p].clone(),
             }
         };
+        let old_contexts = self.contexts.take();
         let contexts = generation
             .listeners
             .iter()
             .zip(&generation.config.listeners)
             .map(|(l, lc)| {
+                let hot = l.hot.as_ref().map(|h| {
+                    let previous = old_contexts.get(&l.id).and_then(|c| c.hot.as_ref());
+                    HotCtx::new(&h.keys, previous, generation.pools[l.pool].config.hash_tag)
+                });
                 let mut limits = generation.pools[l.pool].limits;
                 if let Some(max) = lc.max_request_bytes {
                     limits.item_size_max = limits.item_size_max.min(max);
@@ -373,6 +394,7 @@ impl WorkerRouting {
                     idle_timeout: lc.client_idle_timeout,
                     tls: l.tls.clone(),
                     coalesce: lc.coalesce_misses.then(Default::default),
+                    hot,
                     metrics: l.metrics.clone(),
                     follow: Follow {
                         listener: l.id,
@@ -390,6 +412,18 @@ impl WorkerRouting {
         *self.backends.borrow_mut() = backends;
         *self.contexts.borrow_mut() = contexts;
         self.built.set(generation.id);
+    }
+}
+
+impl WorkerRouting {
+    /// Every TICK: hand this worker's hot-key samples to each listener's detector.
+    pub fn hot_tick(&self) {
+        let now = std::time::Instant::now();
+        for ctx in self.contexts.borrow().values() {
+            if let Some(h) = &ctx.hot {
+                h.tick(now);
+            }
+        }
     }
 }
 
