@@ -1270,14 +1270,12 @@ async fn read_original_and_fill(
         ms.extend_from_slice(format!(" {} F{} T{ttl}\r\n", meta.data.len(), meta.flags).as_bytes());
         ms.extend_from_slice(&meta.data);
         ms.extend_from_slice(b"\r\n");
-        // The reply (HD, or an error: the copy just stays missing) is not waited for.
-        drop(send_key(
-            ctx,
-            client_id,
-            Command::MetaSet,
-            &copy,
-            ms.freeze(),
-        ));
+        // The reply (HD, or an error: the copy just stays missing) is not waited for, but its
+        // receiver is kept: a backend connection skips requests nobody waits for.
+        let rx = send_key(ctx, client_id, Command::MetaSet, &copy, ms.freeze());
+        tokio::task::spawn_local(async move {
+            let _ = rx.await;
+        });
         HotKeys::count(&shared.copy_fills, 1);
     }
     Ok(item.freeze())
