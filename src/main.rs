@@ -262,6 +262,10 @@ async fn serve(
             let s = shared.clone();
             Arc::new(move || s.current().config.admin_token.clone())
         },
+        hotkeys: {
+            let s = shared.clone();
+            Arc::new(move || server::hot::hotkeys_json(&s))
+        },
     };
     match kvrouter::admin::spawn(admin, api).await {
         Ok(a) => tracing::info!("admin listening on http://{a}"),

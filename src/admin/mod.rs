@@ -38,6 +38,8 @@ pub struct AdminApi {
     /// The bearer token required by every endpoint but `/healthz` (read per request, so a
     /// reload can change it); None: open (the listener is on loopback by default).
     pub token: TokenView,
+    /// `GET /hotkeys`: per listener with hot_keys, the keys hot now and what is done with them.
+    pub hotkeys: JsonView,
 }
 
 /// The admin token in force.
@@ -87,15 +89,6 @@ pub async fn spawn(addr: SocketAddr, api: AdminApi) -> std::io::Result<SocketAdd
 const TEXT: &str = "text/plain; charset=utf-8";
 const JSON: &str = "application/json";
 
-/// What `/hotkeys` says until hot key detection exists.
-pub fn hotkeys_json() -> serde_json::Value {
-    serde_json::json!({
-        "hot_keys": [],
-        "enabled": false,
-        "note": "hot key detection is not implemented yet",
-    })
-}
-
 fn json_body(v: serde_json::Value) -> String {
     let mut s = serde_json::to_string_pretty(&v).expect("a Value always serializes");
     s.push('\n');
@@ -129,7 +122,7 @@ fn handle(req: Request<Incoming>, api: &AdminApi) -> Response<Full<Bytes>> {
         (&Method::GET, "/metrics") => (StatusCode::OK, metrics::CONTENT_TYPE, (api.metrics)()),
         (&Method::GET, "/pools") => (StatusCode::OK, JSON, json_body((api.pools)())),
         (&Method::GET, "/config") => (StatusCode::OK, JSON, json_body((api.config)())),
-        (&Method::GET, "/hotkeys") => (StatusCode::OK, JSON, json_body(hotkeys_json())),
+        (&Method::GET, "/hotkeys") => (StatusCode::OK, JSON, json_body((api.hotkeys)())),
         (&Method::GET, _) => (
             StatusCode::NOT_FOUND,
             TEXT,

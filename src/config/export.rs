@@ -70,6 +70,14 @@ impl Config {
                     "backlog": l.backlog,
                     "max_clients": l.max_clients,
                     "reuseport": l.reuseport,
+                    "hot_keys": l.hot_keys.as_ref().map(|h| json!({
+                        "threshold_per_second": h.threshold,
+                        "local_cache": h.local_cache.map(|c| json!({
+                            "ttl_ms": c.ttl.as_millis() as u64,
+                            "capacity": c.capacity,
+                        })),
+                        "split": h.split,
+                    })),
                 })
             })
             .collect();

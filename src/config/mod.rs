@@ -387,6 +387,8 @@ pub struct ListenerConfig {
     pub coalesce_misses: bool,
     /// `users` (redis listeners): who may connect, and what each may do.
     pub users: Vec<UserConfig>,
+    /// `hot_keys: { threshold, local_cache, split }` (memcached listeners).
+    pub hot_keys: Option<HotKeysConfig>,
     pub location: Location,
 }
 
@@ -402,6 +404,24 @@ pub struct UserConfig {
     /// Commands this user may run, lowercase (None: all).
     pub commands: Option<Vec<String>>,
     pub location: Location,
+}
+
+/// A listener's hot-key handling: detect keys read more than `threshold` times per second, then
+/// serve their plain `get`s from an in-proxy cache and/or spread them over `split` copies.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HotKeysConfig {
+    /// Accesses per second (all workers) that make a key hot; cold again below half of it.
+    pub threshold: f64,
+    pub local_cache: Option<LocalCacheConfig>,
+    /// Copies per hot key (`KEY::0..N-1`); None: no split.
+    pub split: Option<usize>,
+    pub location: Location,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalCacheConfig {
+    pub ttl: std::time::Duration,
+    pub capacity: usize,
 }
 
 /// `log: { level, file }`: the log filter (a level such as `info`, or tracing directives such

@@ -122,7 +122,7 @@ struct NativeListener {
     max_clients: Option<usize>,
     backlog: Option<u32>,
     reuseport: Option<bool>,
-    hot_keys: Reserved,
+    hot_keys: Option<Spanned<NativeHotKeys>>,
     tls: Option<Spanned<NativeTls>>,
     users: Option<Spanned<Vec<Spanned<NativeUser>>>>,
     max_request_bytes: Option<Spanned<usize>>,
@@ -185,6 +185,81 @@ fn users(
         });
     }
     Ok(out)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NativeHotKeys {
+    threshold: Option<Spanned<String>>,
+    local_cache: Option<Spanned<NativeLocalCache>>,
+    split: Option<Spanned<usize>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NativeLocalCache {
+    ttl: Option<Spanned<String>>,
+    capacity: Option<Spanned<usize>>,
+}
+
+/// Most copies `split` may ask for.
+const MAX_SPLIT: usize = 64;
+/// Longest local cache `ttl`: a cache of hot keys is for smoothing bursts, not for hiding writes.
+const MAX_LOCAL_TTL: Duration = Duration::from_secs(60);
+
+fn hot_keys(
+    h: &Option<Spanned<NativeHotKeys>>,
+    protocol: Protocol,
+) -> Res<Option<super::HotKeysConfig>> {
+    let Some(h) = h else { return Ok(None) };
+    if protocol == Protocol::Redis {
+        return problem(
+            loc(h),
+            "hot keys for redis listeners are not implemented yet",
+        );
+    }
+    let v = &h.value;
+    let Some(t) = &v.threshold else {
+        return problem(loc(h), "`hot_keys` needs a `threshold`, e.g. 2000/s");
+    };
+    let threshold = text(t, syntax::parse_rate)?;
+    let local_cache = match &v.local_cache {
+        None => None,
+        Some(c) => {
+            let ttl = match &c.value.ttl {
+                None => return problem(loc(c), "`local_cache` needs a `ttl`, e.g. 200ms"),
+                Some(t) => {
+                    let d = text(t, syntax::parse_duration)?;
+                    if d.is_zero() {
+                        return problem(loc(t), "`ttl` must be more than 0");
+                    }
+                    if d > MAX_LOCAL_TTL {
+                        return problem(loc(t), "`ttl` must be at most 60s");
+                    }
+                    d
+                }
+            };
+            let capacity = match &c.value.capacity {
+                None => return problem(loc(c), "`local_cache` needs a `capacity` (entries)"),
+                Some(n) if n.value == 0 => return problem(loc(n), "`capacity` must be at least 1"),
+                Some(n) => n.value,
+            };
+            Some(super::LocalCacheConfig { ttl, capacity })
+        }
+    };
+    let split = match &v.split {
+        None => None,
+        Some(n) if n.value < 2 || n.value > MAX_SPLIT => {
+            return problem(loc(n), format!("`split` must be between 2 and {MAX_SPLIT}"))
+        }
+        Some(n) => Some(n.value),
+    };
+    Ok(Some(super::HotKeysConfig {
+        threshold,
+        local_cache,
+        split,
+        location: loc(h),
+    }))
 }
 
 #[derive(Deserialize)]
@@ -441,7 +516,6 @@ fn convert_listener(
     resolve: Resolver,
 ) -> Res<ListenerConfig> {
     let l = &sl.value;
-    reserved(&l.hot_keys, "`hot_keys`")?;
     let listen = text(&l.listen, |s| {
         syntax::parse_listen(s).and_then(|spec| syntax::resolve_listen(spec, resolve))
     })?;
@@ -451,6 +525,7 @@ fn convert_listener(
             return problem(loc(c), "coalesce_misses applies to memcache listeners only");
         }
     }
+    let hot_keys = hot_keys(&l.hot_keys, protocol)?;
     let route = route::parse(&l.route, protocol, pools)?;
     Ok(ListenerConfig {
         listen,
@@ -469,6 +544,7 @@ fn convert_listener(
         tls: tls(&l.tls, true)?,
         coalesce_misses: l.coalesce_misses.as_ref().is_some_and(|c| c.value),
         users: users(&l.users, protocol, pools)?,
+        hot_keys,
         location: loc(&l.listen),
     })
 }

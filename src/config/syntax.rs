@@ -140,6 +140,21 @@ pub(crate) fn parse_server(s: &str, location: Location) -> Result<ServerConfig, 
     })
 }
 
+/// A rate such as `2000/s` (also `/m`): events per second.
+pub(crate) fn parse_rate(s: &str) -> Result<f64, String> {
+    let bad = || format!("invalid rate '{s}': expected a number per second or minute, e.g. 2000/s");
+    let (num, unit) = s.split_once('/').ok_or_else(bad)?;
+    let n: f64 = num.trim().parse().map_err(|_| bad())?;
+    if !n.is_finite() || n <= 0.0 {
+        return Err(format!("invalid rate '{s}': must be more than 0"));
+    }
+    match unit.trim() {
+        "s" => Ok(n),
+        "m" => Ok(n / 60.0),
+        _ => Err(bad()),
+    }
+}
+
 /// Native durations: an integer and a unit, `us`, `ms`, `s`, `m` or `h` (`200ms`, `1s`, `1m`).
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let digits = s.bytes().take_while(u8::is_ascii_digit).count();

@@ -652,13 +652,78 @@ fn native_reserved_keys_are_refused() {
         )),
         "4:14: `cluster` applies to redis pools only"
     );
-    assert_eq!(
-        err(&NATIVE.replace(
+}
+
+#[test]
+fn hot_keys_per_listener() {
+    assert_eq!(ok(NATIVE).listeners[0].hot_keys, None);
+    let with = |h: &str| {
+        NATIVE.replace(
             "    route: users",
-            "    route: users\n    hot_keys: { split: 8 }"
-        )),
-        "9:15: `hot_keys` is not supported yet"
+            &format!("    route: users\n    hot_keys: {h}"),
+        )
+    };
+    let c = ok(&with(
+        "{ threshold: 2000/s, local_cache: { ttl: 200ms, capacity: 10000 }, split: 8 }",
+    ));
+    let h = c.listeners[0].hot_keys.as_ref().unwrap();
+    assert_eq!(h.threshold, 2000.0);
+    assert_eq!(
+        h.local_cache,
+        Some(LocalCacheConfig {
+            ttl: Duration::from_millis(200),
+            capacity: 10000
+        })
     );
+    assert_eq!(h.split, Some(8));
+    let v = c.to_json_redacted();
+    assert_eq!(v["listeners"][0]["hot_keys"]["split"], 8);
+    assert_eq!(v["listeners"][0]["hot_keys"]["local_cache"]["ttl_ms"], 200);
+    // Detection only, and a per-minute rate.
+    let h = ok(&with("{ threshold: 600/m }")).listeners[0]
+        .hot_keys
+        .clone()
+        .unwrap();
+    assert_eq!((h.threshold, h.local_cache, h.split), (10.0, None, None));
+    // Every mistake is located.
+    assert_eq!(
+        err(&with("{ split: 8 }")),
+        "9:15: `hot_keys` needs a `threshold`, e.g. 2000/s"
+    );
+    assert_eq!(
+        err(&with("{ threshold: 2000 }")),
+        "9:28: invalid rate '2000': expected a number per second or minute, e.g. 2000/s"
+    );
+    assert_eq!(
+        err(&with("{ threshold: 0/s }")),
+        "9:28: invalid rate '0/s': must be more than 0"
+    );
+    assert_eq!(
+        err(&with("{ threshold: 10/s, split: 1 }")),
+        "9:41: `split` must be between 2 and 64"
+    );
+    assert_eq!(
+        err(&with(
+            "{ threshold: 10/s, local_cache: { ttl: 0ms, capacity: 5 } }"
+        )),
+        "9:54: `ttl` must be more than 0"
+    );
+    assert_eq!(
+        err(&with("{ threshold: 10/s, local_cache: { ttl: 1s } }")),
+        "9:47: `local_cache` needs a `capacity` (entries)"
+    );
+    assert!(
+        err(&with("{ threshold: 10/s, colour: red }")).starts_with("9:34: unknown field `colour`")
+    );
+    let redis = format!(
+        "{NATIVE}  - listen: 127.0.0.1:6380\n    protocol: redis\n    route: users\n    hot_keys: {{ threshold: 10/s }}\n"
+    );
+    assert!(
+        err(&redis).ends_with(": hot keys for redis listeners are not implemented yet"),
+        "{}",
+        err(&redis)
+    );
+    assert!(err(&redis).starts_with("12:15:"), "{}", err(&redis));
 }
 
 #[test]

@@ -187,6 +187,7 @@ fn convert(
         tls: None,
         coalesce_misses: false,
         users: Vec::new(),
+        hot_keys: None,
         location: loc(listen),
     };
     Ok((pool, listener))

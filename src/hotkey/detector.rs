@@ -141,6 +141,8 @@ pub struct HotKey {
 struct Tracked {
     rate: f64,
     hot_since: Option<SystemTime>,
+    /// When it last turned cold (it stays guarded for `linger` after).
+    cold_since: Option<Instant>,
 }
 
 struct State {
@@ -156,6 +158,11 @@ pub struct Detector {
     hot: ArcSwap<HashMap<Bytes, HotKey>>,
     /// Some key is hot: the request path's first, cheapest check.
     any: std::sync::atomic::AtomicBool,
+    /// The hot keys plus the keys that turned cold less than `linger` ago: writes of these
+    /// must still clean up what hot-key handling left behind (cache entries, split copies).
+    guarded: ArcSwap<std::collections::HashSet<Bytes>>,
+    any_guarded: std::sync::atomic::AtomicBool,
+    linger: Duration,
     /// Keys that turned hot / cold so far.
     pub turned_hot: std::sync::atomic::AtomicU64,
     pub turned_cold: std::sync::atomic::AtomicU64,
@@ -172,9 +179,26 @@ impl Detector {
             }),
             hot: ArcSwap::from_pointee(HashMap::new()),
             any: Default::default(),
+            guarded: ArcSwap::from_pointee(Default::default()),
+            any_guarded: Default::default(),
+            linger: Duration::ZERO,
             turned_hot: Default::default(),
             turned_cold: Default::default(),
         }
+    }
+
+    /// Keep keys that turned cold guarded (`is_guarded`) for `linger`.
+    pub fn with_linger(mut self, linger: Duration) -> Detector {
+        self.linger = linger;
+        self
+    }
+
+    /// True when `key` is hot, or turned cold less than `linger` ago. Lock-free. Published
+    /// before the hot set, so a key that is hot is always guarded.
+    #[inline]
+    pub fn is_guarded(&self, key: &[u8]) -> bool {
+        self.any_guarded.load(std::sync::atomic::Ordering::Acquire)
+            && self.guarded.load().contains(key)
     }
 
     pub fn threshold(&self) -> f64 {
@@ -207,12 +231,12 @@ impl Detector {
         }
         let elapsed = now.saturating_duration_since(st.window_start);
         if elapsed >= WINDOW {
-            self.roll(&mut st, elapsed.as_secs_f64());
+            self.roll(&mut st, elapsed.as_secs_f64(), now);
             st.window_start = now;
         }
     }
 
-    fn roll(&self, st: &mut State, secs: f64) {
+    fn roll(&self, st: &mut State, secs: f64, now: Instant) {
         use std::sync::atomic::Ordering::Relaxed;
         let counts = std::mem::take(&mut st.counts);
         // Keys not seen this window decay towards zero.
@@ -230,6 +254,7 @@ impl Detector {
                         Tracked {
                             rate: inst,
                             hot_since: None,
+                            cold_since: None,
                         },
                     );
                 }
@@ -240,12 +265,14 @@ impl Detector {
             match t.hot_since {
                 None if t.rate >= self.threshold => {
                     t.hot_since = Some(SystemTime::now());
+                    t.cold_since = None;
                     self.turned_hot.fetch_add(1, Relaxed);
                     tracing::info!(key = %String::from_utf8_lossy(k), rate = t.rate as u64, "key turned hot");
                     changed = true;
                 }
                 Some(_) if t.rate < self.threshold / 2.0 => {
                     t.hot_since = None;
+                    t.cold_since = Some(now);
                     self.turned_cold.fetch_add(1, Relaxed);
                     tracing::info!(key = %String::from_utf8_lossy(k), rate = t.rate as u64, "key turned cold");
                     changed = true;
@@ -254,13 +281,18 @@ impl Detector {
             }
         }
         let floor = self.threshold / 20.0;
+        let linger = self.linger;
+        let lingers = move |t: &Tracked| {
+            t.cold_since
+                .is_some_and(|c| now.saturating_duration_since(c) < linger)
+        };
         st.tracked
-            .retain(|_, t| t.hot_since.is_some() || t.rate >= floor);
+            .retain(|_, t| t.hot_since.is_some() || t.rate >= floor || lingers(t));
         if st.tracked.len() > MAX_TRACKED {
             let mut cold: Vec<(Bytes, f64)> = st
                 .tracked
                 .iter()
-                .filter(|(_, t)| t.hot_since.is_none())
+                .filter(|(_, t)| t.hot_since.is_none() && !lingers(t))
                 .map(|(k, t)| (k.clone(), t.rate))
                 .collect();
             cold.sort_by(|a, b| a.1.total_cmp(&b.1));
@@ -285,6 +317,21 @@ impl Detector {
                 })
             })
             .collect();
+        let guarded: std::collections::HashSet<Bytes> = st
+            .tracked
+            .iter()
+            .filter(|(_, t)| t.hot_since.is_some() || lingers(t))
+            .map(|(k, _)| k.clone())
+            .collect();
+        if guarded != **self.guarded.load() {
+            // Before the hot set: a key is never hot without being guarded.
+            self.any_guarded
+                .store(true, std::sync::atomic::Ordering::Release);
+            let empty = guarded.is_empty();
+            self.guarded.store(std::sync::Arc::new(guarded));
+            self.any_guarded
+                .store(!empty, std::sync::atomic::Ordering::Release);
+        }
         if changed || !hot.is_empty() || !self.hot.load().is_empty() {
             self.any
                 .store(!hot.is_empty(), std::sync::atomic::Ordering::Relaxed);
@@ -346,6 +393,20 @@ mod tests {
         assert!(!d.is_hot(b"celebrity"));
         assert_eq!(d.turned_hot.load(std::sync::atomic::Ordering::Relaxed), 1);
         assert_eq!(d.turned_cold.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_key_stays_guarded_for_linger_after_it_cools() {
+        let d = Detector::new(1000.0).with_linger(Duration::from_secs(3));
+        let mut s = Sampler::new(1000.0, 1);
+        let now = drive(&d, &mut s, Instant::now(), 1.0, &[("k", 4000.0)]);
+        assert!(d.is_hot(b"k") && d.is_guarded(b"k"));
+        assert!(!d.is_guarded(b"other"));
+        let now = drive(&d, &mut s, now, 2.0, &[("k", 10.0)]);
+        assert!(!d.is_hot(b"k"));
+        assert!(d.is_guarded(b"k"), "cooled less than linger ago");
+        drive(&d, &mut s, now, 4.0, &[]);
+        assert!(!d.is_guarded(b"k"));
     }
 
     #[test]

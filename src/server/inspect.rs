@@ -8,10 +8,16 @@ use crate::backend::health::now_ms;
 use crate::backend::metrics::ERROR_KINDS;
 use crate::config::Protocol;
 
-/// Set the gauges that reflect state rather than events: each server's health.
+/// Set the gauges that reflect state rather than events (each server's health, hot keys now),
+/// and bring the hot-key counters up to date.
 pub fn refresh_gauges(shared: &Shared) {
     let now = now_ms();
     let generation = shared.current();
+    for l in &generation.listeners {
+        if let Some(h) = &l.hot {
+            h.export();
+        }
+    }
     for p in &generation.pools {
         for (spec, name) in p.specs.iter().zip(p.server_names()) {
             shared

@@ -92,6 +92,12 @@ pub struct Families {
     route_failovers: IntCounterVec,
     route_gutter: IntCounterVec,
     reloads: IntCounterVec,
+    hot_keys: IntGaugeVec,
+    hot_transitions: IntCounterVec,
+    local_cache: IntCounterVec,
+    local_cache_entries: IntGaugeVec,
+    split: IntCounterVec,
+    hot_coalesced: IntCounterVec,
     pub generation: IntGauge,
     pub last_reload_success: Gauge,
 }
@@ -187,6 +193,36 @@ impl Families {
                 "Config reloads (SIGHUP or file change), by result: ok, failed.",
                 &["result"],
             ),
+            hot_keys: gauge(
+                "kvrouter_hot_keys",
+                "Keys hot now, per listener with hot_keys.",
+                &["listener"],
+            ),
+            hot_transitions: counter(
+                "kvrouter_hot_key_transitions_total",
+                "Keys that turned hot (to=hot) or cold again (to=cold), per listener.",
+                &["listener", "to"],
+            ),
+            local_cache: counter(
+                "kvrouter_hot_key_local_cache_total",
+                "Local cache lookups of hot keys by result: hit (answered by the proxy), miss (read from the backend).",
+                &["listener", "result"],
+            ),
+            local_cache_entries: gauge(
+                "kvrouter_hot_key_local_cache_entries",
+                "Entries in the local cache of hot keys (fresh or expired, not yet evicted).",
+                &["listener"],
+            ),
+            split: counter(
+                "kvrouter_hot_key_split_total",
+                "Split copies of hot keys, by op: copy_hit (a read answered by a copy), copy_miss (the copy missed, the original was read), fill (a copy written from the original), delete (a copy deleted for a write).",
+                &["listener", "op"],
+            ),
+            hot_coalesced: counter(
+                "kvrouter_hot_key_coalesced_total",
+                "Reads of hot keys that shared another read's backend request.",
+                &["listener"],
+            ),
             generation: IntGauge::new(
                 "kvrouter_config_generation",
                 "The generation of the active config: 1 at start, +1 per successful reload.",
@@ -218,6 +254,12 @@ impl Families {
                 Box::new(f.route_failovers.clone()),
                 Box::new(f.route_gutter.clone()),
                 Box::new(f.reloads.clone()),
+                Box::new(f.hot_keys.clone()),
+                Box::new(f.hot_transitions.clone()),
+                Box::new(f.local_cache.clone()),
+                Box::new(f.local_cache_entries.clone()),
+                Box::new(f.split.clone()),
+                Box::new(f.hot_coalesced.clone()),
                 Box::new(f.generation.clone()),
                 Box::new(f.last_reload_success.clone()),
             ];
@@ -267,6 +309,43 @@ impl Families {
         for r in ["hit", "miss", "failed"] {
             let _ = self.get_keys.remove_label_values(&[listener, r]);
         }
+        self.remove_hot(listener);
+    }
+
+    /// A listener's hot-key handles (listeners with `hot_keys`; `cache`/`split`: the series
+    /// that apply).
+    pub fn hot(&self, listener: &str, cache: bool, split: bool) -> HotMetrics {
+        let l = listener;
+        HotMetrics {
+            hot_keys: self.hot_keys.with_label_values(&[l]),
+            turned_hot: self.hot_transitions.with_label_values(&[l, "hot"]),
+            turned_cold: self.hot_transitions.with_label_values(&[l, "cold"]),
+            cache: cache.then(|| {
+                [
+                    self.local_cache.with_label_values(&[l, "hit"]),
+                    self.local_cache.with_label_values(&[l, "miss"]),
+                ]
+            }),
+            cache_entries: cache.then(|| self.local_cache_entries.with_label_values(&[l])),
+            split: split.then(|| SPLIT_OPS.map(|op| self.split.with_label_values(&[l, op]))),
+            coalesced: self.hot_coalesced.with_label_values(&[l]),
+        }
+    }
+
+    pub fn remove_hot(&self, listener: &str) {
+        let l = listener;
+        let _ = self.hot_keys.remove_label_values(&[l]);
+        for to in ["hot", "cold"] {
+            let _ = self.hot_transitions.remove_label_values(&[l, to]);
+        }
+        for r in ["hit", "miss"] {
+            let _ = self.local_cache.remove_label_values(&[l, r]);
+        }
+        let _ = self.local_cache_entries.remove_label_values(&[l]);
+        for op in SPLIT_OPS {
+            let _ = self.split.remove_label_values(&[l, op]);
+        }
+        let _ = self.hot_coalesced.remove_label_values(&[l]);
     }
 
     pub fn server(&self, pool: &str, server: &str) -> ServerMetrics {
@@ -369,6 +448,24 @@ impl RouteMetrics {
             gutter: counter("unregistered", "unregistered", &["listener", "pool"]),
         }
     }
+}
+
+/// The `op` label of `kvrouter_hot_key_split_total`.
+pub const SPLIT_OPS: [&str; 4] = ["copy_hit", "copy_miss", "fill", "delete"];
+
+/// One listener's hot-key handles, brought up to date from the `HotKeys` counters when
+/// `/metrics` is scraped (the request path only touches the atomics of `HotKeys`).
+#[derive(Clone, Debug)]
+pub struct HotMetrics {
+    pub hot_keys: IntGauge,
+    pub turned_hot: IntCounter,
+    pub turned_cold: IntCounter,
+    /// hit, miss.
+    pub cache: Option<[IntCounter; 2]>,
+    pub cache_entries: Option<IntGauge>,
+    /// In `SPLIT_OPS` order.
+    pub split: Option<[IntCounter; 4]>,
+    pub coalesced: IntCounter,
 }
 
 /// One pool's handles.

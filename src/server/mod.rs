@@ -11,6 +11,7 @@
 //! rebuilds them when a new one appears, keeping the backend connections of unchanged servers.
 
 pub mod cluster;
+pub mod hot;
 pub mod inspect;
 pub mod listener;
 pub mod memcache;
@@ -66,6 +67,8 @@ pub struct ListenerRuntime {
     pub max_clients: Arc<AtomicUsize>,
     /// TLS for its clients (`tls:`), built when the generation is.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// `hot_keys`: kept across reloads while the listener keeps its address and settings.
+    pub hot: Option<hot::HotRuntime>,
     pub protocol: Protocol,
 }
 
@@ -284,8 +287,12 @@ fn worker(
         routing.refresh();
         let mut client_id = 0usize;
         let tracker = Rc::new(());
+        // Hands this worker's hot-key samples to the listeners' detectors.
+        let mut hot_tick = tokio::time::interval(crate::hotkey::detector::TICK);
+        hot_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = hot_tick.tick() => routing.hot_tick(),
                 a = rx.recv() => {
                     let Some((listener, accepted)) = a else { break };
                     let Some(ctx) = routing.client_context(listener) else {

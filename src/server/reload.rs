@@ -23,6 +23,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::cluster::ClusterWorker;
+use super::hot::HotCtx;
 use super::listener::{self, Bound};
 use super::memcache::McContext;
 use super::metrics::Families;
@@ -87,8 +88,23 @@ pub(crate) fn build_generation(
                     (*next_listener_id, Arc::new(AtomicUsize::new(l.max_clients)))
                 }
             };
+            let hot = match &l.hot_keys {
+                Some(h) => Some(super::hot::HotRuntime::build(
+                    &name,
+                    h,
+                    previous.and_then(|p| p.hot.as_ref()),
+                    families,
+                )),
+                None => {
+                    if previous.is_some_and(|p| p.hot.is_some()) {
+                        families.remove_hot(&name);
+                    }
+                    None
+                }
+            };
             Ok(ListenerRuntime {
                 id: lid,
+                hot,
                 metrics: Arc::new(families.listener(&name)),
                 name,
                 pool,
@@ -388,6 +404,7 @@ impl WorkerRouting {
             }
         }
         drop(old_clusters);
+        let old_contexts = self.contexts.take();
         let contexts = generation
             .listeners
             .iter()
@@ -422,6 +439,13 @@ impl WorkerRouting {
                     };
                     return (l.id, Ctx::Redis(Rc::new(ctx)));
                 }
+                let hot = l.hot.as_ref().map(|h| {
+                    let previous = match old_contexts.get(&l.id) {
+                        Some(Ctx::Mc(c)) => c.hot.as_ref(),
+                        _ => None,
+                    };
+                    HotCtx::new(&h.keys, previous, generation.pools[l.pool].config.hash_tag)
+                });
                 let route_metrics = self.shared.families.route(&l.name);
                 let mut limits = generation.pools[l.pool].limits;
                 if let Some(max) = lc.max_request_bytes {
@@ -441,6 +465,7 @@ impl WorkerRouting {
                     idle_timeout: lc.client_idle_timeout,
                     tls: l.tls.clone(),
                     coalesce: lc.coalesce_misses.then(Default::default),
+                    hot,
                     metrics: l.metrics.clone(),
                     follow: Follow {
                         listener: l.id,
@@ -459,6 +484,20 @@ impl WorkerRouting {
         *self.contexts.borrow_mut() = contexts;
         *self.clusters.borrow_mut() = clusters;
         self.built.set(generation.id);
+    }
+}
+
+impl WorkerRouting {
+    /// Every TICK: hand this worker's hot-key samples to each listener's detector.
+    pub fn hot_tick(&self) {
+        let now = std::time::Instant::now();
+        for ctx in self.contexts.borrow().values() {
+            if let Ctx::Mc(c) = ctx {
+                if let Some(h) = &c.hot {
+                    h.tick(now);
+                }
+            }
+        }
     }
 }
 
