@@ -178,6 +178,9 @@ pub struct PoolConfig {
     pub tls: Option<TlsConfig>,
     /// Redis commands enabled with `allow_commands` (lowercase; a subset of `GATED_COMMANDS`).
     pub allow_commands: Vec<String>,
+    /// `replicas` (redis pools, native format): per server, in `servers` order, the replicas
+    /// its reads fail over to (empty: no replicas anywhere). Replicas have weight 1, no name.
+    pub replicas: Vec<Vec<ServerConfig>>,
     pub location: Location,
 }
 
