@@ -359,9 +359,10 @@ fn replicas(
     }
     let mut out = vec![Vec::new(); servers.len()];
     for (key, list) in &map.value.0 {
-        let Some(i) = servers.iter().position(|s| {
-            s.placement_name() == key.value || s.address() == key.value
-        }) else {
+        let Some(i) = servers
+            .iter()
+            .position(|s| s.placement_name() == key.value || s.address() == key.value)
+        else {
             let known: Vec<String> = servers.iter().map(|s| s.placement_name()).collect();
             return problem(
                 loc(key),
@@ -373,18 +374,30 @@ fn replicas(
             );
         };
         if !out[i].is_empty() {
-            return problem(loc(key), format!("`replicas`: server '{}' is listed twice", key.value));
+            return problem(
+                loc(key),
+                format!("`replicas`: server '{}' is listed twice", key.value),
+            );
         }
         if list.value.is_empty() {
-            return problem(loc(list), "`replicas`: an empty list (give at least one host:port)");
+            return problem(
+                loc(list),
+                "`replicas`: an empty list (give at least one host:port)",
+            );
         }
         for r in &list.value {
             let replica = text(r, |v| parse_replica(v, loc(r)))?;
-            let clash = servers.iter().chain(out.iter().flatten()).any(|o| o.address() == replica.address());
+            let clash = servers
+                .iter()
+                .chain(out.iter().flatten())
+                .any(|o| o.address() == replica.address());
             if clash {
                 return problem(
                     loc(r),
-                    format!("`replicas`: {} is already a server or replica of this pool", replica.address()),
+                    format!(
+                        "`replicas`: {} is already a server or replica of this pool",
+                        replica.address()
+                    ),
                 );
             }
             out[i].push(replica);
@@ -404,7 +417,10 @@ fn parse_replica(v: &str, location: Location) -> Result<super::ServerConfig, Str
         return Err(bad());
     }
     let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(bad)?;
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
     Ok(super::ServerConfig {
         host: host.to_string(),
         port,
