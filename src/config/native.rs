@@ -18,6 +18,8 @@ use super::{Format, ListenerConfig, Location, LogConfig, PoolConfig, Protocol};
 
 type Text = Option<Spanned<String>>;
 type Reserved = Option<Spanned<IgnoredAny>>;
+/// `replicas: { SERVER: ["host:port", ...] }`.
+type ReplicaMap = Option<Spanned<OrderedMap<Spanned<String>, Spanned<Vec<Spanned<String>>>>>>;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,7 +65,7 @@ struct NativePool {
     redis_auth: Option<String>,
     redis_db: Option<u32>,
     cluster: Reserved,
-    replicas: Option<Spanned<OrderedMap<Spanned<String>, Spanned<Vec<Spanned<String>>>>>>,
+    replicas: ReplicaMap,
     tls: Option<Spanned<NativeTls>>,
     allow_commands: Option<Spanned<Vec<Spanned<String>>>>,
 }
@@ -337,7 +339,7 @@ fn convert_pool(name: &Spanned<String>, sp: &Spanned<NativePool>) -> Res<PoolCon
 /// `replicas: { SERVER: ["host:port", ...] }` (redis pools): SERVER is a server's name (else
 /// its `host:port`). Returns the replicas per server in `servers` order (empty: none given).
 fn replicas(
-    map: &Option<Spanned<OrderedMap<Spanned<String>, Spanned<Vec<Spanned<String>>>>>>,
+    map: &ReplicaMap,
     protocol: Protocol,
     servers: &[super::ServerConfig],
     auto_eject: bool,
