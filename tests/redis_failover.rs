@@ -463,6 +463,9 @@ listeners:
   - listen: 127.0.0.1:{p2}
     protocol: redis
     route: {{ shadow: {{ route: users, shadow: mirror }} }}
+    users:
+      - {{ name: app, password: pw-app, pools: [users] }}
+      - {{ name: all, password: pw-all, pools: [users, mirror] }}
 ",
         users.addr, sessions_r.addr, sessions_w.addr, rest.addr, mirror.addr
     );
@@ -516,6 +519,9 @@ listeners:
 
     // shadow: the main route answers, the shadow gets a copy.
     let mut s = Resp::connect(format!("127.0.0.1:{p2}").parse().unwrap());
+    // A user needs every pool the tree can send to.
+    assert!(s.cmd("AUTH app pw-app").starts_with("-NOPERM"));
+    assert_eq!(s.cmd("AUTH all pw-all"), "OK");
     assert_eq!(s.cmd("SET sh val:sh"), "OK");
     assert_eq!(direct(users.addr, "GET sh"), "val:sh");
     wait_for(5, "the shadow got its copy", || {

@@ -838,9 +838,13 @@ impl Conn {
             let Some(i) = found else {
                 return Err("WRONGPASS invalid username-password pair or user is disabled.");
             };
-            let pool = &self.ctx.pool.config.name;
+            // With a route tree, the user needs every pool the tree can send to.
+            let reach = match &self.ctx.routing {
+                Some(root) => root.pool_names(),
+                None => vec![self.ctx.pool.config.name.clone()],
+            };
             if let Some(pools) = &self.ctx.users[i].pools {
-                if !pools.iter().any(|p| p == pool) {
+                if !reach.iter().all(|r| pools.contains(r)) {
                     return Err(
                         "NOPERM this user has no permissions to access this listener's pool",
                     );
