@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{free_port, kvrouter, memcached, memcached_at, signal, Mc, Proc, TempDir};
+use common::{free_port, kvrouter_admin, memcached, memcached_at, signal, Mc, Proc, TempDir};
 use kvrouter::routing::{DistributionKind, HashKind, Node, Placement};
 
 const TIMEOUT_MS: u64 = 200;
@@ -21,6 +21,7 @@ struct Fleet {
     main_addrs: Vec<SocketAddr>,
     gutter: Proc,
     proxy: Proc,
+    admin: SocketAddr,
     placement: Placement,
 }
 
@@ -56,7 +57,7 @@ listeners:
         gutter.addr
     );
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let proxy = kvrouter(&dir, &yaml, addr);
+    let (proxy, admin) = kvrouter_admin(&dir, &yaml, addr);
     let nodes: Vec<Node> = (0..3)
         .map(|i| Node {
             name: format!("mc-{i}"),
@@ -76,6 +77,7 @@ listeners:
         main: main.into_iter().map(Some).collect(),
         gutter,
         proxy,
+        admin,
         placement,
     }
 }
@@ -239,6 +241,19 @@ fn killed_server_fails_over_to_the_gutter_with_capped_ttl_and_comes_back() {
     assert_eq!(ttl_on(f.gutter.addr, &k0), None, "gutter copy deleted");
     assert_eq!(c.get(&k0), None);
 
+    // The route's counters saw the failovers and the gutter use.
+    let metrics = scrape(f.admin);
+    let value = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in /metrics"))
+    };
+    assert!(value("kvrouter_route_failovers_total{") >= 2.0);
+    assert!(value("kvrouter_route_gutter_requests_total{") >= 2.0);
+
     stop.store(true, Ordering::Relaxed);
     let seen = bg.join().unwrap();
     eprintln!("SIGKILL run: {seen:?}");
@@ -321,4 +336,18 @@ fn writes_false_fails_sets_but_reads_still_fail_over() {
     // Put it in the gutter directly: a get fails over and finds it.
     assert_eq!(Mc::connect(f.gutter.addr).set(&k, b"g"), "STORED");
     assert_eq!(c.get(&k).unwrap(), b"g");
+}
+
+fn scrape(admin: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }

@@ -355,3 +355,33 @@ fn no_request_fails_across_reloads_under_load() {
     assert_eq!(reloads(r.admin, "failed"), 0.0);
     drop(r.proxy);
 }
+
+#[test]
+fn a_connected_redis_client_follows_the_new_routing_and_auth() {
+    let (a, b) = (common::redis_server(), common::redis_server());
+    let port = free_port();
+    let redis_conf = |server: SocketAddr, users: &str| {
+        format!(
+            "workers: 1\npools:\n  r: {{ protocol: redis, servers: [\"{server}:1 s\"] }}\nlisteners:\n  - listen: 127.0.0.1:{port}\n    protocol: redis\n    route: r\n{users}"
+        )
+    };
+    let r = start(&redis_conf(a.addr, ""), port, &[]);
+    let mut c = common::Resp::connect(addr(port));
+    assert_eq!(c.cmd("SET before 1"), "OK");
+    assert_eq!(common::Resp::connect(a.addr).cmd("EXISTS before"), ":1");
+
+    replace_file(&r.file, &redis_conf(b.addr, ""));
+    wait_reloads(r.admin, "ok", 1.0);
+    assert_eq!(c.cmd("SET after 2"), "OK");
+    assert_eq!(common::Resp::connect(b.addr).cmd("EXISTS after"), ":1");
+    assert_eq!(common::Resp::connect(a.addr).cmd("EXISTS after"), ":0");
+
+    // Users added by a reload apply to connected clients too: they must AUTH now.
+    let users = "    users:\n      - { name: default, password: new-password-123 }\n";
+    replace_file(&r.file, &redis_conf(b.addr, users));
+    wait_reloads(r.admin, "ok", 2.0);
+    assert!(c.cmd("GET after").starts_with("-NOAUTH"));
+    assert_eq!(c.cmd("AUTH new-password-123"), "OK");
+    assert_eq!(c.cmd("GET after"), "2");
+    drop(r.proxy);
+}

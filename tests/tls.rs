@@ -161,3 +161,59 @@ fn bad_tls_files_are_refused_with_a_location() {
     );
     assert!(err.contains("nope.pem"), "{err}");
 }
+
+#[test]
+fn tls_to_a_tls_only_redis_server() {
+    let dir = TempDir::new();
+    let p = pki(&dir);
+    let port = free_port();
+    let mut child = Command::new("/usr/bin/redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--tls-auth-clients",
+            "no",
+        ])
+        .arg("--tls-cert-file")
+        .arg(&p.cert)
+        .arg("--tls-key-file")
+        .arg(&p.key)
+        .arg("--tls-ca-cert-file")
+        .arg(&p.ca)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    let backend: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_port(backend, &mut child);
+    let _backend = Proc {
+        child,
+        addr: backend,
+    };
+    let listen = free_port();
+    let yaml = format!(
+        "pools:
+  secure:
+    protocol: redis
+    servers: [\"{backend}:1\"]
+    tls: {{ ca: ca.pem, server_name: localhost }}
+listeners:
+  - {{ listen: 127.0.0.1:{listen}, protocol: redis, route: secure }}
+"
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{listen}").parse().unwrap();
+    let _proxy = kvrouter(&dir, &yaml, addr);
+    let mut c = common::Resp::connect(addr);
+    assert_eq!(c.cmd("SET t secret"), "OK");
+    assert_eq!(c.cmd("GET t"), "secret");
+}

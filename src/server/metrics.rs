@@ -89,6 +89,8 @@ pub struct Families {
     server_inflight: IntGaugeVec,
     server_up: IntGaugeVec,
     pool_get_failed_keys: IntCounterVec,
+    route_failovers: IntCounterVec,
+    route_gutter: IntCounterVec,
     reloads: IntCounterVec,
     pub generation: IntGauge,
     pub last_reload_success: Gauge,
@@ -165,6 +167,16 @@ impl Families {
                 "1 when the server is in service, 0 while it is ejected.",
                 &["pool", "server"],
             ),
+            route_failovers: counter(
+                "kvrouter_route_failovers_total",
+                "Requests a failover route sent on to its next child, per listener.",
+                &["listener"],
+            ),
+            route_gutter: counter(
+                "kvrouter_route_gutter_requests_total",
+                "Requests a failover route sent to a gutter pool, per listener and gutter pool.",
+                &["listener", "pool"],
+            ),
             pool_get_failed_keys: counter(
                 "kvrouter_pool_get_failed_keys_total",
                 "Keys of multi-server gets answered as misses because their server failed.",
@@ -203,6 +215,8 @@ impl Families {
                 Box::new(f.server_inflight.clone()),
                 Box::new(f.server_up.clone()),
                 Box::new(f.pool_get_failed_keys.clone()),
+                Box::new(f.route_failovers.clone()),
+                Box::new(f.route_gutter.clone()),
                 Box::new(f.reloads.clone()),
                 Box::new(f.generation.clone()),
                 Box::new(f.last_reload_success.clone()),
@@ -286,6 +300,15 @@ impl Families {
         let _ = self.server_up.remove_label_values(&l);
     }
 
+    /// A listener's route handles: failovers, and gutter use per gutter pool.
+    pub fn route(&self, listener: &str) -> RouteMetrics {
+        RouteMetrics {
+            listener: listener.to_string(),
+            failovers: self.route_failovers.with_label_values(&[listener]),
+            gutter: self.route_gutter.clone(),
+        }
+    }
+
     pub fn pool(&self, pool: &str) -> PoolMetrics {
         PoolMetrics {
             get_failed_keys: self.pool_get_failed_keys.with_label_values(&[pool]),
@@ -322,6 +345,30 @@ impl ListenerMetrics {
 #[inline]
 pub fn command_index(c: Command) -> usize {
     c as usize
+}
+
+/// One listener's route handles (looked up when its route tree is built, not per request).
+#[derive(Clone, Debug)]
+pub struct RouteMetrics {
+    listener: String,
+    pub failovers: IntCounter,
+    gutter: IntCounterVec,
+}
+
+impl RouteMetrics {
+    /// The counter of requests sent to gutter `pool` (resolved once per gutter node).
+    pub fn gutter(&self, pool: &str) -> IntCounter {
+        self.gutter.with_label_values(&[&self.listener, pool])
+    }
+
+    /// Handles registered nowhere (tests).
+    pub fn unregistered() -> RouteMetrics {
+        RouteMetrics {
+            listener: String::new(),
+            failovers: IntCounter::new("unregistered", "unregistered").expect("valid name"),
+            gutter: counter("unregistered", "unregistered", &["listener", "pool"]),
+        }
+    }
 }
 
 /// One pool's handles.

@@ -92,6 +92,8 @@ pub struct RedisContext {
     /// pool or the pool has replicas; `pool` and `backends` are then the tree's first pool,
     /// which keyless, fan-out and dedicated-connection commands use.
     pub routing: Option<Rc<super::redis_route::RNode>>,
+    /// Finds this listener's context in a newer config generation after a reload.
+    pub follow: super::reload::Follow,
 }
 
 impl RedisContext {
@@ -463,8 +465,40 @@ impl Conn {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
             Err(e) => return Err(e),
         }
+        self.follow_reload();
         self.parse_all();
         Ok(true)
+    }
+
+    /// After a reload, move to the new routing at the first batch boundary where nothing is in
+    /// flight and no connection is pinned (transaction, WATCH, blocking, pub/sub): replies
+    /// never mix routing tables, and pinned state stays on the server it was made on.
+    fn follow_reload(&mut self) {
+        let idle = self.pending.is_empty()
+            && self.deferred.is_none()
+            && self.multi.is_none()
+            && self.watch.is_none()
+            && self.blocker.is_none()
+            && self.pubsub.is_none();
+        if !idle {
+            return;
+        }
+        let Some(newer) = self.ctx.follow.newer_redis() else {
+            return;
+        };
+        // Keep the client's identity if its user still exists; else it must AUTH again.
+        if let Some(u) = self.user {
+            let name = &self.ctx.users[u].name;
+            self.user = newer.users.iter().position(|n| &n.name == name);
+            self.authed = self.user.is_some();
+        } else if self.authed && !self.ctx.open() {
+            // Authenticated with the pool's password: still fine unless users now apply.
+            self.authed = newer.users.is_empty();
+        } else {
+            // Open before (or not authenticated): authentication is whatever the new config says.
+            self.authed = newer.open();
+        }
+        self.ctx = newer;
     }
 
     fn parse_all(&mut self) {

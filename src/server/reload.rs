@@ -414,9 +414,16 @@ impl WorkerRouting {
                                 }
                             })
                         }),
+                        follow: Follow {
+                            listener: l.id,
+                            built_for: generation.id,
+                            current: self.shared.current_id.clone(),
+                            worker: self.me.clone(),
+                        },
                     };
                     return (l.id, Ctx::Redis(Rc::new(ctx)));
                 }
+                let route_metrics = self.shared.families.route(&l.name);
                 let mut limits = generation.pools[l.pool].limits;
                 if let Some(max) = lc.max_request_bytes {
                     limits.item_size_max = limits.item_size_max.min(max);
@@ -429,7 +436,7 @@ impl WorkerRouting {
                     threads: self.shared.threads,
                     route: match &lc.route {
                         Route::Pool { .. } => None,
-                        r => Some(Node::build(r, &target)),
+                        r => Some(Node::build(r, &target, &route_metrics)),
                     },
                     limits,
                     idle_timeout: lc.client_idle_timeout,
@@ -473,5 +480,17 @@ impl Follow {
             return None;
         }
         self.worker.upgrade()?.context(self.listener)
+    }
+
+    /// The same for a redis client.
+    #[inline]
+    pub fn newer_redis(&self) -> Option<Rc<RedisContext>> {
+        if self.current.load(Ordering::Relaxed) == self.built_for {
+            return None;
+        }
+        match self.worker.upgrade()?.client_context(self.listener)? {
+            Ctx::Redis(c) => Some(c),
+            Ctx::Mc(_) => None,
+        }
     }
 }

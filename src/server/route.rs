@@ -34,10 +34,14 @@ pub enum Node {
         limit: usize,
         on: FailoverOn,
         writes: bool,
+        /// Requests sent on to a next child.
+        failovers: prometheus::IntCounter,
     },
     Gutter {
         target: Target,
         max_ttl: Duration,
+        /// Requests this gutter took.
+        used: prometheus::IntCounter,
     },
     Prefix {
         /// Longest prefix first.
@@ -206,8 +210,12 @@ impl Target {
 
 impl Node {
     /// Compile a config route for one worker; `target` resolves a pool name.
-    pub fn build(route: &Route, target: &dyn Fn(&str) -> Target) -> Rc<Node> {
-        let b = |r: &Route| Node::build(r, target);
+    pub fn build(
+        route: &Route,
+        target: &dyn Fn(&str) -> Target,
+        metrics: &super::metrics::RouteMetrics,
+    ) -> Rc<Node> {
+        let b = |r: &Route| Node::build(r, target, metrics);
         let ob = |r: &Option<Box<Route>>| r.as_deref().map(b);
         Rc::new(match route {
             Route::Pool { name, .. } => Node::Pool(target(name)),
@@ -222,10 +230,12 @@ impl Node {
                 limit: limit.unwrap_or(children.len()).max(1),
                 on: *on,
                 writes: *writes,
+                failovers: metrics.failovers.clone(),
             },
             Route::Gutter { pool, max_ttl, .. } => Node::Gutter {
                 target: target(pool),
                 max_ttl: *max_ttl,
+                used: metrics.gutter(pool),
             },
             Route::Prefix {
                 prefixes, default, ..
@@ -326,7 +336,12 @@ impl Node {
     pub fn exec(self: &Rc<Self>, op: McOp) -> LocalBoxFuture<'static, Outcome> {
         match &**self {
             Node::Pool(t) => t.send(&op),
-            Node::Gutter { target, max_ttl } => {
+            Node::Gutter {
+                target,
+                max_ttl,
+                used,
+            } => {
+                used.inc();
                 let now = now_unix();
                 let cap = |e| gutter::cap(e, *max_ttl, now);
                 let capped = if op.command.is_meta() {
@@ -420,9 +435,11 @@ impl Node {
                 limit,
                 on,
                 writes,
+                failovers,
             } => {
                 let node = self.clone();
                 let (limit, on, writes) = (*limit, *on, *writes);
+                let failovers = failovers.clone();
                 let class = op.class();
                 if class == OpClass::Delete {
                     // Deletes reach the primary route and every gutter, so no stale value
@@ -438,7 +455,8 @@ impl Node {
                         .cloned()
                         .collect();
                     return async move {
-                        let first = failover(&primary, limit, on, writes, class, op).await;
+                        let first =
+                            failover(&primary, limit, on, writes, class, op, &failovers).await;
                         let gutter_outs = join_all(gutters).await;
                         if first
                             .as_ref()
@@ -458,7 +476,7 @@ impl Node {
                     let Node::Failover { children, .. } = &*node else {
                         unreachable!()
                     };
-                    failover(children, limit, on, writes, class, op)
+                    failover(children, limit, on, writes, class, op, &failovers)
                         .await
                         .unwrap_or(Outcome::Failed(Failure::ServerError, "no route".into()))
                 }
@@ -476,9 +494,13 @@ async fn failover(
     writes: bool,
     class: OpClass,
     op: McOp,
+    failovers: &prometheus::IntCounter,
 ) -> Option<Outcome> {
     let mut last = None;
-    for child in children.iter().take(limit) {
+    for (i, child) in children.iter().take(limit).enumerate() {
+        if i > 0 {
+            failovers.inc();
+        }
         let out = child.exec(op.clone()).await;
         match &out {
             Outcome::Failed(f, _) if fails_over(on, writes, class, *f) => last = Some(out),
