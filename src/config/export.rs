@@ -49,6 +49,16 @@ impl Config {
                     "tcpkeepalive": p.tcpkeepalive,
                     "redis_auth": p.redis_auth.as_ref().map(|_| REDACTED),
                     "redis_db": p.redis_db,
+                    "replicas": p
+                        .servers
+                        .iter()
+                        .zip(&p.replicas)
+                        .filter(|(_, r)| !r.is_empty())
+                        .map(|(s, r)| {
+                            let addrs: Vec<String> = r.iter().map(|r| r.address()).collect();
+                            (s.placement_name(), json!(addrs))
+                        })
+                        .collect::<serde_json::Map<String, Value>>(),
                 });
                 (p.name.clone(), v)
             })

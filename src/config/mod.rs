@@ -180,6 +180,9 @@ pub struct PoolConfig {
     pub allow_commands: Vec<String>,
     /// A Redis Cluster pool (`cluster:`): its servers are discovered, `servers` is empty.
     pub cluster: Option<ClusterConfig>,
+    /// `replicas` (redis pools, native format): per server, in `servers` order, the replicas
+    /// its reads fail over to (empty: no replicas anywhere). Replicas have weight 1, no name.
+    pub replicas: Vec<Vec<ServerConfig>>,
     pub location: Location,
 }
 

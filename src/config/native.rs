@@ -1,11 +1,10 @@
-//! kvrouter's own format: top-level `admin`, `workers`, `pools`, `listeners` with design.md's
-//! defaults (timeout 1s, failure_limit 3, retry_timeout 10s). Reserved keys are recognised and
-//! refused at their location as "not supported yet", so nobody mistakes them for typos or
-//! believes they took effect.
+//! kvrouter's own format: top-level `admin`, `workers`, `log`, `pools`, `listeners` with
+//! design.md's defaults (timeout 1s, failure_limit 3, retry_timeout 10s). Every key design.md
+//! reserves is implemented; unknown keys are refused at their location, so nobody mistakes a
+//! typo for a setting that took effect.
 
 use std::time::Duration;
 
-use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
@@ -17,7 +16,8 @@ use super::yaml::{loc, problem, OrderedMap, Problem, Res};
 use super::{Format, ListenerConfig, Location, LogConfig, PoolConfig, Protocol};
 
 type Text = Option<Spanned<String>>;
-type Reserved = Option<Spanned<IgnoredAny>>;
+/// `replicas: { SERVER: ["host:port", ...] }`.
+type ReplicaMap = Option<Spanned<OrderedMap<Spanned<String>, Spanned<Vec<Spanned<String>>>>>>;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,7 +63,7 @@ struct NativePool {
     redis_auth: Option<String>,
     redis_db: Option<u32>,
     cluster: Option<Spanned<NativeCluster>>,
-    replicas: Reserved,
+    replicas: ReplicaMap,
     tls: Option<Spanned<NativeTls>>,
     allow_commands: Option<Spanned<Vec<Spanned<String>>>>,
 }
@@ -299,13 +299,6 @@ fn tls(t: &Option<Spanned<NativeTls>>, listener: bool) -> Res<Option<super::TlsC
     }))
 }
 
-fn reserved(v: &Reserved, what: &str) -> Res<()> {
-    match v {
-        Some(v) => problem(loc(v), format!("{what} is not supported yet")),
-        None => Ok(()),
-    }
-}
-
 fn text<T>(v: &Spanned<String>, f: impl Fn(&str) -> Result<T, String>) -> Res<T> {
     f(&v.value).map_err(|reason| Problem {
         location: loc(v),
@@ -398,7 +391,6 @@ fn convert_pool(name: &Spanned<String>, sp: &Spanned<NativePool>) -> Res<PoolCon
     if pname.is_empty() {
         return problem(loc(name), "empty pool name");
     }
-    reserved(&p.replicas, "`replicas`")?;
     let protocol = text(&p.protocol, syntax::parse_protocol)?;
     let cluster = p
         .cluster
@@ -449,6 +441,12 @@ fn convert_pool(name: &Spanned<String>, sp: &Spanned<NativePool>) -> Res<PoolCon
         None => super::DEFAULT_ITEM_SIZE_MAX,
     };
     let allow_commands = allowed_commands(&p.allow_commands, protocol)?;
+    let replicas = replicas(
+        &p.replicas,
+        protocol,
+        &parsed,
+        p.auto_eject_hosts.unwrap_or(false),
+    )?;
     Ok(PoolConfig {
         name: pname.clone(),
         protocol,
@@ -476,7 +474,104 @@ fn convert_pool(name: &Spanned<String>, sp: &Spanned<NativePool>) -> Res<PoolCon
             opt(&p.hash_tag, syntax::parse_hash_tag)?
         },
         cluster,
+        replicas,
         location: loc(name),
+    })
+}
+
+/// `replicas: { SERVER: ["host:port", ...] }` (redis pools): SERVER is a server's name (else
+/// its `host:port`). Returns the replicas per server in `servers` order (empty: none given).
+fn replicas(
+    map: &ReplicaMap,
+    protocol: Protocol,
+    servers: &[super::ServerConfig],
+    auto_eject: bool,
+) -> Res<Vec<Vec<super::ServerConfig>>> {
+    let Some(map) = map else {
+        return Ok(Vec::new());
+    };
+    if protocol != Protocol::Redis {
+        return problem(
+            loc(map),
+            "`replicas` applies to redis pools only (memcached has no replication: use a failover route to a gutter pool)",
+        );
+    }
+    if auto_eject {
+        return problem(
+            loc(map),
+            "`replicas` needs TKO health (reads fail over while the ring stays put); auto_eject_hosts moves keys instead: drop one of them",
+        );
+    }
+    let mut out = vec![Vec::new(); servers.len()];
+    for (key, list) in &map.value.0 {
+        let Some(i) = servers
+            .iter()
+            .position(|s| s.placement_name() == key.value || s.address() == key.value)
+        else {
+            let known: Vec<String> = servers.iter().map(|s| s.placement_name()).collect();
+            return problem(
+                loc(key),
+                format!(
+                    "`replicas`: unknown server '{}' (servers of this pool: {})",
+                    key.value,
+                    known.join(", ")
+                ),
+            );
+        };
+        if !out[i].is_empty() {
+            return problem(
+                loc(key),
+                format!("`replicas`: server '{}' is listed twice", key.value),
+            );
+        }
+        if list.value.is_empty() {
+            return problem(
+                loc(list),
+                "`replicas`: an empty list (give at least one host:port)",
+            );
+        }
+        for r in &list.value {
+            let replica = text(r, |v| parse_replica(v, loc(r)))?;
+            let clash = servers
+                .iter()
+                .chain(out.iter().flatten())
+                .any(|o| o.address() == replica.address());
+            if clash {
+                return problem(
+                    loc(r),
+                    format!(
+                        "`replicas`: {} is already a server or replica of this pool",
+                        replica.address()
+                    ),
+                );
+            }
+            out[i].push(replica);
+        }
+    }
+    Ok(out)
+}
+
+/// A replica's address: `host:port`.
+fn parse_replica(v: &str, location: Location) -> Result<super::ServerConfig, String> {
+    let bad = || format!("invalid replica address '{v}': expected \"host:port\"");
+    let (host, port) = v.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || host.contains(char::is_whitespace) || host.starts_with('/') {
+        return Err(bad());
+    }
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(bad)?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    Ok(super::ServerConfig {
+        host: host.to_string(),
+        port,
+        weight: 1,
+        name: None,
+        location,
     })
 }
 

@@ -1007,3 +1007,61 @@ listeners:
             .contains("`hash` does not apply to a cluster pool")
     );
 }
+
+#[test]
+fn native_replicas_per_server() {
+    let redis = "\
+pools:
+  s:
+    protocol: redis
+    servers: [\"127.0.0.1:7000:1 r0\", \"127.0.0.1:7010:1\"]
+    replicas: { r0: [\"127.0.0.1:7001\", \"127.0.0.1:7002\"], \"127.0.0.1:7010\": [\"localhost:7011\"] }
+listeners:
+  - { listen: 127.0.0.1:6390, protocol: redis, route: s }
+";
+    let c = ok(redis);
+    let r = &c.pools[0].replicas;
+    assert_eq!(r.len(), 2);
+    let addrs = |i: usize| r[i].iter().map(|s| s.address()).collect::<Vec<_>>();
+    assert_eq!(addrs(0), ["127.0.0.1:7001", "127.0.0.1:7002"]);
+    assert_eq!(addrs(1), ["localhost:7011"]);
+    assert_eq!(r[0][1].location, Location { line: 5, col: 40 });
+    assert!(ok(&redis.replace(
+        "    replicas: { r0: [\"127.0.0.1:7001\", \"127.0.0.1:7002\"], \"127.0.0.1:7010\": [\"localhost:7011\"] }\n",
+        ""
+    ))
+    .pools[0]
+        .replicas
+        .is_empty());
+    assert_eq!(
+        err(&redis.replace("{ r0:", "{ r9:")),
+        "5:17: `replicas`: unknown server 'r9' (servers of this pool: r0, 127.0.0.1:7010)"
+    );
+    assert_eq!(
+        err(&redis.replace("\"127.0.0.1:7002\"", "\"127.0.0.1\"")),
+        "5:40: invalid replica address '127.0.0.1': expected \"host:port\""
+    );
+    assert_eq!(
+        err(&redis.replace("\"127.0.0.1:7002\"", "\"127.0.0.1:0\"")),
+        "5:40: invalid replica address '127.0.0.1:0': expected \"host:port\""
+    );
+    assert_eq!(
+        err(&redis.replace("\"127.0.0.1:7002\"", "\"127.0.0.1:7010\"")),
+        "5:40: `replicas`: 127.0.0.1:7010 is already a server or replica of this pool"
+    );
+    assert_eq!(
+        err(&redis.replace("[\"localhost:7011\"]", "[]")),
+        "5:77: `replicas`: an empty list (give at least one host:port)"
+    );
+    assert_eq!(
+        err(&redis.replace("    replicas", "    auto_eject_hosts: true\n    replicas")),
+        "6:15: `replicas` needs TKO health (reads fail over while the ring stays put); auto_eject_hosts moves keys instead: drop one of them"
+    );
+    assert_eq!(
+        err(&NATIVE.replace(
+            "    protocol: memcache\n    servers",
+            "    protocol: memcache\n    replicas: { a: [\"127.0.0.1:1\"] }\n    servers"
+        )),
+        "4:15: `replicas` applies to redis pools only (memcached has no replication: use a failover route to a gutter pool)"
+    );
+}

@@ -156,6 +156,7 @@ fn convert(
         connections: server_connections as usize,
         auto_eject_hosts: boolean(&p.auto_eject_hosts, "auto_eject_hosts")?.unwrap_or(false),
         tls: None,
+        replicas: Vec::new(),
         tko: false,
         failure_limit: num(&p.server_failure_limit, "server_failure_limit")?.unwrap_or(2),
         retry_timeout: Duration::from_millis(

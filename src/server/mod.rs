@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod pool;
 pub mod redis;
 mod redis_merge;
+pub mod redis_route;
 pub mod reload;
 pub mod route;
 pub mod stats;
@@ -173,12 +174,10 @@ pub fn check(config: &Config) -> Result<Vec<usize>, String> {
         let at = |loc: crate::config::Location| {
             format!("{}:{}:{}", config.file.display(), loc.line, loc.col)
         };
-        if l.protocol == Protocol::Redis && !matches!(l.route, crate::config::Route::Pool { .. }) {
-            return Err(format!(
-                "{}: route handle `{}` is not implemented for redis listeners yet (redis listeners route to one pool)",
-                at(l.route.location()),
-                l.route.handle()
-            ));
+        if l.protocol == Protocol::Redis {
+            if let Some((loc, why)) = redis_route::check(&l.route) {
+                return Err(format!("{}: {why}", at(loc)));
+            }
         }
         if let Some(t) = &l.tls {
             tls::acceptor(config, t)?;

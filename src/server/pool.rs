@@ -24,6 +24,9 @@ use super::metrics::{Families, PoolMetrics};
 pub struct PoolRuntime {
     pub config: PoolConfig,
     pub specs: Vec<Arc<ServerSpec>>,
+    /// `replicas[server]`: the replicas reads of that server fail over to (redis pools), each
+    /// with its own health (TKO, probed with PING), metrics and the pool's AUTH/SELECT.
+    pub replicas: Vec<Vec<Arc<ServerSpec>>>,
     pub limits: Limits,
     pub metrics: PoolMetrics,
     /// A Redis Cluster pool's topology (its `specs` are empty: nodes are discovered).
@@ -122,6 +125,48 @@ impl PoolRuntime {
                 })
             })
             .collect();
+        let replicas: Vec<Vec<Arc<ServerSpec>>> = config
+            .servers
+            .iter()
+            .zip(&config.replicas)
+            .map(|(primary, list)| {
+                list.iter()
+                    .map(|r| {
+                        let fresh = ServerSpec {
+                            address: r.address(),
+                            unix: false,
+                            timeout: config.timeout,
+                            tcpkeepalive: config.tcpkeepalive,
+                            health: Arc::new(ServerHealth::default()),
+                            pool_epoch: Arc::new(AtomicU64::new(0)),
+                            auto_eject: false,
+                            failure_limit: config.failure_limit,
+                            retry_timeout: config.retry_timeout,
+                            tls: tls.clone(),
+                            tko: Some(probe.clone()),
+                            init: init.clone(),
+                            metrics: ServerMetrics::unregistered(),
+                        };
+                        let kept = old.and_then(|o| {
+                            o.replicas.iter().flatten().find(|spec| {
+                                o.config.connections == config.connections
+                                    && same_connection(spec, &fresh)
+                            })
+                        });
+                        match kept {
+                            Some(spec) => spec.clone(),
+                            None => Arc::new(ServerSpec {
+                                metrics: families.server(
+                                    &config.name,
+                                    &replica_name(&primary.placement_name(), &r.address()),
+                                ),
+                                ..fresh
+                            }),
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
         let nodes: Vec<Node> = config
             .servers
             .iter()
@@ -178,6 +223,7 @@ impl PoolRuntime {
             metrics: families.pool(&config.name),
             config,
             specs,
+            replicas,
             limits,
             nodes,
             placement: ArcSwap::from_pointee(placement),
@@ -242,6 +288,15 @@ impl PoolRuntime {
         self.nodes.iter().map(|n| n.name.as_str())
     }
 
+    /// The metric names of the replicas (`server` label), in `replicas` order.
+    pub fn replica_names(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .zip(&self.replicas)
+            .flat_map(|(n, rs)| rs.iter().map(|r| replica_name(&n.name, &r.address)))
+            .collect()
+    }
+
     /// True when at least one server is in service.
     pub fn has_live_server(&self) -> bool {
         if let Some(c) = &self.cluster {
@@ -252,6 +307,11 @@ impl PoolRuntime {
             .iter()
             .any(|s| !s.health.is_ejected(now) && !s.health.is_down())
     }
+}
+
+/// A replica's `server` metric label: `PRIMARY/replica/HOST:PORT`.
+pub fn replica_name(primary: &str, address: &str) -> String {
+    format!("{primary}/replica/{address}")
 }
 
 /// Whether a backend connection to `a` serves `b` as well.

@@ -93,6 +93,10 @@ pub struct RedisContext {
     pub users: Arc<Vec<crate::config::UserConfig>>,
     /// The listener's address, for logs.
     pub listener: String,
+    /// The route tree keyed commands take (`redis_route`), when the route is more than one
+    /// pool or the pool has replicas; `pool` and `backends` are then the tree's first pool,
+    /// which keyless, fan-out and dedicated-connection commands use.
+    pub routing: Option<Rc<super::redis_route::RNode>>,
     /// Finds this listener's context in a newer config generation after a reload.
     pub follow: super::reload::Follow,
 }
@@ -134,6 +138,8 @@ enum Pending {
         server: usize,
         _conn: Dedicated,
     },
+    /// A command sent through the route tree (`redis_route`): the task yields the reply.
+    Routed(tokio::task::JoinHandle<Bytes>),
     /// Close after the replies before it.
     Quit,
 }
@@ -200,6 +206,9 @@ impl Pending {
         match self {
             Pending::Ready(b) => Poll::Ready(Some(std::mem::take(b))),
             Pending::Quit => Poll::Ready(None),
+            Pending::Routed(task) => Pin::new(task).poll(cx).map(|r| {
+                Some(r.unwrap_or_else(|e| error(&format!("ERR kvrouter routing task failed: {e}"))))
+            }),
             Pending::Single { rx, server } => match rx.poll(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(r) => Poll::Ready(Some(match r {
@@ -615,7 +624,27 @@ impl Conn {
         if self.multi.is_some() {
             return self.queue(info, req);
         }
-        match handling_for(info, args) {
+        let handling = handling_for(info, args);
+        if let Some(root) = &self.ctx.routing {
+            let keyed = matches!(handling, Handling::Route | Handling::Split);
+            // PUBLISH goes where the subscriptions are: the first pool.
+            if keyed && !matches!(info.name, "publish" | "spublish") {
+                let split = handling == Handling::Split;
+                let stats = self.ctx.stats.clone();
+                return match super::redis_route::dispatch(
+                    root,
+                    info,
+                    req,
+                    split,
+                    self.client_id,
+                    stats,
+                ) {
+                    Ok(task) => self.pending.push_back(Pending::Routed(task)),
+                    Err(e) => self.reject(&e),
+                };
+            }
+        }
+        match handling {
             Handling::Route => self.route(info, req),
             Handling::Split => self.split(info, req),
             Handling::Local => self.local(info, req),
@@ -633,6 +662,9 @@ impl Conn {
         let keys = key_indices(info, args).map_err(|e| format!("ERR {e}"))?;
         let mut server = None;
         for k in keys {
+            if let Some(root) = &self.ctx.routing {
+                super::redis_route::check_home(root, &self.ctx.pool, info, &args[k])?;
+            }
             let s = self.place(&args[k]).ok_or_else(|| {
                 format!(
                     "ERR no server available in pool {}",
@@ -899,9 +931,13 @@ impl Conn {
             let Some(i) = found else {
                 return Err("WRONGPASS invalid username-password pair or user is disabled.");
             };
-            let pool = &self.ctx.pool.config.name;
+            // With a route tree, the user needs every pool the tree can send to.
+            let reach = match &self.ctx.routing {
+                Some(root) => root.pool_names(),
+                None => vec![self.ctx.pool.config.name.clone()],
+            };
             if let Some(pools) = &self.ctx.users[i].pools {
-                if !pools.iter().any(|p| p == pool) {
+                if !reach.iter().all(|r| pools.contains(r)) {
                     return Err(
                         "NOPERM this user has no permissions to access this listener's pool",
                     );

@@ -29,6 +29,7 @@ use super::memcache::McContext;
 use super::metrics::Families;
 use super::pool::PoolRuntime;
 use super::redis::RedisContext;
+use super::redis_route::{self, RNode, RTarget};
 use super::route::{Node, Target};
 use super::Ctx;
 use super::{check, Generation, ListenerRuntime, Running, Shared};
@@ -273,16 +274,21 @@ impl Running {
             }
         }
 
-        // Metric series of servers and pools that are gone.
-        let now: HashSet<(&str, &str)> = new
+        // Metric series of servers (and replicas) and pools that are gone.
+        let labels = |p: &PoolRuntime| {
+            let mut v: Vec<String> = p.server_names().map(str::to_string).collect();
+            v.extend(p.replica_names());
+            v
+        };
+        let now: HashSet<(String, String)> = new
             .pools
             .iter()
-            .flat_map(|p| p.server_names().map(|s| (p.config.name.as_str(), s)))
+            .flat_map(|p| labels(p).into_iter().map(|s| (p.config.name.clone(), s)))
             .collect();
         for p in &old.pools {
-            for s in p.server_names() {
-                if !now.contains(&(p.config.name.as_str(), s)) {
-                    self.shared.families.remove_server(&p.config.name, s);
+            for s in labels(p) {
+                if !now.contains(&(p.config.name.clone(), s.clone())) {
+                    self.shared.families.remove_server(&p.config.name, &s);
                 }
             }
             if !new.pools.iter().any(|n| n.config.name == p.config.name) {
@@ -346,6 +352,8 @@ impl WorkerRouting {
         let mut old = self.backends.take();
         let mut backends: HashMap<usize, Vec<BackendHandle>> = HashMap::new();
         let mut per_pool: HashMap<usize, Rc<Vec<Vec<BackendHandle>>>> = HashMap::new();
+        let mut per_pool_replicas: HashMap<usize, Rc<Vec<Vec<Vec<BackendHandle>>>>> =
+            HashMap::new();
         let pool_index = |name: &str| {
             generation
                 .pools
@@ -366,19 +374,25 @@ impl WorkerRouting {
                 continue;
             }
             let pool = &generation.pools[p];
-            let mut servers = Vec::with_capacity(pool.specs.len());
-            for spec in &pool.specs {
+            let mut handles = |spec: &Arc<crate::backend::ServerSpec>| {
                 let key = Arc::as_ptr(spec) as usize;
-                let handles = match old.remove(&key).or_else(|| backends.get(&key).cloned()) {
+                let h = match old.remove(&key).or_else(|| backends.get(&key).cloned()) {
                     Some(h) => h,
                     None => (0..pool.config.connections.max(1))
                         .map(|_| BackendHandle::spawn(spec.clone(), pool.config.preconnect))
                         .collect(),
                 };
-                backends.insert(key, handles.clone());
-                servers.push(handles);
-            }
+                backends.insert(key, h.clone());
+                h
+            };
+            let servers: Vec<Vec<BackendHandle>> = pool.specs.iter().map(&mut handles).collect();
+            let replicas: Vec<Vec<Vec<BackendHandle>>> = pool
+                .replicas
+                .iter()
+                .map(|rs| rs.iter().map(&mut handles).collect())
+                .collect();
             per_pool.insert(p, Rc::new(servers));
+            per_pool_replicas.insert(p, Rc::new(replicas));
         }
         let target = |name: &str| {
             let p = pool_index(name);
@@ -430,6 +444,19 @@ impl WorkerRouting {
                         metrics: l.metrics.clone(),
                         users: Arc::new(lc.users.clone()),
                         listener: l.name.clone(),
+                        routing: redis_route::needs_tree(&lc.route, &|n| {
+                            generation.pools[pool_index(n)].clone()
+                        })
+                        .then(|| {
+                            RNode::build(&lc.route, &|n| {
+                                let p = pool_index(n);
+                                RTarget {
+                                    pool: generation.pools[p].clone(),
+                                    backends: per_pool[&p].clone(),
+                                    replicas: per_pool_replicas[&p].clone(),
+                                }
+                            })
+                        }),
                         follow: Follow {
                             listener: l.id,
                             built_for: generation.id,
