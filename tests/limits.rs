@@ -232,5 +232,6 @@ listeners:
         r.starts_with("SERVER_ERROR") && r.contains("timed out"),
         "{r}"
     );
-    assert!(took < Duration::from_millis(600), "{took:?}");
+    // Its own timeout (500 ms) bounds it, with room for a loaded machine's scheduling.
+    assert!(took < Duration::from_millis(1000), "{took:?}");
 }
