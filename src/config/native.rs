@@ -207,17 +207,8 @@ const MAX_SPLIT: usize = 64;
 /// Longest local cache `ttl`: a cache of hot keys is for smoothing bursts, not for hiding writes.
 const MAX_LOCAL_TTL: Duration = Duration::from_secs(60);
 
-fn hot_keys(
-    h: &Option<Spanned<NativeHotKeys>>,
-    protocol: Protocol,
-) -> Res<Option<super::HotKeysConfig>> {
+fn hot_keys(h: &Option<Spanned<NativeHotKeys>>) -> Res<Option<super::HotKeysConfig>> {
     let Some(h) = h else { return Ok(None) };
-    if protocol == Protocol::Redis {
-        return problem(
-            loc(h),
-            "hot keys for redis listeners are not implemented yet",
-        );
-    }
     let v = &h.value;
     let Some(t) = &v.threshold else {
         return problem(loc(h), "`hot_keys` needs a `threshold`, e.g. 2000/s");
@@ -620,7 +611,7 @@ fn convert_listener(
             return problem(loc(c), "coalesce_misses applies to memcache listeners only");
         }
     }
-    let hot_keys = hot_keys(&l.hot_keys, protocol)?;
+    let hot_keys = hot_keys(&l.hot_keys)?;
     let route = route::parse(&l.route, protocol, pools)?;
     Ok(ListenerConfig {
         listen,

@@ -715,15 +715,6 @@ fn hot_keys_per_listener() {
     assert!(
         err(&with("{ threshold: 10/s, colour: red }")).starts_with("9:34: unknown field `colour`")
     );
-    let redis = format!(
-        "{NATIVE}  - listen: 127.0.0.1:6380\n    protocol: redis\n    route: users\n    hot_keys: {{ threshold: 10/s }}\n"
-    );
-    assert!(
-        err(&redis).ends_with(": hot keys for redis listeners are not implemented yet"),
-        "{}",
-        err(&redis)
-    );
-    assert!(err(&redis).starts_with("12:15:"), "{}", err(&redis));
 }
 
 #[test]

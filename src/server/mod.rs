@@ -193,6 +193,20 @@ pub fn check(config: &Config) -> Result<Vec<usize>, String> {
                 }
             }
         }
+        if let (Some(h), Protocol::Redis) = (&l.hot_keys, l.protocol) {
+            let plain = match &l.route {
+                crate::config::Route::Pool { name, .. } => {
+                    config.pool(name).is_some_and(|p| p.cluster.is_none())
+                }
+                _ => false,
+            };
+            if !plain {
+                return Err(format!(
+                    "{}: hot keys on a redis listener need a plain pool route (not a route tree or a cluster pool) in this version",
+                    at(h.location)
+                ));
+            }
+        }
         let names = l.route.pools();
         let idx = config
             .pools

@@ -429,7 +429,15 @@ impl WorkerRouting {
                     if let Some(max) = lc.max_request_bytes {
                         limits.max_bulk_len = limits.max_bulk_len.min(max);
                     }
+                    let hot = l.hot.as_ref().map(|h| {
+                        let previous = match old_contexts.get(&l.id) {
+                            Some(Ctx::Redis(c)) => c.hot.as_ref(),
+                            _ => None,
+                        };
+                        HotCtx::new(&h.keys, previous, generation.pools[l.pool].config.hash_tag)
+                    });
                     let ctx = RedisContext {
+                        hot,
                         pool: generation.pools[l.pool].clone(),
                         backends: per_pool[&l.pool].clone(),
                         cluster: generation.pools[l.pool]
@@ -519,10 +527,12 @@ impl WorkerRouting {
     pub fn hot_tick(&self) {
         let now = std::time::Instant::now();
         for ctx in self.contexts.borrow().values() {
-            if let Ctx::Mc(c) = ctx {
-                if let Some(h) = &c.hot {
-                    h.tick(now);
-                }
+            let hot = match ctx {
+                Ctx::Mc(c) => c.hot.as_ref(),
+                Ctx::Redis(c) => c.hot.as_ref(),
+            };
+            if let Some(h) = hot {
+                h.tick(now);
             }
         }
     }
