@@ -461,17 +461,7 @@ fn enqueue(spec: &ServerSpec, q: Queued, wbuf: &mut BytesMut, inflight: &mut Vec
 }
 
 pub(super) fn flush<S: Io>(stream: &S, wbuf: &mut BytesMut) -> Result<(), BackendError> {
-    while !wbuf.is_empty() {
-        match stream.try_write(wbuf) {
-            Ok(0) => return Err(BackendError::Closed("write returned 0".into())),
-            Ok(n) => {
-                let _ = wbuf.split_to(n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err(BackendError::Closed(e.to_string())),
-        }
-    }
-    Ok(())
+    super::io::write_some(stream, wbuf).map_err(|e| BackendError::Closed(e.to_string()))
 }
 
 /// Read and hand out every complete reply; the number handed out. Latencies are observed into

@@ -96,3 +96,28 @@ impl Io for UnixStream {
         )
     }
 }
+
+/// Write as much of `buf` as the socket takes now, without waiting; what was written is
+/// removed from `buf`. Shared by client and backend connections.
+pub fn write_some<S: Io>(stream: &S, buf: &mut bytes::BytesMut) -> io::Result<()> {
+    while !buf.is_empty() {
+        match stream.try_write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                let _ = buf.split_to(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Write all of `buf`, waiting for the socket as needed.
+pub async fn write_all<S: Io>(stream: &S, buf: &mut bytes::BytesMut) -> io::Result<()> {
+    while !buf.is_empty() {
+        stream.ready(Interest::WRITABLE).await?;
+        write_some(stream, buf)?;
+    }
+    Ok(())
+}

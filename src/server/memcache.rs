@@ -25,7 +25,7 @@ use super::pool::PoolRuntime;
 use super::reload::Follow;
 use super::route::{self, McOp};
 use super::stats::{bump, Stats};
-use crate::backend::io::Io;
+use crate::backend::io::{write_all, write_some, Io};
 use crate::backend::{BackendError, BackendHandle, Reply, ReplyKind};
 use crate::hotkey::{split::copy_key, Flights, HotKeys};
 use crate::protocol::memcache::{self, Command, Parsed, Request};
@@ -449,26 +449,12 @@ impl Conn {
 
     /// Write whatever can be written now without waiting.
     fn flush<S: Io>(&mut self, stream: &S) -> io::Result<()> {
-        while !self.wbuf.is_empty() {
-            match stream.try_write(&self.wbuf) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    let _ = self.wbuf.split_to(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        write_some(stream, &mut self.wbuf)
     }
 
     /// Write out everything left, then return (the connection closes when dropped).
     async fn drain<S: Io>(&mut self, stream: &S) -> io::Result<()> {
-        while !self.wbuf.is_empty() {
-            stream.ready(Interest::WRITABLE).await?;
-            self.flush(stream)?;
-        }
-        Ok(())
+        write_all(stream, &mut self.wbuf).await
     }
 
     fn read<S: Io>(&mut self, stream: &S) -> io::Result<()> {

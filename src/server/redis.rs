@@ -53,7 +53,7 @@ use super::cluster::{ClusterRx, ClusterWorker};
 use super::pool::PoolRuntime;
 use super::redis_merge::{self, error};
 use super::stats::{bump, Stats};
-use crate::backend::io::Io;
+use crate::backend::io::{write_all, write_some, Io};
 use crate::backend::{BackendError, BackendHandle, Dedicated, Reply, ReplyKind, ServerSpec};
 use crate::config::GATED_COMMANDS;
 use crate::hotkey::{split::copy_key, HotKeys};
@@ -472,26 +472,12 @@ impl Conn {
 
     /// Write whatever can be written now without waiting.
     fn flush<S: Io>(&mut self, stream: &S) -> io::Result<()> {
-        while !self.wbuf.is_empty() {
-            match stream.try_write(&self.wbuf) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    let _ = self.wbuf.split_to(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        write_some(stream, &mut self.wbuf)
     }
 
     /// Write out everything left, then return (the connection closes when dropped).
     async fn drain<S: Io>(&mut self, stream: &S) -> io::Result<()> {
-        while !self.wbuf.is_empty() {
-            stream.ready(Interest::WRITABLE).await?;
-            self.flush(stream)?;
-        }
-        Ok(())
+        write_all(stream, &mut self.wbuf).await
     }
 
     /// Read and parse what arrived. Returns false when the client left while a blocking command
