@@ -44,6 +44,8 @@ pub struct McContext {
     pub threads: usize,
     /// The listener's route tree, when it is more than a plain pool (`pool` is then unused).
     pub route: Option<Rc<route::Node>>,
+    /// Every pool the listener's route reaches (what `flush_all` flushes).
+    pub flush_targets: Vec<route::Target>,
     /// Parser limits: the pool's, tightened by the listener's `max_request_bytes`.
     pub limits: memcache::Limits,
     /// The listener's `client_idle_timeout`.
@@ -563,32 +565,17 @@ impl Conn {
                     hot.flights.borrow_mut().clear();
                 }
                 let bytes = req.to_backend();
-                let rxs = match &self.ctx.route {
-                    None => (0..self.ctx.backends.len())
-                        .map(|s| {
-                            let addr = self.ctx.pool.specs[s].address.clone();
-                            (
-                                addr,
-                                Some(self.backend(s).send(bytes.clone(), ReplyKind::McLine)),
-                            )
-                        })
-                        .collect(),
-                    // Every server of every pool the route tree reaches.
-                    Some(node) => node
-                        .targets()
-                        .iter()
-                        .flat_map(|t| {
-                            t.backends
-                                .iter()
-                                .zip(&t.pool.specs)
-                                .map(|(conns, spec)| {
-                                    let rx = conns[0].send(bytes.clone(), ReplyKind::McLine);
-                                    (spec.address.clone(), Some(rx))
-                                })
-                                .collect::<Vec<_>>()
-                        })
-                        .collect(),
-                };
+                // Every server of every pool the listener reaches.
+                let rxs = self
+                    .ctx
+                    .flush_targets
+                    .iter()
+                    .flat_map(|t| t.backends.iter().zip(&t.pool.specs))
+                    .map(|(conns, spec)| {
+                        let rx = conns[0].send(bytes.clone(), ReplyKind::McLine);
+                        (spec.address.clone(), Some(rx))
+                    })
+                    .collect();
                 Pending::Flush {
                     rxs,
                     failed: None,

@@ -100,6 +100,8 @@ pub struct RedisContext {
     /// pool or the pool has replicas; `pool` and `backends` are then the tree's first pool,
     /// which keyless, fan-out and dedicated-connection commands use.
     pub routing: Option<Rc<super::redis_route::RNode>>,
+    /// Every pool the listener's route reaches (computed once from the config).
+    pub reach: Vec<String>,
     /// Finds this listener's context in a newer config generation after a reload.
     pub follow: super::reload::Follow,
 }
@@ -951,13 +953,9 @@ impl Conn {
             let Some(i) = found else {
                 return Err("WRONGPASS invalid username-password pair or user is disabled.");
             };
-            // With a route tree, the user needs every pool the tree can send to.
-            let reach = match &self.ctx.routing {
-                Some(root) => root.pool_names(),
-                None => vec![self.ctx.pool.config.name.clone()],
-            };
+            // The user needs every pool the listener's route can send to.
             if let Some(pools) = &self.ctx.users[i].pools {
-                if !reach.iter().all(|r| pools.contains(r)) {
+                if !self.ctx.reach.iter().all(|r| pools.contains(r)) {
                     return Err(
                         "NOPERM this user has no permissions to access this listener's pool",
                     );

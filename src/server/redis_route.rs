@@ -234,39 +234,6 @@ impl RNode {
         })
     }
 
-    /// Every pool this tree can send to, each once.
-    pub fn pool_names(&self) -> Vec<String> {
-        fn walk(n: &RNode, out: &mut Vec<String>) {
-            match n {
-                RNode::Pool(t) => {
-                    if !out.contains(&t.pool.config.name) {
-                        out.push(t.pool.config.name.clone());
-                    }
-                }
-                RNode::Failover { children, .. } => children.iter().for_each(|c| walk(c, out)),
-                RNode::Prefix { prefixes, default } => {
-                    prefixes.iter().for_each(|(_, c)| walk(c, out));
-                    default.iter().for_each(|c| walk(c, out));
-                }
-                RNode::Operation {
-                    get,
-                    set,
-                    delete,
-                    default,
-                } => [get, set, delete, default]
-                    .into_iter()
-                    .flatten()
-                    .for_each(|c| walk(c, out)),
-                RNode::Shadow { route, shadow, .. } => {
-                    walk(route, out);
-                    walk(shadow, out);
-                }
-            }
-        }
-        let mut out = Vec::new();
-        walk(self, &mut out);
-        out
-    }
 
     /// Follow `prefix` and `operation` nodes for one key; None when nothing matches.
     fn resolve<'a>(self: &'a Rc<Self>, class: OpClass, key: &[u8]) -> Option<&'a Rc<RNode>> {

@@ -452,6 +452,7 @@ impl WorkerRouting {
                         metrics: l.metrics.clone(),
                         users: Arc::new(lc.users.clone()),
                         listener: l.name.clone(),
+                        reach: lc.route.pools().into_iter().map(String::from).collect(),
                         routing: redis_route::needs_tree(&lc.route, &|n| {
                             generation.pools[pool_index(n)].clone()
                         })
@@ -496,6 +497,7 @@ impl WorkerRouting {
                         Route::Pool { .. } => None,
                         r => Some(Node::build(r, &target, &route_metrics)),
                     },
+                    flush_targets: lc.route.pools().into_iter().map(&target).collect(),
                     limits,
                     idle_timeout: lc.client_idle_timeout,
                     tls: l.tls.clone(),

@@ -291,47 +291,6 @@ impl Node {
         })
     }
 
-    /// Every pool leaf of the tree (for `flush_all`), each pool once.
-    pub fn targets(&self) -> Vec<Target> {
-        fn walk(n: &Node, out: &mut Vec<Target>) {
-            let mut add = |t: &Target| {
-                if !out.iter().any(|o| Arc::ptr_eq(&o.pool, &t.pool)) {
-                    out.push(t.clone());
-                }
-            };
-            match n {
-                Node::Pool(t) | Node::Gutter { target: t, .. } => add(t),
-                Node::Failover { children, .. } | Node::AllSync { children, .. } => {
-                    children.iter().for_each(|c| walk(c, out))
-                }
-                Node::Prefix { prefixes, default } => {
-                    prefixes.iter().for_each(|(_, c)| walk(c, out));
-                    default.iter().for_each(|c| walk(c, out));
-                }
-                Node::Operation {
-                    get,
-                    set,
-                    delete,
-                    default,
-                } => [get, set, delete, default]
-                    .into_iter()
-                    .flatten()
-                    .for_each(|c| walk(c, out)),
-                Node::Shadow { route, shadow, .. } => {
-                    walk(route, out);
-                    walk(shadow, out);
-                }
-                Node::WarmUp { cold, warm, .. } => {
-                    walk(cold, out);
-                    walk(warm, out);
-                }
-            }
-        }
-        let mut out = Vec::new();
-        walk(self, &mut out);
-        out
-    }
-
     /// Run `op` down this tree. Leaves reached without waiting send at once.
     pub fn exec(self: &Rc<Self>, op: McOp) -> LocalBoxFuture<'static, Outcome> {
         match &**self {
