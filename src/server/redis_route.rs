@@ -234,7 +234,6 @@ impl RNode {
         })
     }
 
-
     /// Follow `prefix` and `operation` nodes for one key; None when nothing matches.
     fn resolve<'a>(self: &'a Rc<Self>, class: OpClass, key: &[u8]) -> Option<&'a Rc<RNode>> {
         match &**self {

@@ -1,0 +1,369 @@
+//! Commands that need a backend connection of their own for a while: transactions (MULTI/EXEC,
+//! WATCH), blocking commands, and pub/sub. Each pins the client to a dedicated connection
+//! (`backend::Dedicated`) on the server its keys (or channels) map to, so nothing shared waits on
+//! them and no other client's request is interleaved with them.
+
+use super::*;
+
+impl Conn {
+    /// Commands needing a connection of their own (outside MULTI and subscribed mode).
+    pub(super) fn dedicated(&mut self, info: &CommandInfo, req: RespRequest) {
+        match info.name {
+            "multi" => {
+                self.multi = Some(Multi {
+                    cmds: Vec::new(),
+                    server: None,
+                    abort: None,
+                });
+                return self.reply_static(b"+OK\r\n");
+            }
+            "exec" => return self.reject("ERR EXEC without MULTI"),
+            "discard" => return self.reject("ERR DISCARD without MULTI"),
+            "unwatch" => {
+                self.watch = None;
+                return self.reply_static(b"+OK\r\n");
+            }
+            "subscribe" | "psubscribe" | "ssubscribe" => {
+                if self.defer(&req) {
+                    return;
+                }
+                return self.subscribed(info, req);
+            }
+            "unsubscribe" | "punsubscribe" | "sunsubscribe" => {
+                // Not subscribed: redis answers one confirmation per name, count 0.
+                return self.unsubscribe_none(info, &req.args);
+            }
+            _ => {}
+        }
+        // WATCH and blocking commands: all keys on one server.
+        let server = match self.server_of(info, &req.args) {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                return self.reject(&format!(
+                    "ERR {} without keys cannot be routed by kvrouter",
+                    info.name.to_uppercase()
+                ))
+            }
+            Err(e) => return self.reject(&e),
+        };
+        if info.name == "watch" {
+            if let Some((w, _)) = &self.watch {
+                if *w != server {
+                    let msg = self.crossslot("WATCH keys of this client don't");
+                    return self.reject(&msg);
+                }
+            }
+            if self.defer(&req) {
+                return;
+            }
+            let spec = match self.spec_of(server) {
+                Ok(s) => s,
+                Err(e) => return self.reject(&e),
+            };
+            let timeout = self.ctx.pool.config.timeout;
+            let (_, conn) = self
+                .watch
+                .get_or_insert_with(|| (server, Dedicated::open(spec, timeout)));
+            let rx = conn.send(req.raw).into();
+            self.barrier = true;
+            return self.pending.push_back(Pending::Single { rx, server });
+        }
+        // A blocking command: its own connection, no pool timeout (its timeout argument rules).
+        if self.defer(&req) {
+            return;
+        }
+        if !matches!(&self.blocker, Some((s, c)) if *s == server && c.is_alive()) {
+            let spec = match self.spec_of(server) {
+                Ok(s) => s,
+                Err(e) => return self.reject(&e),
+            };
+            self.blocker = Some((server, Dedicated::open(spec, None)));
+        }
+        let rx = self
+            .blocker
+            .as_ref()
+            .expect("just set")
+            .1
+            .send(req.raw)
+            .into();
+        self.barrier = true;
+        self.blocking = true;
+        self.pending.push_back(Pending::Single { rx, server });
+    }
+
+    /// Inside MULTI: check and queue, or run EXEC / DISCARD.
+    pub(super) fn queue(&mut self, info: &CommandInfo, req: RespRequest) {
+        match info.name {
+            "exec" => return self.exec(req),
+            "discard" => {
+                self.multi = None;
+                self.watch = None; // closing the connection drops the watch on the server
+                return self.reply_static(b"+OK\r\n");
+            }
+            "multi" => return self.reply(error("ERR MULTI calls can not be nested")),
+            "watch" => return self.reply(error("ERR WATCH inside MULTI is not allowed")),
+            "quit" | "reset" => return self.local(info, req),
+            _ => {}
+        }
+        let allowed = match handling_for(info, &req.args) {
+            Handling::Route | Handling::Split => true,
+            // Inside a transaction a blocking command does not block (redis runs it at once).
+            Handling::Dedicated => info.has_flag(flags::BLOCKING) || info.name.starts_with("xread"),
+            Handling::Local => matches!(info.name, "ping" | "echo"),
+            _ => false,
+        };
+        if !allowed {
+            return self.reject(&format!(
+                "ERR {} inside MULTI is not supported by kvrouter",
+                info.name.replace('|', " ").to_uppercase()
+            ));
+        }
+        let server = if matches!(info.name, "ping" | "echo") {
+            None
+        } else {
+            match self.server_of(info, &req.args) {
+                Ok(s) => s,
+                Err(e) => return self.reject(&e),
+            }
+        };
+        let watched = self.watch.as_ref().map(|(s, _)| *s);
+        let cross =
+            self.crossslot("Keys in this command and earlier commands of the transaction don't");
+        let m = self.multi.as_mut().expect("in multi");
+        if let Some(s) = server {
+            match m.server.or(watched) {
+                Some(t) if t != s => {
+                    m.abort = Some("keys on different servers");
+                    bump(&self.ctx.stats.client_errors, 1);
+                    return self.reply(error(&cross));
+                }
+                _ => m.server = Some(s),
+            }
+        }
+        m.cmds.push(req.raw);
+        self.reply_static(b"+QUEUED\r\n");
+    }
+
+    pub(super) fn exec(&mut self, req: RespRequest) {
+        if self.defer(&req) {
+            return;
+        }
+        let m = self.multi.take().expect("in multi");
+        let watch = self.watch.take();
+        if let Some(why) = m.abort {
+            // Nothing was sent; dropping the WATCH connection discards the watch on the server.
+            return self.reply(error(&format!(
+                "EXECABORT Transaction discarded because of: {why}"
+            )));
+        }
+        let server = m.server.or(watch.as_ref().map(|(s, _)| *s)).unwrap_or(0);
+        let conn = match watch {
+            Some((_, c)) => c,
+            None => match self.spec_of(server) {
+                Ok(spec) => Dedicated::open(spec, self.ctx.pool.config.timeout),
+                Err(e) => return self.reject(&e),
+            },
+        };
+        let mut rxs = VecDeque::with_capacity(m.cmds.len() + 2);
+        rxs.push_back(conn.send(Bytes::from_static(b"*1\r\n$5\r\nMULTI\r\n")));
+        for c in m.cmds {
+            rxs.push_back(conn.send(c));
+        }
+        rxs.push_back(conn.send(req.raw));
+        self.barrier = true;
+        self.pending.push_back(Pending::Exec {
+            rxs,
+            first: None,
+            last: None,
+            server,
+            _conn: conn,
+        });
+    }
+
+    /// Replies to UNSUBSCRIBE/PUNSUBSCRIBE/SUNSUBSCRIBE of a client with no subscriptions.
+    pub(super) fn unsubscribe_none(&mut self, info: &CommandInfo, args: &[Bytes]) {
+        let mut out = BytesMut::new();
+        if args.len() == 1 {
+            push_msg(&mut out, info.name, None, 0);
+        }
+        for a in &args[1..] {
+            push_msg(&mut out, info.name, Some(a), 0);
+        }
+        self.reply(out.freeze());
+    }
+
+    /// Subscribed mode: only the subscribe family, PING, QUIT and RESET.
+    pub(super) fn subscribed(&mut self, info: &CommandInfo, req: RespRequest) {
+        let args = &req.args;
+        match info.name {
+            "ping" => {
+                let mut out = BytesMut::new();
+                resp::write_array_len(&mut out, Some(2));
+                resp::write_bulk(&mut out, Some(b"pong"));
+                resp::write_bulk(&mut out, Some(args.get(1).map_or(&b""[..], |a| a)));
+                return self.reply(out.freeze());
+            }
+            "quit" | "reset" => return self.local(info, req),
+            "subscribe" | "psubscribe" | "ssubscribe" | "unsubscribe" | "punsubscribe"
+            | "sunsubscribe" => {}
+            other => {
+                return self.reject(&format!(
+                    "ERR Can't execute '{other}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
+                ))
+            }
+        }
+        let n = self.ctx.pool.specs.len();
+        let cluster = self.ctx.cluster.is_some();
+        // Where each name subscribes (None: no server available).
+        let pool = self.ctx.pool.clone();
+        let place = |ch: &[u8], shard: bool| -> Option<usize> {
+            if !cluster {
+                pool.server_for(ch)
+            } else if shard {
+                Some(slots::key_slot(ch) as usize)
+            } else {
+                Some(slots::SLOTS)
+            }
+        };
+        let mut specs = std::collections::HashMap::new();
+        let ps = self.pubsub.get_or_insert_with(|| {
+            let (sink, rx) = mpsc::unbounded_channel();
+            PubSub {
+                conns: std::collections::HashMap::new(),
+                sink,
+                rx,
+                channels: Vec::new(),
+                patterns: Vec::new(),
+                shard: Vec::new(),
+            }
+        });
+        let name = info.name;
+        let pattern = name.starts_with('p');
+        let shard = matches!(name, "ssubscribe" | "sunsubscribe");
+        let subscribe = !name.contains("unsub");
+        let mut names: Vec<Bytes> = args[1..].to_vec();
+        if !subscribe && names.is_empty() {
+            names = if pattern {
+                ps.patterns.clone()
+            } else if shard {
+                ps.shard.clone()
+            } else {
+                ps.channels.clone()
+            };
+        }
+        // What to send to each server.
+        let mut per_server: std::collections::BTreeMap<usize, Vec<Bytes>> = Default::default();
+        let mut out = BytesMut::new();
+        let mut failed = None;
+        for ch in &names {
+            let set = if pattern {
+                &mut ps.patterns
+            } else if shard {
+                &mut ps.shard
+            } else {
+                &mut ps.channels
+            };
+            let had = set.iter().position(|c| c == ch);
+            let changed = match (subscribe, had) {
+                (true, None) => {
+                    set.push(ch.clone());
+                    true
+                }
+                (false, Some(i)) => {
+                    set.swap_remove(i);
+                    true
+                }
+                _ => false,
+            };
+            if changed {
+                if pattern && !cluster {
+                    (0..n).for_each(|s| per_server.entry(s).or_default().push(ch.clone()));
+                } else {
+                    match place(ch, shard) {
+                        Some(s) => per_server.entry(s).or_default().push(ch.clone()),
+                        None => failed = Some(ch.clone()),
+                    }
+                }
+            }
+            let count = if shard { ps.shard.len() } else { ps.count() };
+            push_msg(&mut out, name, Some(ch), count);
+        }
+        if names.is_empty() {
+            push_msg(
+                &mut out,
+                name,
+                None,
+                if shard { ps.shard.len() } else { ps.count() },
+            );
+        }
+        // The connections to open (cluster: the slot's owner now; it is kept while subscribed).
+        let mut no_node = false;
+        for &server in per_server.keys() {
+            let ps = self.pubsub.as_ref().expect("subscribed");
+            if !ps.conns.contains_key(&server) {
+                match self.spec_of(server) {
+                    Ok(spec) => {
+                        specs.insert(server, spec);
+                    }
+                    Err(_) => no_node = true,
+                }
+            }
+        }
+        let ps = self.pubsub.as_mut().expect("subscribed");
+        for (server, chans) in per_server {
+            let conn = match ps.conns.entry(server) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => match specs.remove(&server) {
+                    Some(spec) => v.insert(Dedicated::open_push(spec, server, ps.sink.clone())),
+                    None => continue,
+                },
+            };
+            let mut words: Vec<&[u8]> = vec![name.as_bytes()];
+            words.extend(chans.iter().map(|c| c.as_ref()));
+            conn.send_raw(encode_request(&words).raw);
+        }
+        let empty = ps.count() == 0 && ps.shard.is_empty();
+        if empty {
+            self.pubsub = None; // closing the connections ends the subscriptions
+        }
+        self.reply(out.freeze());
+        if no_node {
+            self.reject(NO_MAP);
+        }
+        if let Some(ch) = failed {
+            self.reject(&format!(
+                "ERR no server available in pool {} for channel {}",
+                self.ctx.pool.config.name,
+                String::from_utf8_lossy(&ch)
+            ));
+        }
+    }
+
+    /// Something a subscription connection delivered. Messages are forwarded; the servers'
+    /// own confirmations are dropped (the proxy already confirmed, with the client's count).
+    /// Returns false when the connection failed: the client is told and disconnected, so it
+    /// resubscribes instead of silently missing messages.
+    pub(super) fn pushed(&mut self, server: usize, reply: Reply) -> bool {
+        match reply {
+            Ok(frame) => {
+                let kind = push_kind(&frame);
+                let message = matches!(kind, Some(b"message" | b"pmessage" | b"smessage"));
+                if message || frame.first() == Some(&b'-') {
+                    self.reply(frame);
+                }
+                true
+            }
+            Err(e) => {
+                let addr = self.pubsub.as_ref().and_then(|p| p.conns.get(&server));
+                let addr = addr.map_or_else(String::new, |c| c.spec.address.clone());
+                let msg = format!(
+                    "ERR backend {addr} {e}: subscriptions on that server are lost, resubscribe"
+                );
+                self.reply(error(&msg));
+                self.pending.push_back(Pending::Quit);
+                self.pubsub = None;
+                false
+            }
+        }
+    }
+}
