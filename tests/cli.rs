@@ -10,11 +10,20 @@ use std::time::{Duration, Instant};
 use common::{free_port, kvrouter_bin, memcached, Mc, TempDir};
 
 fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    request(addr, path, "")
+}
+
+fn http_get_auth(addr: SocketAddr, path: &str, token: &str) -> (u16, String) {
+    request(addr, path, &format!("Authorization: Bearer {token}\r\n"))
+}
+
+/// One HTTP/1.1 GET with extra header lines; (status, body).
+fn request(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut out = String::new();
@@ -325,21 +334,6 @@ fn alive(pid: i32) -> bool {
             .starts_with('Z'),
         Err(_) => false,
     }
-}
-
-fn http_get_auth(addr: SocketAddr, path: &str, token: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let code = out.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (code, body)
 }
 
 #[test]
