@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{free_port, kvrouter, memcached, Mc, TempDir};
+use common::{free_port, kvrouter, memcached, redis_server, Mc, Resp, TempDir};
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -106,6 +106,41 @@ fn idle_clients_are_closed_and_busy_ones_are_not() {
     busy.send(&req);
     assert_eq!(busy.line(), "SERVER_ERROR object too large for cache");
     assert_eq!(busy.set("small", b"ok"), "STORED");
+}
+
+#[test]
+fn idle_redis_clients_are_closed_but_not_subscribers_or_blocked_ones() {
+    let b = redis_server();
+    let dir = TempDir::new();
+    let port = free_port();
+    let yaml = format!(
+        "pools:\n  r: {{ protocol: redis, servers: [\"{}:1\"] }}\nlisteners:\n  - {{ listen: 127.0.0.1:{port}, protocol: redis, route: r, client_idle_timeout: 300ms }}\n",
+        b.addr
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let _proxy = kvrouter(&dir, &yaml, addr);
+    let mut idle = Resp::connect(addr);
+    let mut busy = Resp::connect(addr);
+    let mut sub = Resp::connect(addr);
+    assert_eq!(sub.cmd("SUBSCRIBE news"), "[subscribe, news, :1]");
+    let mut blocked = Resp::connect(addr);
+    blocked.send(&["BLPOP", "queue", "0"]);
+    // Redis's rules: idle means nothing in flight; subscribers and blocked clients wait on.
+    for _ in 0..8 {
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(busy.cmd("SET b 1"), "OK");
+    }
+    assert!(idle.closed(), "the idle client was closed");
+    assert_eq!(busy.cmd("PUBLISH news hello"), ":1");
+    assert_eq!(common::text(&sub.read()), "[message, news, hello]");
+    assert_eq!(busy.cmd("RPUSH queue job"), ":1");
+    assert_eq!(common::text(&blocked.read()), "[queue, job]");
+    // Once its command is answered the client is idle again, and is closed in turn.
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        blocked.closed(),
+        "the formerly blocked client was closed once idle"
+    );
 }
 
 #[test]

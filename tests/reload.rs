@@ -360,9 +360,10 @@ fn no_request_fails_across_reloads_under_load() {
 fn a_connected_redis_client_follows_the_new_routing_and_auth() {
     let (a, b) = (common::redis_server(), common::redis_server());
     let port = free_port();
+    let other = a.addr;
     let redis_conf = |server: SocketAddr, users: &str| {
         format!(
-            "workers: 1\npools:\n  r: {{ protocol: redis, servers: [\"{server}:1 s\"] }}\nlisteners:\n  - listen: 127.0.0.1:{port}\n    protocol: redis\n    route: r\n{users}"
+            "workers: 1\npools:\n  r: {{ protocol: redis, servers: [\"{server}:1 s\"] }}\n  other: {{ protocol: redis, servers: [\"{other}:1 o\"] }}\nlisteners:\n  - listen: 127.0.0.1:{port}\n    protocol: redis\n    route: r\n{users}"
         )
     };
     let r = start(&redis_conf(a.addr, ""), port, &[]);
@@ -382,6 +383,30 @@ fn a_connected_redis_client_follows_the_new_routing_and_auth() {
     wait_reloads(r.admin, "ok", 2.0);
     assert!(c.cmd("GET after").starts_with("-NOAUTH"));
     assert_eq!(c.cmd("AUTH new-password-123"), "OK");
+    assert_eq!(c.cmd("GET after"), "2");
+
+    // A signed-in user stays signed in across a reload that keeps them as they were...
+    let users = "    users:\n      - { name: default, password: new-password-123 }\n      - { name: app, password: app-pw-1, pools: [r] }\n";
+    replace_file(&r.file, &redis_conf(b.addr, users));
+    wait_reloads(r.admin, "ok", 3.0);
+    let mut app = common::Resp::connect(addr(port));
+    assert_eq!(app.cmd("AUTH app app-pw-1"), "OK");
+    let users = "    users:\n      - { name: default, password: new-password-123 }\n      - { name: app, password: app-pw-1, pools: [r] }\n      - { name: ops, password: ops-pw-1 }\n";
+    replace_file(&r.file, &redis_conf(b.addr, users));
+    wait_reloads(r.admin, "ok", 4.0);
+    assert_eq!(app.cmd("GET after"), "2");
+    // ...but not once the listener's pool is taken from them...
+    let users = "    users:\n      - { name: default, password: new-password-123 }\n      - { name: app, password: app-pw-1, pools: [other] }\n";
+    replace_file(&r.file, &redis_conf(b.addr, users));
+    wait_reloads(r.admin, "ok", 5.0);
+    assert!(app.cmd("GET after").starts_with("-NOAUTH"));
+    assert!(app.cmd("AUTH app app-pw-1").starts_with("-NOPERM"));
+    // ...or their password is rotated.
+    let users = "    users:\n      - { name: default, password: rotated-pw-456 }\n";
+    replace_file(&r.file, &redis_conf(b.addr, users));
+    wait_reloads(r.admin, "ok", 6.0);
+    assert!(c.cmd("GET after").starts_with("-NOAUTH"));
+    assert_eq!(c.cmd("AUTH rotated-pw-456"), "OK");
     assert_eq!(c.cmd("GET after"), "2");
     drop(r.proxy);
 }

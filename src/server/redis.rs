@@ -108,6 +108,9 @@ pub struct RedisContext {
     pub routing: Option<Rc<super::redis_route::RNode>>,
     /// Every pool the listener's route reaches (computed once from the config).
     pub reach: Vec<String>,
+    /// The listener's `client_idle_timeout`: like redis-server's `timeout`, it closes a client
+    /// with nothing in flight, but never a subscriber or a client blocked in a command.
+    pub idle_timeout: Option<std::time::Duration>,
     /// Finds this listener's context in a newer config generation after a reload.
     pub follow: super::reload::Follow,
 }
@@ -116,6 +119,14 @@ impl RedisContext {
     /// Whether a new client starts authenticated.
     fn open(&self) -> bool {
         self.users.is_empty() && self.pool.config.redis_auth.is_none()
+    }
+
+    /// Whether user `i` may use every pool this listener's route can send to.
+    fn user_reaches(&self, i: usize) -> bool {
+        self.users[i]
+            .pools
+            .as_ref()
+            .is_none_or(|pools| self.reach.iter().all(|r| pools.contains(r)))
     }
 }
 
@@ -438,6 +449,14 @@ impl Conn {
                 (false, false) => None,
             };
             let ctx = self.ctx.clone();
+            let idle = match self.ctx.idle_timeout {
+                Some(t)
+                    if self.pending.is_empty() && self.wbuf.is_empty() && self.pubsub.is_none() =>
+                {
+                    Some(t)
+                }
+                _ => None,
+            };
             let pushes = self.pubsub.as_mut().map(|p| &mut p.rx);
             let subscribed = pushes.is_some();
             tokio::select! {
@@ -473,6 +492,10 @@ impl Conn {
                     if self.blocking || self.pubsub.is_some() {
                         return Ok(());
                     }
+                }
+                _ = tokio::time::sleep(idle.unwrap_or_default()), if idle.is_some() => {
+                    tracing::debug!(client = self.client_id, "closing an idle client");
+                    return Ok(());
                 }
             }
         }
@@ -524,10 +547,17 @@ impl Conn {
         let Some(newer) = self.ctx.follow.newer_redis() else {
             return;
         };
-        // Keep the client's identity if its user still exists; else it must AUTH again.
+        // Keep the client's identity if its user still exists with the same password and may
+        // still use the listener's pools; else it must AUTH again.
         if let Some(u) = self.user {
-            let name = &self.ctx.users[u].name;
-            self.user = newer.users.iter().position(|n| &n.name == name);
+            let old = &self.ctx.users[u];
+            self.user = newer
+                .users
+                .iter()
+                .position(|n| {
+                    n.name == old.name && same(n.password.as_bytes(), old.password.as_bytes())
+                })
+                .filter(|&i| newer.user_reaches(i));
             self.authed = self.user.is_some();
         } else if self.authed && !self.ctx.open() {
             // Authenticated with the pool's password: still fine unless users now apply.

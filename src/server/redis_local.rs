@@ -125,12 +125,8 @@ impl Conn {
                 return Err("WRONGPASS invalid username-password pair or user is disabled.");
             };
             // The user needs every pool the listener's route can send to.
-            if let Some(pools) = &self.ctx.users[i].pools {
-                if !self.ctx.reach.iter().all(|r| pools.contains(r)) {
-                    return Err(
-                        "NOPERM this user has no permissions to access this listener's pool",
-                    );
-                }
+            if !self.ctx.user_reaches(i) {
+                return Err("NOPERM this user has no permissions to access this listener's pool");
             }
             self.authed = true;
             self.user = Some(i);

@@ -453,6 +453,7 @@ impl WorkerRouting {
                         users: Arc::new(lc.users.clone()),
                         listener: l.name.clone(),
                         reach: lc.route.pools().into_iter().map(String::from).collect(),
+                        idle_timeout: lc.client_idle_timeout,
                         routing: redis_route::needs_tree(&lc.route, &|n| {
                             generation.pools[pool_index(n)].clone()
                         })
