@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    free_port, kvrouter, kvrouter_bin, redis_server_with, signal, text, wait_for, wait_port, Frame,
-    Proc, Resp, TempDir,
+    free_port, http_get, kvrouter, kvrouter_admin, kvrouter_bin, redis_server_with, signal, text,
+    wait_for, wait_port, Frame, Proc, Resp, TempDir,
 };
 use kvrouter::routing::{DistributionKind, HashKind, Node, Placement};
 
@@ -105,6 +105,7 @@ struct Fleet {
     primary_addrs: Vec<SocketAddr>,
     replicas: Vec<Proc>,
     proxy: Proc,
+    admin: SocketAddr,
     placement: Placement,
 }
 
@@ -129,7 +130,7 @@ listeners:
         primaries[0].addr, primaries[1].addr, replicas[0].addr, replicas[1].addr
     );
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let proxy = kvrouter(&dir, &yaml, addr);
+    let (proxy, admin) = kvrouter_admin(&dir, &yaml, addr);
     let nodes: Vec<Node> = (0..2)
         .map(|i| Node {
             name: format!("r{i}"),
@@ -149,6 +150,7 @@ listeners:
         primaries: primaries.into_iter().map(Some).collect(),
         replicas,
         proxy,
+        admin,
         placement,
     };
     // Preload every key through the proxy; WAIT until each replica has it.
@@ -293,6 +295,22 @@ fn killed_primary_reads_go_to_its_replica_writes_fail_fast_and_traffic_returns()
     assert_eq!(c.cmd(&format!("GET {l0}")), value(&l0));
     let served = calls(f.replicas[0].addr, "get") + calls(f.replicas[0].addr, "mget");
     assert!(served > 10, "the replica served the reads: {served}");
+    // /pools lists each primary's replicas with their own health and counters.
+    let (status, body) = http_get(f.admin, "/pools");
+    assert_eq!(status, 200);
+    let pools: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let r0 = &pools["pools"][0]["servers"][0];
+    assert_eq!(r0["name"], "r0");
+    let replica = &r0["replicas"][0];
+    let replica_addr = f.replicas[0].addr.to_string();
+    assert_eq!(replica["address"], replica_addr.as_str());
+    assert_eq!(
+        replica["name"],
+        format!("r0/replica/{replica_addr}").as_str()
+    );
+    assert_eq!(replica["health"], "up");
+    assert!(replica["requests"].as_u64().unwrap() >= 10, "{replica}");
+    assert!(r0["errors"]["connect"].as_u64().unwrap() > 0, "{r0}");
 
     // Restart on the same port (loading the saved data): traffic goes back to it.
     let restarted = primary_at(&f.dir, port0);

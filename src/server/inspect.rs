@@ -3,7 +3,9 @@
 
 use serde_json::{json, Value};
 
+use super::pool::replica_name;
 use super::Shared;
+use crate::backend::connection::ServerSpec;
 use crate::backend::health::now_ms;
 use crate::backend::metrics::ERROR_KINDS;
 use crate::config::Protocol;
@@ -28,6 +30,32 @@ pub fn refresh_gauges(shared: &Shared) {
     }
 }
 
+/// One server's (or replica's) health and counters.
+fn server_json(spec: &ServerSpec, name: &str, now: u64) -> Value {
+    let m = &spec.metrics;
+    let ejected = spec.health.is_ejected(now);
+    let errors: serde_json::Map<String, Value> = ERROR_KINDS
+        .iter()
+        .zip(&m.errors)
+        .map(|(k, c)| (k.to_string(), json!(c.get())))
+        .collect();
+    json!({
+        "name": name,
+        "address": spec.address,
+        "health": if ejected { "ejected" } else { "up" },
+        "ejected_for_ms": if ejected { spec.health.ejected_until() - now } else { 0 },
+        "consecutive_failures": spec.health.consecutive_failures(),
+        "requests": m.requests.get(),
+        "errors": errors,
+        "ejections": m.ejections.get(),
+        "inflight": m.inflight.get(),
+        "latency": {
+            "count": m.latency.get_sample_count(),
+            "sum_seconds": m.latency.get_sample_sum(),
+        },
+    })
+}
+
 /// `GET /pools`: every pool of the active config with its servers, their health and counters,
 /// and the listeners that route to it.
 pub fn pools_json(shared: &Shared) -> Value {
@@ -43,30 +71,17 @@ pub fn pools_json(shared: &Shared) -> Value {
                 .iter()
                 .zip(p.server_names())
                 .zip(&p.config.servers)
-                .map(|((spec, name), conf)| {
-                    let m = &spec.metrics;
-                    let ejected_until = spec.health.ejected_until();
-                    let errors: serde_json::Map<String, Value> = ERROR_KINDS
-                        .iter()
-                        .zip(&m.errors)
-                        .map(|(k, c)| (k.to_string(), json!(c.get())))
-                        .collect();
-                    json!({
-                        "name": name,
-                        "address": spec.address,
-                        "weight": conf.weight,
-                        "health": if spec.health.is_ejected(now) { "ejected" } else { "up" },
-                        "ejected_for_ms": if spec.health.is_ejected(now) { ejected_until - now } else { 0 },
-                        "consecutive_failures": spec.health.consecutive_failures(),
-                        "requests": m.requests.get(),
-                        "errors": errors,
-                        "ejections": m.ejections.get(),
-                        "inflight": m.inflight.get(),
-                        "latency": {
-                            "count": m.latency.get_sample_count(),
-                            "sum_seconds": m.latency.get_sample_sum(),
-                        },
-                    })
+                .enumerate()
+                .map(|(s, ((spec, name), conf))| {
+                    let mut v = server_json(spec, name, now);
+                    v["weight"] = json!(conf.weight);
+                    if let Some(replicas) = p.replicas.get(s).filter(|r| !r.is_empty()) {
+                        v["replicas"] = replicas
+                            .iter()
+                            .map(|r| server_json(r, &replica_name(name, &r.address), now))
+                            .collect();
+                    }
+                    v
                 })
                 .collect();
             let listeners: Vec<&str> = generation
