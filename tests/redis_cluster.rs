@@ -236,6 +236,39 @@ fn cluster_routing_multikey_and_replica_reads() {
     );
     // (Our own INFO calls are not GETs; the primaries served none of these reads.)
     assert_eq!(on_primaries, 0, "primaries served {on_primaries} GETs");
+
+    // A replica that leaves the cluster (forgotten by every other node): once the slot map no
+    // longer lists it, kvrouter closes its connections to it instead of keeping them forever.
+    let replica = cluster
+        .nodes
+        .iter()
+        .map(|n| n.addr)
+        .find(|a| !primaries.contains(a) && *a != cluster.seed() && readonly_clients(*a) > 0)
+        .expect("a replica holding kvrouter's READONLY connections");
+    let id = cluster.node_id(replica);
+    for node in cluster.nodes.iter().filter(|n| n.addr != replica) {
+        assert_eq!(
+            Resp::connect(node.addr).cmd(&format!("CLUSTER FORGET {id}")),
+            "OK"
+        );
+    }
+    common::wait_for(
+        20,
+        "kvrouter to close its connections to the departed replica",
+        || {
+            // Traffic keeps the slot map refreshing (every 5 s).
+            assert_eq!(r.cmd("SET written-via-r 2"), "OK");
+            std::thread::sleep(Duration::from_millis(100));
+            (readonly_clients(replica) == 0).then_some(())
+        },
+    );
+    assert_eq!(c.cmd("GET written-via-r"), "2");
+}
+
+/// Clients of `addr` that sent READONLY (kvrouter's replica read connections).
+fn readonly_clients(addr: SocketAddr) -> usize {
+    let list = Resp::connect(addr).cmd("CLIENT LIST");
+    list.lines().filter(|l| l.contains(" flags=r ")).count()
 }
 
 /// A writer/reader that keeps going through the proxy while the topology changes; records

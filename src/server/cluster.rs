@@ -293,6 +293,8 @@ pub struct ClusterWorker {
     stats: Arc<Stats>,
     rw: RefCell<HashMap<String, Vec<BackendHandle>>>,
     ro: RefCell<HashMap<String, Vec<BackendHandle>>>,
+    /// The slot map version the connections were last pruned against.
+    pruned: std::cell::Cell<u64>,
 }
 
 /// What a retry needs to know about a request.
@@ -344,6 +346,28 @@ impl ClusterWorker {
             stats,
             rw: RefCell::new(HashMap::new()),
             ro: RefCell::new(HashMap::new()),
+            pruned: std::cell::Cell::new(0),
+        }
+    }
+
+    /// Drop the connections to nodes the slot map no longer lists (they left the cluster, or
+    /// a replica was removed). Requests already queued on them still get their replies: a
+    /// backend connection ends once its queue is empty and no handle is left.
+    fn prune(&self, map: &ClusterMap) {
+        self.pruned.set(map.version);
+        if map.shards.is_empty() {
+            return; // no map (yet): nothing to compare with
+        }
+        let live = map.addresses();
+        for conns in [&self.rw, &self.ro] {
+            conns.borrow_mut().retain(|addr, _| {
+                let keep = live.contains(addr);
+                if !keep {
+                    tracing::info!(pool = %self.shared.pool, node = %addr,
+                        "node left the cluster slot map: closing this worker's connections to it");
+                }
+                keep
+            });
         }
     }
 
@@ -410,6 +434,9 @@ impl ClusterWorker {
         };
         let replica = read && self.shared.config.read_from != ReadFrom::Primary;
         let map = self.shared.map();
+        if map.version != self.pruned.get() {
+            self.prune(&map);
+        }
         match self.target(&map, slot, replica, client) {
             Ok((addr, ro)) => ClusterRx::Direct {
                 rx: self.send_on(addr, ro, client, call.raw.clone()),
