@@ -3,11 +3,12 @@
 //! Placement must match twemproxy 0.5.0 bit for bit so that a fleet can move from nutcracker to
 //! kvrouter without a single cache miss. Each hash function lives in its own file under `hash/`
 //! (like twemproxy's hashkit); `distribution` turns a hash into a server with ketama, modula or
-//! random.
+//! random. `route` holds the route-tree nodes that choose by key prefix or operation class.
 
 pub mod distribution;
 pub mod hash;
 pub mod ketama;
+pub mod route;
 pub mod slots;
 
 pub use distribution::{hash_tag_key, DistributionKind, Node, Placement};

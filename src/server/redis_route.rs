@@ -37,6 +37,7 @@ use crate::config::{FailoverOn, Location, Route};
 use crate::failover::policy::{fails_over, Failure, OpClass};
 use crate::protocol::redis_commands::{self as rc, key_indices, CommandInfo, Merge};
 use crate::protocol::resp::{encode_request, RespRequest};
+use crate::routing::route::{ByOperation, ByPrefix};
 
 /// Why writes cannot fail over to a replica.
 pub const WRITES_NEED_PRIMARY: &str = "writes need its primary (a replica cannot take writes \
@@ -61,17 +62,8 @@ pub enum RNode {
         on: FailoverOn,
         writes: bool,
     },
-    Prefix {
-        /// Longest prefix first.
-        prefixes: Vec<(Vec<u8>, Rc<RNode>)>,
-        default: Option<Rc<RNode>>,
-    },
-    Operation {
-        get: Option<Rc<RNode>>,
-        set: Option<Rc<RNode>>,
-        delete: Option<Rc<RNode>>,
-        default: Option<Rc<RNode>>,
-    },
+    Prefix(ByPrefix<Rc<RNode>>),
+    Operation(ByOperation<Rc<RNode>>),
     Shadow {
         route: Rc<RNode>,
         shadow: Rc<RNode>,
@@ -195,29 +187,25 @@ impl RNode {
             },
             Route::Prefix {
                 prefixes, default, ..
-            } => {
-                let mut p: Vec<(Vec<u8>, Rc<RNode>)> = prefixes
+            } => RNode::Prefix(ByPrefix::new(
+                prefixes
                     .iter()
                     .map(|(k, r)| (k.as_bytes().to_vec(), b(r)))
-                    .collect();
-                p.sort_by_key(|(k, _)| std::cmp::Reverse(k.len()));
-                RNode::Prefix {
-                    prefixes: p,
-                    default: ob(default),
-                }
-            }
+                    .collect(),
+                ob(default),
+            )),
             Route::Operation {
                 get,
                 set,
                 delete,
                 default,
                 ..
-            } => RNode::Operation {
+            } => RNode::Operation(ByOperation {
                 get: ob(get),
                 set: ob(set),
                 delete: ob(delete),
                 default: ob(default),
-            },
+            }),
             Route::Shadow {
                 route,
                 shadow,
@@ -237,25 +225,8 @@ impl RNode {
     /// Follow `prefix` and `operation` nodes for one key; None when nothing matches.
     fn resolve<'a>(self: &'a Rc<Self>, class: OpClass, key: &[u8]) -> Option<&'a Rc<RNode>> {
         match &**self {
-            RNode::Prefix { prefixes, default } => prefixes
-                .iter()
-                .find(|(p, _)| key.starts_with(p))
-                .map(|(_, c)| c)
-                .or(default.as_ref())?
-                .resolve(class, key),
-            RNode::Operation {
-                get,
-                set,
-                delete,
-                default,
-            } => match class {
-                OpClass::Get => get.as_ref(),
-                OpClass::Set => set.as_ref(),
-                OpClass::Delete => delete.as_ref(),
-                OpClass::Other => None,
-            }
-            .or(default.as_ref())?
-            .resolve(class, key),
+            RNode::Prefix(by) => by.select(key)?.resolve(class, key),
+            RNode::Operation(by) => by.select(class)?.resolve(class, key),
             _ => Some(self),
         }
     }
@@ -297,7 +268,7 @@ impl RNode {
             RNode::Pool(t) => Some(&t.pool),
             RNode::Failover { children, .. } => children[0].home(class, key),
             RNode::Shadow { route, .. } => route.home(class, key),
-            RNode::Prefix { .. } | RNode::Operation { .. } => None,
+            RNode::Prefix(_) | RNode::Operation(_) => None,
         }
     }
 
@@ -305,7 +276,7 @@ impl RNode {
     pub fn exec(self: &Rc<Self>, op: Rc<RedisOp>) -> LocalBoxFuture<'static, Outcome> {
         match &**self {
             RNode::Pool(t) => t.send(op),
-            RNode::Prefix { .. } | RNode::Operation { .. } => match self.resolve_all(&op) {
+            RNode::Prefix(_) | RNode::Operation(_) => match self.resolve_all(&op) {
                 Ok(n) => n.exec(op),
                 Err(e) => ready(Ok(error(&e))),
             },

@@ -19,6 +19,7 @@ use crate::config::{AllSyncReply, FailoverOn, Route};
 use crate::failover::gutter;
 use crate::failover::policy::{fails_over, Failure, OpClass};
 use crate::protocol::memcache::{self, Command};
+use crate::routing::route::{ByOperation, ByPrefix};
 
 /// A pool as a route leaf: its placement and this worker's connections to its servers.
 #[derive(Clone)]
@@ -43,17 +44,8 @@ pub enum Node {
         /// Requests this gutter took.
         used: prometheus::IntCounter,
     },
-    Prefix {
-        /// Longest prefix first.
-        prefixes: Vec<(Vec<u8>, Rc<Node>)>,
-        default: Option<Rc<Node>>,
-    },
-    Operation {
-        get: Option<Rc<Node>>,
-        set: Option<Rc<Node>>,
-        delete: Option<Rc<Node>>,
-        default: Option<Rc<Node>>,
-    },
+    Prefix(ByPrefix<Rc<Node>>),
+    Operation(ByOperation<Rc<Node>>),
     AllSync {
         children: Vec<Rc<Node>>,
         reply: AllSyncReply,
@@ -239,29 +231,25 @@ impl Node {
             },
             Route::Prefix {
                 prefixes, default, ..
-            } => {
-                let mut p: Vec<(Vec<u8>, Rc<Node>)> = prefixes
+            } => Node::Prefix(ByPrefix::new(
+                prefixes
                     .iter()
                     .map(|(k, r)| (k.as_bytes().to_vec(), b(r)))
-                    .collect();
-                p.sort_by_key(|(k, _)| std::cmp::Reverse(k.len()));
-                Node::Prefix {
-                    prefixes: p,
-                    default: ob(default),
-                }
-            }
+                    .collect(),
+                ob(default),
+            )),
             Route::Operation {
                 get,
                 set,
                 delete,
                 default,
                 ..
-            } => Node::Operation {
+            } => Node::Operation(ByOperation {
                 get: ob(get),
                 set: ob(set),
                 delete: ob(delete),
                 default: ob(default),
-            },
+            }),
             Route::AllSync {
                 children, reply, ..
             } => Node::AllSync {
@@ -314,42 +302,22 @@ impl Node {
                 };
                 target.send(&op)
             }
-            Node::Prefix { prefixes, default } => {
-                let child = prefixes
-                    .iter()
-                    .find(|(p, _)| op.key.starts_with(p))
-                    .map(|(_, c)| c)
-                    .or(default.as_ref());
-                match child {
-                    Some(c) => c.exec(op),
-                    None => {
-                        let why = format!(
-                            "no route for key {} (no prefix matches and no default)",
-                            String::from_utf8_lossy(&op.key)
-                        );
-                        async move { Outcome::Failed(Failure::ServerError, why) }.boxed_local()
-                    }
+            Node::Prefix(by) => match by.select(&op.key) {
+                Some(c) => c.exec(op),
+                None => {
+                    let why = format!(
+                        "no route for key {} (no prefix matches and no default)",
+                        String::from_utf8_lossy(&op.key)
+                    );
+                    async move { Outcome::Failed(Failure::ServerError, why) }.boxed_local()
                 }
-            }
-            Node::Operation {
-                get,
-                set,
-                delete,
-                default,
-            } => {
-                let child = match op.class() {
-                    OpClass::Get => get.as_ref(),
-                    OpClass::Set => set.as_ref(),
-                    OpClass::Delete => delete.as_ref(),
-                    OpClass::Other => None,
+            },
+            Node::Operation(by) => match by.select(op.class()) {
+                Some(c) => c.exec(op),
+                None => {
+                    async { Outcome::Failed(Failure::ServerError, "no route".into()) }.boxed_local()
                 }
-                .or(default.as_ref());
-                match child {
-                    Some(c) => c.exec(op),
-                    None => async { Outcome::Failed(Failure::ServerError, "no route".into()) }
-                        .boxed_local(),
-                }
-            }
+            },
             Node::AllSync { children, reply } => {
                 let futs: Vec<_> = children.iter().map(|c| c.exec(op.clone())).collect();
                 let reply = *reply;
