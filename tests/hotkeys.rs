@@ -297,7 +297,7 @@ fn split_spreads_reads_of_a_hot_key_over_its_copies() {
     // at the copy TTL (10 s) although the original has an hour.
     let mut holders = std::collections::BTreeSet::new();
     for i in 0..8 {
-        let copy = format!("{key}::{i}.copy");
+        let copy = copy_name(key, i);
         for (n, p) in s.servers.iter().enumerate() {
             let mut c = Mc::connect(p.addr);
             c.send(format!("mg {copy} v f t\r\n").as_bytes());
@@ -347,7 +347,7 @@ fn split_spreads_reads_of_a_hot_key_over_its_copies() {
     for p in &s.servers {
         let mut c = Mc::connect(p.addr);
         for i in 0..8 {
-            c.send(format!("delete {key}::{i}.copy\r\n").as_bytes());
+            c.send(format!("delete {}\r\n", copy_name(key, i)).as_bytes());
             c.line();
         }
     }
@@ -382,4 +382,10 @@ fn split_spreads_reads_of_a_hot_key_over_its_copies() {
     for _ in 0..50 {
         assert_eq!(w.get(key), None);
     }
+}
+
+/// The name kvrouter gives copy `i` of `key`.
+fn copy_name(key: &str, i: usize) -> String {
+    let copy = kvrouter::hotkey::split::copy_key(key.as_bytes(), i, None);
+    String::from_utf8(copy.to_vec()).unwrap()
 }

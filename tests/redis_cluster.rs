@@ -524,3 +524,88 @@ fn cluster_failover_under_traffic() {
     let (now_primary, _) = cluster.owner(survivor, slot);
     assert!(replicas.contains(&now_primary), "the replica was promoted");
 }
+
+/// Hot keys on a cluster pool: a hot key is served from the local cache (writes through the
+/// proxy never followed by an old read), and split copies of a hash-tagged key land in other
+/// slots (the suffix goes inside the tag), so its reads spread over several primaries.
+#[test]
+fn cluster_hot_keys_cache_and_split_across_nodes() {
+    let cluster = RedisCluster::start(5000);
+    let dir = TempDir::new();
+    let (p1, p2) = (free_port(), free_port());
+    let seed = cluster.seed();
+    let yaml = format!(
+        "workers: 1\npools:\n  c:\n    protocol: redis\n    timeout: 2s\n    cluster: {{ seeds: [\"{seed}\"] }}\nlisteners:\n  - {{ listen: 127.0.0.1:{p1}, protocol: redis, route: c, hot_keys: {{ threshold: 200/s, local_cache: {{ ttl: 500ms, capacity: 100 }} }} }}\n  - {{ listen: 127.0.0.1:{p2}, protocol: redis, route: c, hot_keys: {{ threshold: 200/s, split: 8 }} }}\n"
+    );
+    let cached: SocketAddr = format!("127.0.0.1:{p1}").parse().unwrap();
+    let split: SocketAddr = format!("127.0.0.1:{p2}").parse().unwrap();
+    let _proxy = kvrouter(&dir, &yaml, cached);
+    let gets = |addrs: &[SocketAddr]| -> Vec<u64> {
+        addrs
+            .iter()
+            .map(|a| info_stat(*a, "commandstats", "cmdstat_get"))
+            .collect()
+    };
+    let heat = |c: &mut Resp, key: &str, want: &str| {
+        let until = Instant::now() + Duration::from_secs(4);
+        while Instant::now() < until {
+            for _ in 0..200 {
+                assert_eq!(c.cmd(&format!("GET {key}")), want);
+            }
+        }
+    };
+    let slots = common::cluster_slots(seed);
+    let primaries: Vec<SocketAddr> = slots.iter().map(|(_, _, n)| n[0]).collect();
+
+    // Local cache.
+    let mut c = Resp::connect(cached);
+    assert_eq!(c.cmd("SET celebrity v0"), "OK");
+    heat(&mut c, "celebrity", "v0");
+    let before: u64 = gets(&primaries).iter().sum();
+    for _ in 0..300 {
+        assert_eq!(c.cmd("GET celebrity"), "v0");
+    }
+    let after: u64 = gets(&primaries).iter().sum();
+    assert!(
+        after - before <= 3,
+        "300 reads cost {} backend GETs",
+        after - before
+    );
+    for i in 1..20 {
+        assert_eq!(c.cmd(&format!("SET celebrity v{i}")), "OK");
+        assert_eq!(c.cmd("GET celebrity"), format!("v{i}"));
+    }
+
+    // Split copies of a hash-tagged key: the suffix goes inside the tag, so copies change slot.
+    let key = "{user42}:profile";
+    let mut s = Resp::connect(split);
+    assert_eq!(s.cmd(&format!("SET {key} shine")), "OK");
+    heat(&mut s, key, "shine");
+    let before = gets(&primaries);
+    for _ in 0..600 {
+        assert_eq!(s.cmd(&format!("GET {key}")), "shine", "no false miss");
+    }
+    let after = gets(&primaries);
+    let serving = before
+        .iter()
+        .zip(&after)
+        .filter(|(b, a)| *a - *b > 30)
+        .count();
+    let copies: Vec<String> = primaries
+        .iter()
+        .map(|p| Resp::connect(*p).cmd("KEYS *copy*"))
+        .collect();
+    assert!(
+        serving >= 2,
+        "reads spread over primaries: {before:?} -> {after:?}; copies {copies:?}"
+    );
+    // A write reaches the original and removes every copy before it is acknowledged: the
+    // next reads see it.
+    assert_eq!(s.cmd(&format!("SET {key} dim")), "OK");
+    for p in &primaries {
+        assert_eq!(Resp::connect(*p).cmd("KEYS *copy*"), "[]", "copies deleted");
+    }
+    for _ in 0..100 {
+        assert_eq!(s.cmd(&format!("GET {key}")), "dim");
+    }
+}

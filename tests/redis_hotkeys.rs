@@ -119,7 +119,10 @@ fn split_copies_spread_a_hot_keys_reads_without_false_misses() {
         .flat_map(|(i, b)| {
             let mut r = Resp::connect(b.addr);
             (0..8)
-                .map(|n| format!("star::{n}.copy"))
+                .map(|n| {
+                    let copy = kvrouter::hotkey::split::copy_key(b"star", n, None);
+                    String::from_utf8(copy.to_vec()).unwrap()
+                })
                 .filter_map(|k| {
                     r.cmd(&format!("PTTL {k}"))
                         .trim_start_matches(':')

@@ -156,6 +156,35 @@ impl ClusterMap {
 mod tests {
     use super::*;
 
+    /// Hot-key split copies must spread over the slot space (CRC16 is linear: names differing in
+    /// one byte stay close), so a cluster's nodes share a hot key's reads.
+    #[test]
+    fn split_copies_spread_over_the_slot_space() {
+        let thirds = |key: &[u8]| -> usize {
+            let mut seen = [false; 3];
+            for i in 0..8 {
+                let copy = crate::hotkey::split::copy_key(key, i, Some(*b"{}"));
+                seen[key_slot(&copy) as usize * 3 / SLOTS] = true;
+            }
+            seen.iter().filter(|s| **s).count()
+        };
+        let keys: Vec<String> = (0..300)
+            .map(|n| match n % 3 {
+                0 => format!("user:{n}"),
+                1 => format!("{{user{n}}}:profile"),
+                _ => format!("session-{n}-{}", n * 7919),
+            })
+            .collect();
+        let all_three = keys.iter().filter(|k| thirds(k.as_bytes()) == 3).count();
+        let one = keys.iter().filter(|k| thirds(k.as_bytes()) == 1).count();
+        // 8 random slots reach all three thirds 88% of the time, one third 0.05%.
+        assert!(
+            all_three >= 240,
+            "{all_three} of 300 keys reach every third"
+        );
+        assert!(one <= 3, "{one} of 300 keys keep every copy in one third");
+    }
+
     #[test]
     fn crc16_xmodem_check_value() {
         assert_eq!(CRC16.checksum(b"123456789"), 0x31C3);

@@ -1,6 +1,6 @@
 //! Hot keys on memcached listeners: what is cached for a hot key is the item as the client
 //! gets it (`VALUE key flags bytes\r\ndata\r\n`), or nothing for a miss (a miss is cached too).
-//! A split copy `KEY::i.copy` holds the same value and flags as the original, with at most
+//! A split copy `KEY::i.SSSS.copy` holds the same value and flags as the original, with at most
 //! COPY_TTL to live; it is read with `get` and filled from the original's `mg KEY s v f t` with
 //! `ms COPY <bytes> F<flags> T<ttl>`. The shared machinery (detector, cache, flights) is in
 //! `crate::hotkey`; this file is the memcached side of it.

@@ -194,15 +194,9 @@ pub fn check(config: &Config) -> Result<Vec<usize>, String> {
             }
         }
         if let (Some(h), Protocol::Redis) = (&l.hot_keys, l.protocol) {
-            let plain = match &l.route {
-                crate::config::Route::Pool { name, .. } => {
-                    config.pool(name).is_some_and(|p| p.cluster.is_none())
-                }
-                _ => false,
-            };
-            if !plain {
+            if !matches!(&l.route, crate::config::Route::Pool { .. }) {
                 return Err(format!(
-                    "{}: hot keys on a redis listener need a plain pool route (not a route tree or a cluster pool) in this version",
+                    "{}: hot keys on a redis listener need a route to one pool (sharded or cluster), not a route tree, in this version",
                     at(h.location)
                 ));
             }

@@ -100,7 +100,7 @@ pub struct RedisContext {
     pub users: Arc<Vec<crate::config::UserConfig>>,
     /// The listener's address, for logs.
     pub listener: String,
-    /// `hot_keys` (plain pools): this worker's sampler and the listener's shared machinery.
+    /// `hot_keys` (routes to one pool): this worker's sampler and the listener's shared machinery.
     pub hot: Option<super::hot::HotCtx>,
     /// The route tree keyed commands take (`redis_route`), when the route is more than one
     /// pool or the pool has replicas; `pool` and `backends` are then the tree's first pool,
@@ -764,8 +764,8 @@ impl Conn {
                 let dels = self.hot_invalidate(&guarded);
                 if !dels.is_empty() {
                     tokio::task::spawn_local(async move {
-                        for d in dels {
-                            let _ = d.await;
+                        for mut d in dels {
+                            poll_fn(|cx| d.poll(cx)).await.ok();
                         }
                     });
                 }
@@ -940,24 +940,37 @@ fn unknown_command(args: &[Bytes]) -> String {
 const NO_MAP: &str =
     "CLUSTERDOWN kvrouter knows no cluster node for this yet (refreshing the slot map); try again";
 
+/// Where `key` goes: its server (sharded pools) or its slot (cluster pools).
+fn place(ctx: &RedisContext, key: &[u8]) -> Option<usize> {
+    if ctx.cluster.is_some() {
+        return Some(slots::key_slot(key) as usize);
+    }
+    ctx.pool.server_for(key)
+}
+
+/// Send a request to `server` on the connection `client_id` uses; on a cluster pool to the
+/// owner of that slot (or a replica for reads, per `read_from`), following redirections.
+fn send(ctx: &RedisContext, client_id: usize, server: usize, raw: Bytes, read: bool) -> Rx {
+    match &ctx.cluster {
+        Some(c) => Rx::Cluster(c.send(server as u16, raw, read, client_id)),
+        None => {
+            let conns = &ctx.backends[server];
+            conns[client_id % conns.len()]
+                .send(raw, ReplyKind::Resp)
+                .into()
+        }
+    }
+}
+
 /// Cluster pools (see `cluster.rs`): a "server" index is a slot; `SLOTS` stands for "any node"
 /// (SUBSCRIBE and PSUBSCRIBE: a cluster broadcasts PUBLISH to every node).
 impl Conn {
-    /// Where `key` goes: its server (sharded pools) or its slot (cluster pools).
     fn place(&self, key: &[u8]) -> Option<usize> {
-        if self.ctx.cluster.is_some() {
-            return Some(slots::key_slot(key) as usize);
-        }
-        self.ctx.pool.server_for(key)
+        place(&self.ctx, key)
     }
 
-    /// Send a request to `server`; on a cluster pool to the owner of that slot (or a replica
-    /// for reads, per `read_from`), following redirections.
     fn send(&self, server: usize, raw: Bytes, read: bool) -> Rx {
-        match &self.ctx.cluster {
-            Some(c) => Rx::Cluster(c.send(server as u16, raw, read, self.client_id)),
-            None => self.backend(server).send(raw, ReplyKind::Resp).into(),
-        }
+        send(&self.ctx, self.client_id, server, raw, read)
     }
 
     /// The spec of a dedicated connection to `server` (cluster pools: the slot's primary).

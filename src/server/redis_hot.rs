@@ -1,20 +1,19 @@
-//! Hot keys on redis listeners (plain pools): a GET of a key the listener's detector finds hot
-//! is served from the local cache while fresh; otherwise, with `split`, from one random copy
-//! `KEY::i.copy` (placed by the pool's hash, the suffix inside a hash tag), a copy miss reading
-//! the original (GET + PTTL on one connection) and filling the copy with the original's
-//! remaining TTL capped at `copy_ttl`. Writes of a hot (or recently cooled) key invalidate the
-//! cache and delete the copies when sent and again once acknowledged; the client gets its reply
-//! after both rounds. Cached values are the GET reply bytes exactly (bulk or nil). Only GET is
-//! eligible: it reads one string value whose reply is a function of the key alone; other reads
-//! (types, ranges, TTL-sensitive commands) pass through.
+//! Hot keys on redis listeners routed to one pool (sharded or cluster): a GET of a key the
+//! listener's detector finds hot is served from the local cache while fresh; otherwise, with
+//! `split`, from one random copy `KEY::i.SSSS.copy` (placed by the pool's hash or slot, the
+//! suffix inside a hash tag), a copy miss reading the original (GET + PTTL on one connection)
+//! and filling the copy with the original's remaining TTL capped at `copy_ttl`. Writes of a hot
+//! (or recently cooled) key invalidate the cache and delete the copies when sent and again once
+//! acknowledged; the client gets its reply after both rounds. Cached values are the GET reply
+//! bytes exactly (bulk or nil). Only GET is eligible: it reads one string value whose reply is a
+//! function of the key alone; other reads (types, ranges, TTL-sensitive commands) pass through.
 
 use std::future::poll_fn;
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
 
-use super::{backend_error, flatten, Conn, Pending, RedisContext, Rx};
-use crate::backend::{BackendError, Reply, ReplyKind};
+use super::{backend_error, place, send, Conn, Pending, RedisContext, Rx};
+use crate::backend::{BackendError, Reply};
 use crate::hotkey::{split::copy_key, HotKeys};
 use crate::protocol::redis_commands::CommandInfo;
 use crate::protocol::resp::{encode_request, RespRequest};
@@ -23,15 +22,20 @@ use crate::server::stats::bump;
 
 type Fetch = futures_util::future::LocalBoxFuture<'static, Reply>;
 
-fn send_plain(
+/// Send `raw` to where `key` lives (a server, or a cluster slot's owner).
+fn send_key(
     ctx: &RedisContext,
     client_id: usize,
     key: &[u8],
     raw: Bytes,
-) -> Option<oneshot::Receiver<Reply>> {
-    let server = ctx.pool.server_for(key)?;
-    let conns = &ctx.backends[server];
-    Some(conns[client_id % conns.len()].send(raw, ReplyKind::Resp))
+    read: bool,
+) -> Option<Rx> {
+    let server = place(ctx, key)?;
+    Some(send(ctx, client_id, server, raw, read))
+}
+
+async fn reply_of(mut rx: Rx) -> Reply {
+    poll_fn(|cx| rx.poll(cx)).await
 }
 
 fn is_bulk_hit(b: &[u8]) -> bool {
@@ -93,20 +97,22 @@ impl Conn {
         let hk = hot.shared.clone();
         let (ctx, client_id) = (self.ctx.clone(), self.client_id);
         let Some(i) = hk.pick_copy() else {
-            let rx = send_plain(&ctx, client_id, key, raw)?;
-            return Some(Box::pin(async move { flatten(rx.await) }));
+            return Some(Box::pin(reply_of(send_key(
+                &ctx, client_id, key, raw, true,
+            )?)));
         };
         let copy = copy_key(key, i, hot.tag);
         let write_ticket = hk.writes.ticket(key);
-        let copy_rx = send_plain(
+        let copy_rx = send_key(
             &ctx,
             client_id,
             &copy,
             encode_request(&[&b"GET"[..], &copy]).raw,
+            true,
         )?;
         let key = key.clone();
         Some(Box::pin(async move {
-            if let Ok(b) = flatten(copy_rx.await) {
+            if let Ok(b) = reply_of(copy_rx).await {
                 if b.starts_with(b"$") && is_bulk_hit(&b) {
                     HotKeys::count(&hk.copy_hits, 1);
                     return Ok(b);
@@ -114,23 +120,25 @@ impl Conn {
             }
             HotKeys::count(&hk.copy_misses, 1);
             // The original: its value and remaining TTL, back to back on one connection.
-            let get = send_plain(
+            let get = send_key(
                 &ctx,
                 client_id,
                 &key,
                 encode_request(&[&b"GET"[..], &key]).raw,
+                true,
             );
-            let pttl = send_plain(
+            let pttl = send_key(
                 &ctx,
                 client_id,
                 &key,
                 encode_request(&[&b"PTTL"[..], &key]).raw,
+                true,
             );
             let (Some(get), Some(pttl)) = (get, pttl) else {
                 return Err(BackendError::Down);
             };
-            let value = flatten(get.await)?;
-            let ttl = flatten(pttl.await).ok();
+            let value = reply_of(get).await?;
+            let ttl = reply_of(pttl).await.ok();
             if let (Some(v), true) = (bulk_payload(&value), hk.writes.valid(&write_ticket)) {
                 let cap = hk.copy_ttl.as_millis() as i64;
                 let ms = match ttl.as_deref().and_then(|t| {
@@ -149,10 +157,8 @@ impl Conn {
                         encode_request(&[&b"SET"[..], &copy, &v, b"PX", ms.to_string().as_bytes()])
                             .raw;
                     // Keep the receiver alive: a connection skips requests nobody waits for.
-                    if let Some(rx) = send_plain(&ctx, client_id, &copy, set) {
-                        tokio::task::spawn_local(async move {
-                            let _ = rx.await;
-                        });
+                    if let Some(rx) = send_key(&ctx, client_id, &copy, set, false) {
+                        tokio::task::spawn_local(reply_of(rx));
                     }
                 }
             }
@@ -183,11 +189,11 @@ impl Conn {
         let task = tokio::task::spawn_local(async move {
             let reply = poll_fn(|cx| rx.poll(cx)).await;
             for d in first {
-                let _ = d.await;
+                reply_of(d).await.ok();
             }
             let again = hot_invalidate(&ctx, client_id, &guarded);
             for d in again {
-                let _ = d.await;
+                reply_of(d).await.ok();
             }
             match reply {
                 Ok(b) => b,
@@ -197,17 +203,13 @@ impl Conn {
         Ok(Pending::Routed(task))
     }
 
-    pub(super) fn hot_invalidate(&self, keys: &[Bytes]) -> Vec<oneshot::Receiver<Reply>> {
+    pub(super) fn hot_invalidate(&self, keys: &[Bytes]) -> Vec<Rx> {
         hot_invalidate(&self.ctx, self.client_id, keys)
     }
 }
 
 /// Invalidate `keys` in the local cache and flights, and send DELs of their copies.
-fn hot_invalidate(
-    ctx: &RedisContext,
-    client_id: usize,
-    keys: &[Bytes],
-) -> Vec<oneshot::Receiver<Reply>> {
+fn hot_invalidate(ctx: &RedisContext, client_id: usize, keys: &[Bytes]) -> Vec<Rx> {
     let Some(hot) = ctx.hot.as_ref() else {
         return Vec::new();
     };
@@ -218,9 +220,13 @@ fn hot_invalidate(
             HotKeys::count(&hot.shared.copy_deletes, n as u64);
             for i in 0..n {
                 let c = copy_key(k, i, hot.tag);
-                if let Some(rx) =
-                    send_plain(ctx, client_id, &c, encode_request(&[&b"DEL"[..], &c]).raw)
-                {
+                if let Some(rx) = send_key(
+                    ctx,
+                    client_id,
+                    &c,
+                    encode_request(&[&b"DEL"[..], &c]).raw,
+                    false,
+                ) {
                     dels.push(rx);
                 }
             }

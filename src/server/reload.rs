@@ -434,7 +434,14 @@ impl WorkerRouting {
                             Some(Ctx::Redis(c)) => c.hot.as_ref(),
                             _ => None,
                         };
-                        HotCtx::new(&h.keys, previous, generation.pools[l.pool].config.hash_tag)
+                        let pool = &generation.pools[l.pool];
+                        // A cluster hashes `{...}` tags, whatever the pool says.
+                        let tag = if pool.cluster.is_some() {
+                            Some(*b"{}")
+                        } else {
+                            pool.config.hash_tag
+                        };
+                        HotCtx::new(&h.keys, previous, tag)
                     });
                     let ctx = RedisContext {
                         hot,
