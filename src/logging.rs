@@ -192,10 +192,16 @@ fn filter_text(env: Option<&str>, cli: Option<u8>, config: &LogConfig) -> String
     if let Some(e) = env {
         return e.to_string();
     }
-    if let Some(v) = cli {
-        return level_for_verbosity(v).to_string();
+    let level = match cli {
+        Some(v) => level_for_verbosity(v).to_string(),
+        None => config.level.clone().unwrap_or_else(|| "info".to_string()),
+    };
+    // The file watcher's crate says at INFO that a watch it removes at shutdown was already
+    // gone: noise at the default level.
+    if level == "info" {
+        return "info,notify=warn".to_string();
     }
-    config.level.clone().unwrap_or_else(|| "info".to_string())
+    level
 }
 
 #[cfg(test)]
@@ -211,6 +217,9 @@ mod tests {
         assert_eq!(filter_text(Some("trace"), Some(4), &cfg), "trace");
         assert_eq!(filter_text(None, Some(4), &cfg), "warn");
         assert_eq!(filter_text(None, None, &cfg), "debug");
-        assert_eq!(filter_text(None, None, &LogConfig::default()), "info");
+        assert_eq!(
+            filter_text(None, None, &LogConfig::default()),
+            "info,notify=warn"
+        );
     }
 }
