@@ -371,6 +371,35 @@ fn cluster_slot_migration_under_traffic() {
     }
 
     let mut traffic = Traffic::start(proxy.addr, tag, 4);
+    // Transactions on the migrating slot: MULTI/INCR/EXEC, and WATCH + MULTI/SET/EXEC (which
+    // may answer nil: the transaction did not run).
+    let tx_stop = Arc::new(AtomicBool::new(false));
+    let tx_thread = {
+        let stop = tx_stop.clone();
+        let addr = proxy.addr;
+        let tag = tag.to_string();
+        std::thread::spawn(move || {
+            let mut c = Resp::connect(addr);
+            let (mut incrs, mut nils, mut errors) = (0u64, 0u64, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                assert_eq!(c.cmd("MULTI"), "OK");
+                assert_eq!(c.cmd(&format!("INCR {{{tag}}}:counter")), "QUEUED");
+                match c.call(&["EXEC"]) {
+                    Frame::Array(Some(v)) if v.len() == 1 => incrs += 1,
+                    other => errors.push(format!("EXEC: {}", text(&other))),
+                }
+                assert_eq!(c.cmd(&format!("WATCH {{{tag}}}:watched")), "OK");
+                assert_eq!(c.cmd("MULTI"), "OK");
+                assert_eq!(c.cmd(&format!("SET {{{tag}}}:watched {incrs}")), "QUEUED");
+                match c.call(&["EXEC"]) {
+                    Frame::Array(Some(v)) if v.len() == 1 => {}
+                    Frame::Array(None) | Frame::Null => nils += 1,
+                    other => errors.push(format!("WATCH EXEC: {}", text(&other))),
+                }
+            }
+            (incrs, nils, errors)
+        })
+    };
     std::thread::sleep(Duration::from_millis(300));
     let mut s = Resp::connect(src);
     let mut d = Resp::connect(dst);
@@ -437,6 +466,20 @@ fn cluster_slot_migration_under_traffic() {
     // The proxy still believes src owns the slot until MOVED (or a refresh) tells it.
     std::thread::sleep(Duration::from_millis(500));
     traffic.stop();
+    tx_stop.store(true, Ordering::Relaxed);
+    let (incrs, nils, tx_errors) = tx_thread.join().unwrap();
+    assert!(
+        tx_errors.is_empty(),
+        "transaction errors: {:?}",
+        &tx_errors[..tx_errors.len().min(5)]
+    );
+    assert!(incrs > 20, "{incrs} transactions ran");
+    assert_eq!(
+        c.cmd(&format!("GET {{{tag}}}:counter")),
+        incrs.to_string(),
+        "every EXEC that answered ran exactly once"
+    );
+    eprintln!("transactions during the migration: {incrs} MULTI/INCR/EXEC, {nils} WATCH EXEC answered nil");
     let errors = traffic.errors.lock().unwrap();
     assert!(
         errors.is_empty(),

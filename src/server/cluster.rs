@@ -19,6 +19,10 @@
 //! CLUSTERDOWN back off 50/100/200 ms; a connection error retries after a refresh only when the
 //! request cannot have run (connect failed) or is read-only. Everything stays within the pool
 //! timeout counted from the first send, and at most 5 redirections per request.
+//!
+//! **Transactions.** The proxy queues a MULTI block and sends it whole at EXEC (`transaction`),
+//! so a block the node discarded with MOVED/ASK is sent again whole to the node named. A WATCH
+//! answered MOVED/ASK makes EXEC answer nil (the transaction did not run).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -39,7 +43,9 @@ use super::metrics::Families;
 use super::redis_merge::error;
 use super::stats::{bump, Stats};
 use crate::backend::health::now_ms;
-use crate::backend::{BackendError, BackendHandle, Reply, ReplyKind, ServerHealth, ServerSpec};
+use crate::backend::{
+    BackendError, BackendHandle, Dedicated, Reply, ReplyKind, ServerHealth, ServerSpec,
+};
 use crate::config::{ClusterConfig, PoolConfig, ReadFrom};
 use crate::protocol::resp::{encode_request, parse_frame, Frame};
 use crate::routing::slots::{ClusterMap, Shard};
@@ -234,6 +240,20 @@ impl ClusterShared {
             });
         }
         self.refresh();
+    }
+}
+
+impl ClusterShared {
+    /// Whether `reply` is a MOVED or ASK redirection (a MOVED fixes the map at once).
+    pub fn redirected(self: &Arc<Self>, reply: &[u8]) -> bool {
+        match redirect(reply) {
+            Some(Redirect::Moved(slot, to)) => {
+                self.moved(slot, &to);
+                true
+            }
+            Some(Redirect::Ask(_)) => true,
+            _ => false,
+        }
     }
 }
 
@@ -531,30 +551,10 @@ async fn retry(w: Rc<ClusterWorker>, call: Call, first: Option<Reply>) -> Bytes 
         match reply {
             Ok(b) => match redirect(&b) {
                 None => return b,
-                Some(Redirect::Moved(slot, to)) => {
-                    redirects += 1;
-                    if redirects > MAX_REDIRECTS {
-                        return b;
-                    }
-                    shared.moved(slot, &to);
-                    next = Some((to, false));
-                }
-                Some(Redirect::Ask(to)) => {
-                    redirects += 1;
-                    if redirects > MAX_REDIRECTS {
-                        return b;
-                    }
-                    next = Some((to, true));
-                }
-                Some(r) => {
-                    tries += 1;
-                    if matches!(r, Redirect::Down) {
-                        shared.refresh();
-                    }
-                    if tries > MAX_TRIES || !backoff(tries, deadline).await {
-                        return b;
-                    }
-                }
+                Some(r) => match follow(&shared, r, &mut redirects, &mut tries, deadline).await {
+                    Some(n) => next = n,
+                    None => return b,
+                },
             },
             Err(e) => {
                 shared.refresh();
@@ -573,6 +573,120 @@ async fn retry(w: Rc<ClusterWorker>, call: Call, first: Option<Reply>) -> Bytes 
                     return w.failed(&addr, &e);
                 }
             }
+        }
+    }
+}
+
+/// A transaction (MULTI, `cmds`, EXEC; every key in `slot`) on the slot's owner, following
+/// redirections: the proxy queued the commands itself, so when the node answers a queued command
+/// with MOVED or ASK (it then discards the whole transaction) the block is sent again, whole, to
+/// the node named (after `ASKING` for ASK, which lasts through the MULTI block). TRYAGAIN backs
+/// off and retries. With WATCH, whose connection holds the watch on the old owner, a
+/// redirection makes EXEC answer nil: the transaction did not run, as redis itself answers when
+/// the migration deleted the watched key.
+pub async fn transaction(
+    w: Rc<ClusterWorker>,
+    slot: u16,
+    cmds: Vec<Bytes>,
+    exec: Bytes,
+    watch: Option<Dedicated>,
+) -> Bytes {
+    let shared = w.shared.clone();
+    let deadline = Instant::now() + w.budget;
+    let watched = watch.is_some();
+    let mut conn = watch;
+    let mut next: Option<(String, bool)> = None;
+    let (mut redirects, mut tries) = (0u32, 0u32);
+    loop {
+        let (addr, asking) = match next.take() {
+            Some(n) => n,
+            None => match shared.map().shard(slot) {
+                Some(s) => (s.primary.clone(), false),
+                None => {
+                    shared.refresh();
+                    tries += 1;
+                    if tries > MAX_TRIES || !backoff(tries, deadline).await {
+                        return error(&format!("CLUSTERDOWN Hash slot {slot} not served"));
+                    }
+                    continue;
+                }
+            },
+        };
+        let c = match conn.take() {
+            Some(c) => c,
+            None => Dedicated::open(shared.spec(&addr, false), shared.template.timeout),
+        };
+        let mut rxs = Vec::with_capacity(cmds.len() + 3);
+        if asking {
+            rxs.push(c.send(asking_bytes()));
+        }
+        rxs.push(c.send(Bytes::from_static(b"*1\r\n$5\r\nMULTI\r\n")));
+        rxs.extend(cmds.iter().map(|cmd| c.send(cmd.clone())));
+        rxs.push(c.send(exec.clone()));
+        let mut replies = Vec::with_capacity(rxs.len());
+        for rx in rxs {
+            let r = match tokio::time::timeout_at(deadline, rx).await {
+                Ok(r) => r.unwrap_or_else(|_| {
+                    Err(BackendError::Closed("backend connection went away".into()))
+                }),
+                Err(_) => Err(BackendError::Timeout(w.budget)),
+            };
+            match r {
+                Ok(b) => replies.push(b),
+                Err(e) => {
+                    shared.refresh();
+                    return w.failed(&addr, &e);
+                }
+            }
+        }
+        let replies = &replies[usize::from(asking)..];
+        if replies[0].as_ref() != b"+OK\r\n" {
+            return replies[0].clone(); // MULTI itself failed: that is the answer
+        }
+        let exec_reply = replies[replies.len() - 1].clone();
+        let queued = &replies[1..replies.len() - 1];
+        match queued.iter().find_map(|b| redirect(b)) {
+            None => return exec_reply,
+            Some(_) if watched => return Bytes::from_static(b"*-1\r\n"),
+            Some(r) => match follow(&shared, r, &mut redirects, &mut tries, deadline).await {
+                Some(n) => next = n,
+                None => return exec_reply,
+            },
+        }
+    }
+}
+
+/// Act on a redirection. Some(where to try next: an address and whether to send `ASKING`
+/// first, or None for the slot's owner by the map); None: give up and return the reply.
+async fn follow(
+    shared: &Arc<ClusterShared>,
+    r: Redirect,
+    redirects: &mut u32,
+    tries: &mut u32,
+    deadline: Instant,
+) -> Option<Option<(String, bool)>> {
+    match r {
+        Redirect::Moved(slot, to) => {
+            *redirects += 1;
+            if *redirects > MAX_REDIRECTS {
+                return None;
+            }
+            shared.moved(slot, &to);
+            Some(Some((to, false)))
+        }
+        Redirect::Ask(to) => {
+            *redirects += 1;
+            (*redirects <= MAX_REDIRECTS).then_some(Some((to, true)))
+        }
+        Redirect::Again | Redirect::Down => {
+            *tries += 1;
+            if matches!(r, Redirect::Down) {
+                shared.refresh();
+            }
+            if *tries > MAX_TRIES || !backoff(*tries, deadline).await {
+                return None;
+            }
+            Some(None)
         }
     }
 }

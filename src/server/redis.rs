@@ -354,6 +354,7 @@ pub async fn serve<S: Io>(
         deferred: None,
         multi: None,
         watch: None,
+        watch_moved: Rc::default(),
         blocker: None,
         pubsub: None,
     };
@@ -388,6 +389,8 @@ struct Conn {
     multi: Option<Multi>,
     /// The connection holding this client's WATCHed keys, and its server.
     watch: Option<(usize, Dedicated)>,
+    /// Cluster pools: a WATCH of this watch connection was answered MOVED/ASK.
+    watch_moved: Rc<std::cell::Cell<bool>>,
     /// The connection the last blocking command used (reused while alive, same server).
     blocker: Option<(usize, Dedicated)>,
     pubsub: Option<PubSub>,

@@ -61,11 +61,32 @@ impl Conn {
                 Err(e) => return self.reject(&e),
             };
             let timeout = self.ctx.pool.config.timeout;
+            if self.watch.is_none() {
+                self.watch_moved = Rc::new(std::cell::Cell::new(false));
+            }
             let (_, conn) = self
                 .watch
                 .get_or_insert_with(|| (server, Dedicated::open(spec, timeout)));
-            let rx = conn.send(req.raw).into();
+            let rx = conn.send(req.raw);
             self.barrier = true;
+            if let Some(c) = &self.ctx.cluster {
+                // The slot is moving (ASK) or moved (MOVED): this node cannot watch the key,
+                // so EXEC will answer nil (the transaction did not run) and the client retries,
+                // by then on the new owner.
+                let (shared, moved) = (c.shared.clone(), self.watch_moved.clone());
+                let task = tokio::task::spawn_local(async move {
+                    match flatten(rx.await) {
+                        Ok(b) if shared.redirected(&b) => {
+                            moved.set(true);
+                            Bytes::from_static(b"+OK\r\n")
+                        }
+                        Ok(b) => b,
+                        Err(e) => error(&format!("ERR backend {e}")),
+                    }
+                });
+                return self.pending.push_back(Pending::Routed(task));
+            }
+            let rx = rx.into();
             return self.pending.push_back(Pending::Single { rx, server });
         }
         // A blocking command: its own connection, no pool timeout (its timeout argument rules).
@@ -150,6 +171,11 @@ impl Conn {
         }
         let m = self.multi.take().expect("in multi");
         let watch = self.watch.take();
+        if watch.is_some() && self.watch_moved.get() {
+            // A WATCH met a slot on the move: the transaction cannot be watched, so it does
+            // not run (nil), as when a watched key changes.
+            return self.reply_static(b"*-1\r\n");
+        }
         if let Some(why) = m.abort {
             // Nothing was sent; dropping the WATCH connection discards the watch on the server.
             return self.reply(error(&format!(
@@ -157,6 +183,18 @@ impl Conn {
             )));
         }
         let server = m.server.or(watch.as_ref().map(|(s, _)| *s)).unwrap_or(0);
+        if let (Some(c), true) = (&self.ctx.cluster, server < slots::SLOTS) {
+            // A cluster slot: run it where the slot lives, following MOVED/ASK.
+            let task = tokio::task::spawn_local(crate::server::cluster::transaction(
+                c.clone(),
+                server as u16,
+                m.cmds,
+                req.raw,
+                watch.map(|(_, c)| c),
+            ));
+            self.barrier = true;
+            return self.pending.push_back(Pending::Routed(task));
+        }
         let conn = match watch {
             Some((_, c)) => c,
             None => match self.spec_of(server) {
