@@ -496,6 +496,44 @@ fn cluster_slot_migration_under_traffic() {
         assert_eq!(d.cmd(&format!("GET {{{tag}}}:pre:{i}")), format!("p{i}"));
     }
     assert_eq!(cluster.owner(cluster.seed(), slot).0, dst);
+
+    // A blocking command whose (empty) slot moved without the proxy noticing: the old owner
+    // answers MOVED (the command did not run) and kvrouter sends it to the new owner.
+    let (quiet, qslot) = (0..)
+        .map(|n| format!("q{n}"))
+        .map(|t| {
+            let slot = key_slot(t.as_bytes());
+            (t, slot)
+        })
+        .find(|(_, qs)| {
+            cluster.owner(src, *qs).0 == src
+                && s.cmd(&format!("CLUSTER COUNTKEYSINSLOT {qs}")) == ":0"
+        })
+        .unwrap();
+    for node in [dst, src] {
+        assert_eq!(
+            Resp::connect(node).cmd(&format!("CLUSTER SETSLOT {qslot} NODE {dst_id}")),
+            "OK"
+        );
+    }
+    assert_eq!(d.cmd(&format!("RPUSH {{{quiet}}}:jobs job-1")), ":1");
+    let moved_before = errorstat(src, "MOVED");
+    assert_eq!(
+        c.cmd(&format!("BLPOP {{{quiet}}}:jobs 2")),
+        format!("[{{{quiet}}}:jobs, job-1]")
+    );
+    assert!(
+        errorstat(src, "MOVED") > moved_before,
+        "the proxy's first try went to the old owner"
+    );
+}
+
+/// `INFO errorstats`: how many replies of this error kind `addr` has sent.
+fn errorstat(addr: SocketAddr, kind: &str) -> u64 {
+    let info = Resp::connect(addr).cmd("INFO errorstats");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("errorstat_{kind}:count=")))
+        .map_or(0, |n| n.trim().parse().unwrap())
 }
 
 /// SIGKILL a primary under traffic: requests to its slots fail (clear errors, within the

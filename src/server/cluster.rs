@@ -22,7 +22,8 @@
 //!
 //! **Transactions.** The proxy queues a MULTI block and sends it whole at EXEC (`transaction`),
 //! so a block the node discarded with MOVED/ASK is sent again whole to the node named. A WATCH
-//! answered MOVED/ASK makes EXEC answer nil (the transaction did not run).
+//! answered MOVED/ASK makes EXEC answer nil (the transaction did not run). A blocking command
+//! answered MOVED/ASK is sent again to the node named (`server::redis`'s `Pending::Blocking`).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -244,15 +245,16 @@ impl ClusterShared {
 }
 
 impl ClusterShared {
-    /// Whether `reply` is a MOVED or ASK redirection (a MOVED fixes the map at once).
-    pub fn redirected(self: &Arc<Self>, reply: &[u8]) -> bool {
-        match redirect(reply) {
-            Some(Redirect::Moved(slot, to)) => {
+    /// Where a MOVED or ASK `reply` sends the command: the node, and whether `ASKING` must
+    /// come first. A MOVED fixes the map at once.
+    pub fn redirection(self: &Arc<Self>, reply: &[u8]) -> Option<(String, bool)> {
+        match redirect(reply)? {
+            Redirect::Moved(slot, to) => {
                 self.moved(slot, &to);
-                true
+                Some((to, false))
             }
-            Some(Redirect::Ask(_)) => true,
-            _ => false,
+            Redirect::Ask(to) => Some((to, true)),
+            _ => None,
         }
     }
 }
@@ -691,7 +693,7 @@ async fn follow(
     }
 }
 
-fn asking_bytes() -> Bytes {
+pub fn asking_bytes() -> Bytes {
     Bytes::from_static(b"*1\r\n$6\r\nASKING\r\n")
 }
 

@@ -162,8 +162,22 @@ enum Pending {
     },
     /// A command sent through the route tree (`redis_route`): the task yields the reply.
     Routed(tokio::task::JoinHandle<Bytes>),
+    /// A blocking command on a cluster pool: a MOVED/ASK reply (it did not run) sends it again
+    /// to the node named, on a connection this pending owns, so a client that leaves still
+    /// cancels it by closing that connection.
+    Blocking(Box<Blocking>),
     /// Close after the replies before it.
     Quit,
+}
+
+struct Blocking {
+    rx: oneshot::Receiver<Reply>,
+    raw: Bytes,
+    server: usize,
+    redirects: u32,
+    /// The connection to the node a redirection named, and the ASKING reply's receiver (a
+    /// request nobody waits for is not sent).
+    hop: Option<(Dedicated, Option<oneshot::Receiver<Reply>>)>,
 }
 
 struct Merged {
@@ -270,6 +284,28 @@ impl Pending {
                 }
                 Poll::Ready(Some(redis_merge::merge(m.how, &replies, &m.part_of)))
             }
+            Pending::Blocking(b) => loop {
+                let r = match Pin::new(&mut b.rx).poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(r) => flatten(r),
+                };
+                if let (Ok(reply), Some(c)) = (&r, &ctx.cluster) {
+                    if b.redirects < 5 {
+                        if let Some((to, asking)) = c.shared.redirection(reply) {
+                            b.redirects += 1;
+                            let conn = Dedicated::open(c.shared.spec(&to, false), None);
+                            let ask = asking.then(|| conn.send(super::cluster::asking_bytes()));
+                            b.rx = conn.send(b.raw.clone());
+                            b.hop = Some((conn, ask));
+                            continue;
+                        }
+                    }
+                }
+                return Poll::Ready(Some(match r {
+                    Ok(reply) => reply,
+                    Err(e) => backend_error(ctx, b.server, &e),
+                }));
+            },
             Pending::Exec {
                 rxs,
                 first,

@@ -76,7 +76,7 @@ impl Conn {
                 let (shared, moved) = (c.shared.clone(), self.watch_moved.clone());
                 let task = tokio::task::spawn_local(async move {
                     match flatten(rx.await) {
-                        Ok(b) if shared.redirected(&b) => {
+                        Ok(b) if shared.redirection(&b).is_some() => {
                             moved.set(true);
                             Bytes::from_static(b"+OK\r\n")
                         }
@@ -93,23 +93,32 @@ impl Conn {
         if self.defer(&req) {
             return;
         }
-        if !matches!(&self.blocker, Some((s, c)) if *s == server && c.is_alive()) {
-            let spec = match self.spec_of(server) {
-                Ok(s) => s,
-                Err(e) => return self.reject(&e),
-            };
+        let spec = match self.spec_of(server) {
+            Ok(s) => s,
+            Err(e) => return self.reject(&e),
+        };
+        // Reused while alive and still on the server (cluster: node) the key lives on.
+        if !matches!(&self.blocker, Some((s, c)) if *s == server && c.is_alive() && c.spec.address == spec.address)
+        {
             self.blocker = Some((server, Dedicated::open(spec, None)));
         }
-        let rx = self
-            .blocker
-            .as_ref()
-            .expect("just set")
-            .1
-            .send(req.raw)
-            .into();
+        let conn = &self.blocker.as_ref().expect("just set").1;
+        let rx = conn.send(req.raw.clone());
         self.barrier = true;
         self.blocking = true;
-        self.pending.push_back(Pending::Single { rx, server });
+        if self.ctx.cluster.is_some() {
+            return self.pending.push_back(Pending::Blocking(Box::new(Blocking {
+                rx,
+                raw: req.raw,
+                server,
+                redirects: 0,
+                hop: None,
+            })));
+        }
+        self.pending.push_back(Pending::Single {
+            rx: rx.into(),
+            server,
+        });
     }
 
     /// Inside MULTI: check and queue, or run EXEC / DISCARD.
