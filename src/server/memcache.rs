@@ -351,6 +351,8 @@ impl Conn {
         if *shutdown.borrow() {
             return Ok(());
         }
+        // One registration for the connection's life, not one per loop turn.
+        let mut stopping = std::pin::pin!(shutdown.changed());
         loop {
             // Move every completed reply at the front into the output buffer.
             let mut closing = false;
@@ -414,7 +416,7 @@ impl Conn {
                         }
                     }
                 }
-                _ = shutdown.changed(), if self.reading => {
+                _ = &mut stopping, if self.reading => {
                     self.reading = false;
                 }
                 _ = tokio::time::sleep(idle.unwrap_or_default()), if idle.is_some() => {
