@@ -92,26 +92,6 @@ fn test_conf_refuses_a_bad_file_with_file_line_col() {
 }
 
 #[test]
-fn test_conf_refuses_hot_keys_on_a_redis_route_tree_with_its_location() {
-    let dir = TempDir::new();
-    let conf = dir.write(
-        "tree.yml",
-        "pools:\n  a: { protocol: redis, servers: [\"127.0.0.1:6379:1\"] }\n  b: { protocol: redis, servers: [\"127.0.0.1:6380:1\"] }\nlisteners:\n  - listen: 127.0.0.1:7000\n    protocol: redis\n    route: { failover: [a, b] }\n    hot_keys: { threshold: 100/s, split: 4 }\n",
-    );
-    let out = Command::new(kvrouter_bin())
-        .arg("-t")
-        .arg("-c")
-        .arg(&conf)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    let want = format!("{}:8:", conf.display());
-    assert!(stderr.starts_with(&want), "expected {want}...: {stderr}");
-    assert!(stderr.contains("not a route tree"), "{stderr}");
-}
-
-#[test]
 fn keymap_prints_where_the_proxy_puts_each_key() {
     let backends: Vec<_> = (0..3).map(|_| memcached()).collect();
     let dir = TempDir::new();

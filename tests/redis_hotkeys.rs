@@ -1,6 +1,7 @@
 //! Hot keys on a redis listener (plain pool) against three real redis-servers: a celebrity key
 //! turns hot and is served from the local cache; writes through the proxy are never followed by
-//! an older read; split copies spread its reads over several servers with no false misses.
+//! an older read; split copies spread its reads over several servers with no false misses. On
+//! a route tree, copies go down the tree like their key.
 
 mod common;
 
@@ -20,14 +21,9 @@ fn setup(hot_keys: &str) -> Setup {
     let backends: Vec<Proc> = (0..3).map(|_| redis_server()).collect();
     let dir = TempDir::new();
     let port = free_port();
-    let servers: Vec<String> = backends
-        .iter()
-        .enumerate()
-        .map(|(i, b)| format!("\"{}:1 r{i}\"", b.addr))
-        .collect();
     let yaml = format!(
         "workers: 1\npools:\n  r:\n    protocol: redis\n    servers: [{}]\nlisteners:\n  - listen: 127.0.0.1:{port}\n    protocol: redis\n    route: r\n    hot_keys: {hot_keys}\n",
-        servers.join(", ")
+        server_list(&backends, "r")
     );
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let (p, _admin) = kvrouter_admin(&dir, &yaml, addr);
@@ -39,6 +35,16 @@ fn setup(hot_keys: &str) -> Setup {
     }
 }
 
+/// `"ADDR:1 NAMEi", ...` for a pool's `servers`.
+fn server_list(backends: &[Proc], name: &str) -> String {
+    let servers: Vec<String> = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("\"{}:1 {name}{i}\"", b.addr))
+        .collect();
+    servers.join(", ")
+}
+
 fn gets_on(b: &Proc) -> u64 {
     let info = Resp::connect(b.addr).cmd("INFO commandstats");
     info.split("cmdstat_get:calls=")
@@ -46,6 +52,25 @@ fn gets_on(b: &Proc) -> u64 {
         .and_then(|s| s.split(',').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
+}
+
+/// 600 reads of a hot split `key` (all `want`: no false miss) are served by at least two of
+/// `backends`.
+fn read_spread(c: &mut Resp, key: &str, want: &str, backends: &[Proc]) {
+    let before: Vec<u64> = backends.iter().map(gets_on).collect();
+    for _ in 0..600 {
+        assert_eq!(c.cmd(&format!("GET {key}")), want, "no false miss");
+    }
+    let after: Vec<u64> = backends.iter().map(gets_on).collect();
+    let serving = before
+        .iter()
+        .zip(&after)
+        .filter(|(b, a)| *a - *b > 30)
+        .count();
+    assert!(
+        serving >= 2,
+        "reads spread over servers: {before:?} -> {after:?}"
+    );
 }
 
 /// Read `key` through the proxy at a high rate until it is hot (the detector needs a window).
@@ -97,20 +122,7 @@ fn split_copies_spread_a_hot_keys_reads_without_false_misses() {
     let mut c = Resp::connect(s.proxy);
     assert_eq!(c.cmd("SET star shine"), "OK");
     heat(&mut c, "star", "shine");
-    let before: Vec<u64> = s.backends.iter().map(gets_on).collect();
-    for _ in 0..600 {
-        assert_eq!(c.cmd("GET star"), "shine", "no false miss");
-    }
-    let after: Vec<u64> = s.backends.iter().map(gets_on).collect();
-    let serving = before
-        .iter()
-        .zip(&after)
-        .filter(|(b, a)| *a - *b > 30)
-        .count();
-    assert!(
-        serving >= 2,
-        "reads spread over servers: {before:?} -> {after:?}"
-    );
+    read_spread(&mut c, "star", "shine", &s.backends);
     // Copies carry a capped TTL.
     let copies: Vec<(usize, i64)> = s
         .backends
@@ -147,4 +159,46 @@ fn split_copies_spread_a_hot_keys_reads_without_false_misses() {
         assert_eq!(c.cmd("GET star"), "dim");
     }
     assert_eq!(c.cmd("DEL star"), ":1");
+}
+
+#[test]
+fn split_copies_on_a_route_tree_follow_their_keys_prefix() {
+    let hot: Vec<Proc> = (0..3).map(|_| redis_server()).collect();
+    let rest = redis_server();
+    let dir = TempDir::new();
+    let port = free_port();
+    let yaml = format!(
+        "workers: 1\npools:\n  users: {{ protocol: redis, servers: [{}] }}\n  rest: {{ protocol: redis, servers: [\"{}:1\"] }}\nlisteners:\n  - listen: 127.0.0.1:{port}\n    protocol: redis\n    route: {{ prefix: {{ \"user:\": users, default: rest }} }}\n    hot_keys: {{ threshold: 200/s, split: 8 }}\n",
+        server_list(&hot, "h"),
+        rest.addr
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (_p, _admin) = kvrouter_admin(&dir, &yaml, addr);
+    let mut c = Resp::connect(addr);
+    assert_eq!(c.cmd("SET user:star shine"), "OK");
+    heat(&mut c, "user:star", "shine");
+    let rest_before = gets_on(&rest);
+    read_spread(&mut c, "user:star", "shine", &hot);
+    assert_eq!(
+        gets_on(&rest),
+        rest_before,
+        "no copy went to the default pool"
+    );
+    assert_eq!(
+        Resp::connect(rest.addr).cmd("DBSIZE"),
+        ":0",
+        "nothing written to the default pool"
+    );
+    // A write through the tree reaches the original and removes every copy first.
+    assert_eq!(c.cmd("SET user:star dim"), "OK");
+    for b in &hot {
+        assert_eq!(
+            Resp::connect(b.addr).cmd("KEYS *copy*"),
+            "[]",
+            "copies deleted"
+        );
+    }
+    for _ in 0..100 {
+        assert_eq!(c.cmd("GET user:star"), "dim");
+    }
 }

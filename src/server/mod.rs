@@ -193,14 +193,6 @@ pub fn check(config: &Config) -> Result<Vec<usize>, String> {
                 }
             }
         }
-        if let (Some(h), Protocol::Redis) = (&l.hot_keys, l.protocol) {
-            if !matches!(&l.route, crate::config::Route::Pool { .. }) {
-                return Err(format!(
-                    "{}: hot keys on a redis listener need a route to one pool (sharded or cluster), not a route tree, in this version",
-                    at(h.location)
-                ));
-            }
-        }
         let names = l.route.pools();
         let idx = config
             .pools

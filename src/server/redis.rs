@@ -100,7 +100,7 @@ pub struct RedisContext {
     pub users: Arc<Vec<crate::config::UserConfig>>,
     /// The listener's address, for logs.
     pub listener: String,
-    /// `hot_keys` (routes to one pool): this worker's sampler and the listener's shared machinery.
+    /// `hot_keys`: this worker's sampler and the listener's shared machinery.
     pub hot: Option<super::hot::HotCtx>,
     /// The route tree keyed commands take (`redis_route`), when the route is more than one
     /// pool or the pool has replicas; `pool` and `backends` are then the tree's first pool,
@@ -197,6 +197,8 @@ struct Part {
 enum Rx {
     Plain(oneshot::Receiver<Reply>),
     Cluster(ClusterRx),
+    /// Through the route tree (hot-key copies of a tree listener): errors arrive as replies.
+    Routed(tokio::task::JoinHandle<Bytes>),
 }
 
 impl From<oneshot::Receiver<Reply>> for Rx {
@@ -210,6 +212,9 @@ impl Rx {
         match self {
             Rx::Plain(rx) => Pin::new(rx).poll(cx).map(flatten),
             Rx::Cluster(c) => c.poll(cx).map(Ok),
+            Rx::Routed(t) => Pin::new(t)
+                .poll(cx)
+                .map(|r| r.map_err(|e| BackendError::Closed(format!("routing task failed: {e}")))),
         }
     }
 }
@@ -693,21 +698,35 @@ impl Conn {
             return self.queue(info, req);
         }
         let handling = handling_for(info, args);
-        if let Some(root) = &self.ctx.routing {
+        if let Some(root) = self.ctx.routing.clone() {
             let keyed = matches!(handling, Handling::Route | Handling::Split);
             // PUBLISH goes where the subscriptions are: the first pool.
             if keyed && !matches!(info.name, "publish" | "spublish") {
+                if let Some(p) = self.hot_get(info, &req) {
+                    return self.pending.push_back(p);
+                }
+                let hot_keys = self.hot_written_keys(info, &req);
                 let split = handling == Handling::Split;
                 let stats = self.ctx.stats.clone();
                 return match super::redis_route::dispatch(
-                    root,
+                    &root,
                     info,
                     req,
                     split,
                     self.client_id,
                     stats,
                 ) {
-                    Ok(task) => self.pending.push_back(Pending::Routed(task)),
+                    Ok(task) => {
+                        let pending = match hot_keys {
+                            None => Pending::Routed(task),
+                            Some(keys) => match self.hot_write(keys, 0, Rx::Routed(task)) {
+                                Ok(p) => p,
+                                Err(Rx::Routed(task)) => Pending::Routed(task),
+                                Err(rx) => Pending::Single { rx, server: 0 },
+                            },
+                        };
+                        self.pending.push_back(pending)
+                    }
                     Err(e) => self.reject(&e),
                 };
             }
@@ -766,9 +785,7 @@ impl Conn {
         }
         match self.server_of(info, &req.args) {
             Ok(Some(server)) => {
-                let hot_keys = (self.ctx.hot.is_some() && info.is_write())
-                    .then(|| key_indices(info, &req.args).unwrap_or_default())
-                    .map(|ix| ix.into_iter().map(|i| req.args[i].clone()).collect::<Vec<_>>());
+                let hot_keys = self.hot_written_keys(info, &req);
                 let rx = self.send(server, req.raw, info.is_readonly());
                 let pending = match hot_keys {
                     Some(keys) => match self.hot_write(keys, server, rx) {

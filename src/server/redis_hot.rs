@@ -1,12 +1,13 @@
-//! Hot keys on redis listeners routed to one pool (sharded or cluster): a GET of a key the
-//! listener's detector finds hot is served from the local cache while fresh; otherwise, with
-//! `split`, from one random copy `KEY::i.SSSS.copy` (placed by the pool's hash or slot, the
-//! suffix inside a hash tag), a copy miss reading the original (GET + PTTL on one connection)
-//! and filling the copy with the original's remaining TTL capped at `copy_ttl`. Writes of a hot
-//! (or recently cooled) key invalidate the cache and delete the copies when sent and again once
-//! acknowledged; the client gets its reply after both rounds. Cached values are the GET reply
-//! bytes exactly (bulk or nil). Only GET is eligible: it reads one string value whose reply is a
-//! function of the key alone; other reads (types, ranges, TTL-sensitive commands) pass through.
+//! Hot keys on redis listeners (one pool, sharded or cluster, or a route tree): a GET of a key
+//! the listener's detector finds hot is served from the local cache while fresh; otherwise, with
+//! `split`, from one random copy `KEY::i.SSSS.copy` (placed like any key: the pool's hash, the
+//! cluster slot, or down the route tree; the suffix inside a hash tag), a copy miss reading the
+//! original (GET + PTTL on one connection) and filling the copy with the original's remaining TTL
+//! capped at `copy_ttl`. Writes of a hot (or recently cooled) key invalidate the cache and delete
+//! the copies when sent and again once acknowledged; the client gets its reply after both rounds.
+//! Cached values are the GET reply bytes exactly (bulk or nil). Only GET is eligible: it reads
+//! one string value whose reply is a function of the key alone; other reads (types, ranges,
+//! TTL-sensitive commands) pass through.
 
 use std::future::poll_fn;
 
@@ -15,23 +16,30 @@ use bytes::Bytes;
 use super::{backend_error, place, send, Conn, Pending, RedisContext, Rx};
 use crate::backend::{BackendError, Reply};
 use crate::hotkey::{split::copy_key, HotKeys};
-use crate::protocol::redis_commands::CommandInfo;
+use crate::protocol::redis_commands::{key_indices, lookup, CommandInfo};
 use crate::protocol::resp::{encode_request, RespRequest};
 use crate::server::redis_merge::error;
 use crate::server::stats::bump;
 
 type Fetch = futures_util::future::LocalBoxFuture<'static, Reply>;
 
-/// Send `raw` to where `key` lives (a server, or a cluster slot's owner).
+/// Send `req` (a command on `key`) to where `key` lives: a server, a cluster slot's owner, or
+/// down the listener's route tree like any command on that key.
 fn send_key(
     ctx: &RedisContext,
     client_id: usize,
     key: &[u8],
-    raw: Bytes,
+    req: RespRequest,
     read: bool,
 ) -> Option<Rx> {
+    if let Some(root) = &ctx.routing {
+        let info = lookup(&req.args[0])?;
+        let stats = ctx.stats.clone();
+        let task = crate::server::redis_route::dispatch(root, info, req, false, client_id, stats);
+        return task.ok().map(Rx::Routed);
+    }
     let server = place(ctx, key)?;
-    Some(send(ctx, client_id, server, raw, read))
+    Some(send(ctx, client_id, server, req.raw, read))
 }
 
 async fn reply_of(mut rx: Rx) -> Reply {
@@ -70,7 +78,7 @@ impl Conn {
             }
         }
         let cache_ticket = hk.cache.as_ref().map(|c| c.ticket(&key));
-        let fetch = self.hot_fetch(&key, req.raw.clone())?;
+        let fetch = self.hot_fetch(&key, req.clone())?;
         let ctx = self.ctx.clone();
         let task = tokio::task::spawn_local(async move {
             match fetch.await {
@@ -92,13 +100,13 @@ impl Conn {
     }
 
     /// Read a hot key: a random copy when split, else the original. Requests are sent now.
-    fn hot_fetch(&self, key: &Bytes, raw: Bytes) -> Option<Fetch> {
+    fn hot_fetch(&self, key: &Bytes, req: RespRequest) -> Option<Fetch> {
         let hot = self.ctx.hot.as_ref()?;
         let hk = hot.shared.clone();
         let (ctx, client_id) = (self.ctx.clone(), self.client_id);
         let Some(i) = hk.pick_copy() else {
             return Some(Box::pin(reply_of(send_key(
-                &ctx, client_id, key, raw, true,
+                &ctx, client_id, key, req, true,
             )?)));
         };
         let copy = copy_key(key, i, hot.tag);
@@ -107,7 +115,7 @@ impl Conn {
             &ctx,
             client_id,
             &copy,
-            encode_request(&[&b"GET"[..], &copy]).raw,
+            encode_request(&[&b"GET"[..], &copy]),
             true,
         )?;
         let key = key.clone();
@@ -124,14 +132,14 @@ impl Conn {
                 &ctx,
                 client_id,
                 &key,
-                encode_request(&[&b"GET"[..], &key]).raw,
+                encode_request(&[&b"GET"[..], &key]),
                 true,
             );
             let pttl = send_key(
                 &ctx,
                 client_id,
                 &key,
-                encode_request(&[&b"PTTL"[..], &key]).raw,
+                encode_request(&[&b"PTTL"[..], &key]),
                 true,
             );
             let (Some(get), Some(pttl)) = (get, pttl) else {
@@ -154,8 +162,7 @@ impl Conn {
                 if ms > 0 {
                     HotKeys::count(&hk.copy_fills, 1);
                     let set =
-                        encode_request(&[&b"SET"[..], &copy, &v, b"PX", ms.to_string().as_bytes()])
-                            .raw;
+                        encode_request(&[&b"SET"[..], &copy, &v, b"PX", ms.to_string().as_bytes()]);
                     // Keep the receiver alive: a connection skips requests nobody waits for.
                     if let Some(rx) = send_key(&ctx, client_id, &copy, set, false) {
                         tokio::task::spawn_local(reply_of(rx));
@@ -164,6 +171,17 @@ impl Conn {
             }
             Ok(value)
         }))
+    }
+
+    /// The keys a write changes, when the listener has hot keys (None: not a write, or none).
+    pub(super) fn hot_written_keys(
+        &self,
+        info: &CommandInfo,
+        req: &RespRequest,
+    ) -> Option<Vec<Bytes>> {
+        (self.ctx.hot.is_some() && info.is_write())
+            .then(|| key_indices(info, &req.args).unwrap_or_default())
+            .map(|ix| ix.into_iter().map(|i| req.args[i].clone()).collect())
     }
 
     /// A write of `keys` whose reply arrives on `rx` from `server`: for hot (or recently cooled)
@@ -224,7 +242,7 @@ fn hot_invalidate(ctx: &RedisContext, client_id: usize, keys: &[Bytes]) -> Vec<R
                     ctx,
                     client_id,
                     &c,
-                    encode_request(&[&b"DEL"[..], &c]).raw,
+                    encode_request(&[&b"DEL"[..], &c]),
                     false,
                 ) {
                     dels.push(rx);
