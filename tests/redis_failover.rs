@@ -554,7 +554,68 @@ listeners:
 }
 
 #[test]
-fn memcached_only_handles_are_refused_on_redis_listeners_with_their_location() {
+fn all_sync_and_warm_up_routes_on_a_redis_listener() {
+    let dir = TempDir::new();
+    let (a, b) = (redis_server_with(&[]), redis_server_with(&[]));
+    let (cold, warm) = (redis_server_with(&[]), redis_server_with(&[]));
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    let yaml = format!(
+        "pools:
+  a: {{ protocol: redis, servers: [\"{}:1\"] }}
+  b: {{ protocol: redis, servers: [\"{}:1\"] }}
+  cold: {{ protocol: redis, servers: [\"{}:1\"] }}
+  warm: {{ protocol: redis, servers: [\"{}:1\"] }}
+listeners:
+  - {{ listen: 127.0.0.1:{p1}, protocol: redis, route: {{ all_sync: [a, b] }} }}
+  - {{ listen: 127.0.0.1:{p2}, protocol: redis, route: {{ all_sync: [a, b], reply: all_ok }} }}
+  - {{ listen: 127.0.0.1:{p3}, protocol: redis, route: {{ warm_up: {{ cold: cold, warm: warm, exptime: 100s }} }} }}
+",
+        a.addr, b.addr, cold.addr, warm.addr
+    );
+    let addr = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
+    let _proxy = kvrouter(&dir, &yaml, addr(p1));
+    let direct = |a: SocketAddr, line: &str| Resp::connect(a).cmd(line);
+
+    // all_sync: every child gets the command; `first` answers with a's reply.
+    let mut c = Resp::connect(addr(p1));
+    assert_eq!(c.cmd("SET both 1"), "OK");
+    assert_eq!(direct(a.addr, "GET both"), "1");
+    assert_eq!(direct(b.addr, "GET both"), "1");
+    assert_eq!(c.cmd("INCR both"), ":2");
+    assert_eq!(direct(b.addr, "GET both"), "2");
+    // A command that fails on b only: `first` answers a's success, `all_ok` b's error.
+    assert_eq!(direct(b.addr, "SET list-on-b x"), "OK");
+    assert_eq!(c.cmd("LPUSH list-on-b y"), ":1");
+    let mut all_ok = Resp::connect(addr(p2));
+    let r = all_ok.cmd("LPUSH list-on-b z");
+    assert!(r.starts_with("-WRONGTYPE"), "{r}");
+    assert_eq!(direct(a.addr, "LRANGE list-on-b 0 -1"), "[z, y]");
+
+    // warm_up: a GET that misses on cold is read from warm and added to cold.
+    let mut w = Resp::connect(addr(p3));
+    assert_eq!(direct(warm.addr, "SET old-key from-warm"), "OK");
+    assert_eq!(w.cmd("GET old-key"), "from-warm");
+    wait_for(5, "the value is added to cold", || {
+        (direct(cold.addr, "GET old-key") == "from-warm").then_some(())
+    });
+    let ttl: i64 = direct(cold.addr, "TTL old-key")[1..].parse().unwrap();
+    assert!((1..=100).contains(&ttl), "exptime applied: {ttl}");
+    // Cold answers once it has the key; writes go to cold only; misses on both stay misses.
+    assert_eq!(direct(warm.addr, "SET old-key changed-on-warm"), "OK");
+    assert_eq!(w.cmd("GET old-key"), "from-warm");
+    assert_eq!(w.cmd("SET new-key fresh"), "OK");
+    assert_eq!(direct(cold.addr, "GET new-key"), "fresh");
+    assert_eq!(direct(warm.addr, "EXISTS new-key"), ":0");
+    assert_eq!(w.cmd("GET nowhere"), "(nil)");
+    // The fill never overwrites a newer value written to cold meanwhile (SET NX).
+    assert_eq!(direct(warm.addr, "SET raced from-warm"), "OK");
+    assert_eq!(direct(cold.addr, "SET raced newer"), "OK");
+    assert_eq!(w.cmd("GET raced"), "newer");
+    assert_eq!(direct(cold.addr, "GET raced"), "newer");
+}
+
+#[test]
+fn the_gutter_handle_is_refused_on_redis_listeners_with_its_location() {
     let dir = TempDir::new();
     let check = |route: &str| {
         let conf = dir.write(
@@ -586,20 +647,10 @@ listeners:
         )),
         "{err}"
     );
-    let (ok, err, file) = check("{ all_sync: [a, b] }");
-    assert!(!ok);
-    assert!(
-        err.contains(&format!(
-            "{file}:7:14: route handle `all_sync` is not implemented for redis listeners yet"
-        )),
-        "{err}"
-    );
+    let (ok, err, _) = check("{ all_sync: [a, b] }");
+    assert!(ok, "{err}");
     let (ok, err, _) = check("{ warm_up: { cold: a, warm: b } }");
-    assert!(!ok);
-    assert!(
-        err.contains("route handle `warm_up` is not implemented for redis listeners yet"),
-        "{err}"
-    );
+    assert!(ok, "{err}");
     let (ok, err, _) = check("{ prefix: { \"x:\": a, default: { failover: [b, a] } } }");
     assert!(ok, "{err}");
     // The example config loads and passes the same checks.

@@ -18,7 +18,7 @@ use crate::backend::{BackendError, Reply};
 use crate::hotkey::{split::copy_key, HotKeys};
 use crate::protocol::redis_commands::{key_indices, lookup, CommandInfo};
 use crate::protocol::resp::{encode_request, RespRequest};
-use crate::server::redis_merge::error;
+use crate::server::redis_merge::{bulk_payload, error};
 use crate::server::stats::bump;
 
 type Fetch = futures_util::future::LocalBoxFuture<'static, Reply>;
@@ -48,14 +48,6 @@ async fn reply_of(mut rx: Rx) -> Reply {
 
 fn is_bulk_hit(b: &[u8]) -> bool {
     b.starts_with(b"$") && !b.starts_with(b"$-1")
-}
-
-/// Parse a bulk reply's payload.
-fn bulk_payload(b: &Bytes) -> Option<Bytes> {
-    let nl = b.iter().position(|&c| c == b'\n')?;
-    let len: usize = std::str::from_utf8(&b[1..nl - 1]).ok()?.parse().ok()?;
-    b.get(nl + 1..nl + 1 + len)
-        .map(|_| b.slice(nl + 1..nl + 1 + len))
 }
 
 impl Conn {

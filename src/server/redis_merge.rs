@@ -7,6 +7,15 @@ use bytes::{Bytes, BytesMut};
 use crate::protocol::redis_commands::Merge;
 use crate::protocol::resp::{self, parse_frame, Frame};
 
+/// The payload of a RESP2 bulk reply (`$n\r\n...\r\n`); None for anything else.
+pub fn bulk_payload(b: &Bytes) -> Option<Bytes> {
+    let rest = b.strip_prefix(b"$")?;
+    let nl = rest.iter().position(|&c| c == b'\r')?;
+    let len: usize = std::str::from_utf8(&rest[..nl]).ok()?.parse().ok()?;
+    let start = 1 + nl + 2;
+    (b.len() == start + len + 2).then(|| b.slice(start..start + len))
+}
+
 /// `-<msg>\r\n` with CR/LF in `msg` turned into spaces (an error line cannot hold them).
 pub fn error(msg: &str) -> Bytes {
     let mut out = BytesMut::with_capacity(msg.len() + 3);
@@ -241,5 +250,15 @@ mod tests {
         assert!(scan_reply(&reply("0"), 1, 3).starts_with(b"*2\r\n$1\r\n2\r\n"));
         assert!(scan_reply(&reply("0"), 2, 3).starts_with(b"*2\r\n$1\r\n0\r\n"));
         assert!(scan_reply(&reply("18446744073709551615"), 2, 3).starts_with(b"-ERR"));
+    }
+
+    #[test]
+    fn bulk_payloads() {
+        let b = |s: &'static [u8]| bulk_payload(&Bytes::from_static(s));
+        assert_eq!(b(b"$5\r\nhello\r\n").as_deref(), Some(&b"hello"[..]));
+        assert_eq!(b(b"$0\r\n\r\n").as_deref(), Some(&b""[..]));
+        assert_eq!(b(b"$-1\r\n"), None);
+        assert_eq!(b(b"+OK\r\n"), None);
+        assert_eq!(b(b"$5\r\nhel"), None);
     }
 }

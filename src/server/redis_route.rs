@@ -16,8 +16,12 @@
 //!   else the command is refused (split it, or keep the keys under one prefix).
 //! - `shadow`: the shadow route gets a copy of a `fraction` of the commands; its replies are
 //!   dropped.
+//! - `all_sync`: every child gets the command; the reply is the first child's (`first`) or the
+//!   first error reply or failure (`all_ok`).
+//! - `warm_up`: GET misses on `cold` are read from `warm`, and a value found there is added to
+//!   cold (`SET NX EX exptime`) in the background; everything else goes to cold.
 //!
-//! `gutter`, `all_sync` and `warm_up` are refused for redis listeners (see `check`).
+//! `gutter` is refused for redis listeners (see `check`): it caps memcached expiry times.
 //!
 //! Each command runs as its own task, so a failover waiting on a timeout never holds up the
 //! client's other commands; the first try is sent before the task is spawned, so one client's
@@ -25,15 +29,16 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::{join_all, FutureExt, LocalBoxFuture};
 
 use super::pool::PoolRuntime;
-use super::redis_merge::{self, error};
+use super::redis_merge::{self, bulk_payload, error};
 use super::stats::{bump, Stats};
 use crate::backend::{BackendError, BackendHandle, Reply, ReplyKind};
-use crate::config::{FailoverOn, Location, Route};
+use crate::config::{AllSyncReply, FailoverOn, Location, Route};
 use crate::failover::policy::{fails_over, Failure, OpClass};
 use crate::protocol::redis_commands::{self as rc, key_indices, CommandInfo, Merge};
 use crate::protocol::resp::{encode_request, RespRequest};
@@ -69,6 +74,15 @@ pub enum RNode {
         shadow: Rc<RNode>,
         fraction: f64,
     },
+    AllSync {
+        children: Vec<Rc<RNode>>,
+        reply: AllSyncReply,
+    },
+    WarmUp {
+        cold: Rc<RNode>,
+        warm: Rc<RNode>,
+        exptime: Duration,
+    },
 }
 
 /// The first route handle a redis listener cannot serve, with its location and why.
@@ -82,14 +96,10 @@ pub fn check(route: &Route) -> Option<(Location, String)> {
              expiry times for a cache; for Redis use `failover` between pools, and `replicas` \
              so reads survive a primary",
         ),
-        Route::AllSync { .. } | Route::WarmUp { .. } => refuse(
-            route,
-            &format!(
-                "route handle `{}` is not implemented for redis listeners yet",
-                route.handle()
-            ),
-        ),
-        Route::Failover { children, .. } => children.iter().find_map(check),
+        Route::Failover { children, .. } | Route::AllSync { children, .. } => {
+            children.iter().find_map(check)
+        }
+        Route::WarmUp { cold, warm, .. } => check(cold).or_else(|| check(warm)),
         Route::Prefix {
             prefixes, default, ..
         } => prefixes
@@ -216,9 +226,23 @@ impl RNode {
                 shadow: b(shadow),
                 fraction: *fraction,
             },
-            Route::Gutter { .. } | Route::AllSync { .. } | Route::WarmUp { .. } => {
-                unreachable!("refused for redis listeners by server::check")
-            }
+            Route::AllSync {
+                children, reply, ..
+            } => RNode::AllSync {
+                children: children.iter().map(b).collect(),
+                reply: *reply,
+            },
+            Route::WarmUp {
+                cold,
+                warm,
+                exptime,
+                ..
+            } => RNode::WarmUp {
+                cold: b(cold),
+                warm: b(warm),
+                exptime: *exptime,
+            },
+            Route::Gutter { .. } => unreachable!("refused for redis listeners by server::check"),
         })
     }
 
@@ -268,6 +292,8 @@ impl RNode {
             RNode::Pool(t) => Some(&t.pool),
             RNode::Failover { children, .. } => children[0].home(class, key),
             RNode::Shadow { route, .. } => route.home(class, key),
+            RNode::AllSync { children, .. } => children[0].home(class, key),
+            RNode::WarmUp { cold, .. } => cold.home(class, key),
             RNode::Prefix(_) | RNode::Operation(_) => None,
         }
     }
@@ -295,6 +321,34 @@ impl RNode {
                 }
                 main
             }
+            RNode::AllSync { children, reply } => {
+                let futs: Vec<_> = children.iter().map(|c| c.exec(op.clone())).collect();
+                let reply = *reply;
+                async move {
+                    let mut outs = join_all(futs).await;
+                    let failed = |o: &Outcome| o.as_ref().map_or(true, |b| b.starts_with(b"-"));
+                    match reply {
+                        AllSyncReply::First => outs.swap_remove(0),
+                        AllSyncReply::AllOk => match outs.iter().position(failed) {
+                            Some(i) => outs.swap_remove(i),
+                            None => outs.swap_remove(0),
+                        },
+                    }
+                }
+                .boxed_local()
+            }
+            RNode::WarmUp {
+                cold,
+                warm,
+                exptime,
+            } => {
+                // Only GET has a miss to warm up from; everything else is cold's.
+                if op.info.name != "get" {
+                    return cold.exec(op);
+                }
+                let (cold, warm, exptime) = (cold.clone(), warm.clone(), *exptime);
+                async move { warm_up(cold, warm, exptime, op).await }.boxed_local()
+            }
             RNode::Failover {
                 children,
                 limit,
@@ -319,6 +373,40 @@ impl RNode {
             }
         }
     }
+}
+
+/// mcrouter's WarmUpRoute for GET: a nil from `cold` reads `warm`; a value there answers the
+/// client and is added to `cold` in the background (`SET NX`, so a newer write to cold wins)
+/// with `exptime` (0: no expiry).
+async fn warm_up(cold: Rc<RNode>, warm: Rc<RNode>, exptime: Duration, op: Rc<RedisOp>) -> Outcome {
+    let first = cold.exec(op.clone()).await;
+    if !matches!(&first, Ok(b) if b.as_ref() == b"$-1\r\n" || b.as_ref() == b"_\r\n") {
+        return first;
+    }
+    let from_warm = warm.exec(op.clone()).await;
+    let Ok(value) = &from_warm else {
+        return first;
+    };
+    let Some(payload) = bulk_payload(value) else {
+        return first; // a miss there too, or an error: cold's answer stands
+    };
+    let key = &op.req.args[op.keys[0]];
+    let secs = exptime.as_secs().to_string();
+    let mut args: Vec<&[u8]> = vec![b"SET", key, &payload, b"NX"];
+    if exptime.as_secs() > 0 {
+        args.extend([&b"EX"[..], secs.as_bytes()]);
+    }
+    let req = encode_request(&args);
+    let set = Rc::new(RedisOp {
+        info: rc::lookup(b"set").expect("SET is in the command table"),
+        keys: vec![1],
+        class: OpClass::Set,
+        split: false,
+        client_id: op.client_id,
+        req,
+    });
+    tokio::task::spawn_local(cold.exec(set));
+    from_warm
 }
 
 fn ready(o: Outcome) -> LocalBoxFuture<'static, Outcome> {
