@@ -499,23 +499,8 @@ fn cluster_slot_migration_under_traffic() {
 
     // A blocking command whose (empty) slot moved without the proxy noticing: the old owner
     // answers MOVED (the command did not run) and kvrouter sends it to the new owner.
-    let (quiet, qslot) = (0..)
-        .map(|n| format!("q{n}"))
-        .map(|t| {
-            let slot = key_slot(t.as_bytes());
-            (t, slot)
-        })
-        .find(|(_, qs)| {
-            cluster.owner(src, *qs).0 == src
-                && s.cmd(&format!("CLUSTER COUNTKEYSINSLOT {qs}")) == ":0"
-        })
-        .unwrap();
-    for node in [dst, src] {
-        assert_eq!(
-            Resp::connect(node).cmd(&format!("CLUSTER SETSLOT {qslot} NODE {dst_id}")),
-            "OK"
-        );
-    }
+    let (quiet, qslot) = empty_slot(&cluster, src, "q");
+    move_empty_slot(qslot, &[dst, src], &dst_id);
     assert_eq!(d.cmd(&format!("RPUSH {{{quiet}}}:jobs job-1")), ":1");
     let moved_before = errorstat(src, "MOVED");
     assert_eq!(
@@ -526,6 +511,53 @@ fn cluster_slot_migration_under_traffic() {
         errorstat(src, "MOVED") > moved_before,
         "the proxy's first try went to the old owner"
     );
+
+    // A shard channel subscription follows its slot: the old owner drops its channels when the
+    // slot leaves (`sunsubscribe`), kvrouter subscribes again and follows the MOVED.
+    let (chan_tag, cslot) = empty_slot(&cluster, src, "news");
+    let channel = format!("{{{chan_tag}}}:updates");
+    let mut sub = Resp::connect(proxy.addr);
+    assert_eq!(
+        sub.cmd(&format!("SSUBSCRIBE {channel}")),
+        format!("[ssubscribe, {channel}, :1]")
+    );
+    assert_eq!(c.cmd(&format!("SPUBLISH {channel} before")), ":1");
+    assert_eq!(text(&sub.read()), format!("[smessage, {channel}, before]"));
+    move_empty_slot(cslot, &[dst, src], &dst_id);
+    common::wait_for(10, "the subscription to move to the new owner", || {
+        (c.cmd(&format!("SPUBLISH {channel} after")) == ":1").then_some(())
+    });
+    assert_eq!(text(&sub.read()), format!("[smessage, {channel}, after]"));
+    assert_eq!(
+        Resp::connect(dst).cmd(&format!("PUBSUB SHARDNUMSUB {channel}")),
+        format!("[{channel}, :1]")
+    );
+}
+
+/// A hash tag `PREFIXn` whose slot `owner` serves and holds no key.
+fn empty_slot(cluster: &RedisCluster, owner: SocketAddr, prefix: &str) -> (String, u16) {
+    let mut o = Resp::connect(owner);
+    (0..)
+        .map(|n| format!("{prefix}{n}"))
+        .map(|t| {
+            let slot = key_slot(t.as_bytes());
+            (t, slot)
+        })
+        .find(|(_, slot)| {
+            cluster.owner(owner, *slot).0 == owner
+                && o.cmd(&format!("CLUSTER COUNTKEYSINSLOT {slot}")) == ":0"
+        })
+        .unwrap()
+}
+
+/// Give an empty slot to node `to_id` on `nodes` (the new owner first), behind the proxy's back.
+fn move_empty_slot(slot: u16, nodes: &[SocketAddr], to_id: &str) {
+    for node in nodes {
+        assert_eq!(
+            Resp::connect(*node).cmd(&format!("CLUSTER SETSLOT {slot} NODE {to_id}")),
+            "OK"
+        );
+    }
 }
 
 /// `INFO errorstats`: how many replies of this error kind `addr` has sent.

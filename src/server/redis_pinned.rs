@@ -393,6 +393,9 @@ impl Conn {
     pub(super) fn pushed(&mut self, server: usize, reply: Reply) -> bool {
         match reply {
             Ok(frame) => {
+                if server < slots::SLOTS && self.shard_moved(server, &frame) {
+                    return true;
+                }
                 let kind = push_kind(&frame);
                 let message = matches!(kind, Some(b"message" | b"pmessage" | b"smessage"));
                 if message || frame.first() == Some(&b'-') {
@@ -412,5 +415,54 @@ impl Conn {
                 false
             }
         }
+    }
+
+    /// Cluster shard subscriptions (connections by slot) follow their slot:
+    /// - a MOVED answer to SSUBSCRIBE: subscribe on the node named, on a new connection;
+    /// - a `sunsubscribe` the client did not ask for (the node lost the slot and dropped its
+    ///   channels): subscribe again on the same node, whose MOVED then leads to the new owner.
+    ///
+    /// True when `frame` was handled here.
+    fn shard_moved(&mut self, slot: usize, frame: &Bytes) -> bool {
+        let Some(c) = self.ctx.cluster.clone() else {
+            return false;
+        };
+        let Some(ps) = self.pubsub.as_mut() else {
+            return false;
+        };
+        let in_slot = |ch: &Bytes| slots::key_slot(ch) as usize == slot;
+        if frame.first() == Some(&b'-') {
+            let Some((to, _)) = c.shared.redirection(frame) else {
+                return false;
+            };
+            let chans: Vec<Bytes> = ps.shard.iter().filter(|ch| in_slot(ch)).cloned().collect();
+            if chans.is_empty() {
+                ps.conns.remove(&slot);
+                return true;
+            }
+            tracing::info!(slot, node = %to, "shard channel subscriptions follow their slot");
+            let conn = Dedicated::open_push(c.shared.spec(&to, false), slot, ps.sink.clone());
+            let mut words: Vec<&[u8]> = vec![b"ssubscribe"];
+            words.extend(chans.iter().map(|ch| ch.as_ref()));
+            conn.send_raw(encode_request(&words).raw);
+            ps.conns.insert(slot, conn); // the old connection closes
+            return true;
+        }
+        if push_kind(frame) != Some(&b"sunsubscribe"[..]) {
+            return false;
+        }
+        let Ok((resp::Frame::Array(Some(parts)), _)) = resp::parse_frame(frame) else {
+            return false;
+        };
+        let Some(resp::Frame::Bulk(Some(ch))) = parts.get(1) else {
+            return false;
+        };
+        if !ps.shard.contains(ch) {
+            return false; // the client's own SUNSUBSCRIBE: its confirmation was already sent
+        }
+        if let Some(conn) = ps.conns.get(&slot) {
+            conn.send_raw(encode_request(&[&b"ssubscribe"[..], ch]).raw);
+        }
+        true
     }
 }
