@@ -1,5 +1,6 @@
 //! TLS with real peers: a client speaking TLS to kvrouter's listener, and kvrouter speaking TLS
-//! to a real memcached started with `-Z` (TLS only), with certificates made for the test.
+//! to a real memcached started with `-Z` (TLS only), a TLS-only redis-server and a TLS-only
+//! Redis Cluster, with certificates made for the test.
 
 mod common;
 
@@ -11,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{free_port, kvrouter, wait_port, Proc, TempDir};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa, KeyPair,
+};
 use tokio_rustls::rustls;
 
 struct Pki {
@@ -21,14 +24,21 @@ struct Pki {
 }
 
 fn pki(dir: &TempDir) -> Pki {
+    // Distinct names: OpenSSL (redis) takes a leaf whose issuer equals its subject for
+    // self-signed, and rcgen's default name is the same for both.
+    let named = |params: &mut CertificateParams, cn: &str| {
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, cn);
+    };
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    named(&mut ca_params, "kvrouter test CA");
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
     let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
+    let mut leaf =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    named(&mut leaf, "localhost");
+    let cert = leaf.signed_by(&key, &ca).unwrap();
     Pki {
         ca: dir.write("ca.pem", &ca.pem()),
         cert: dir.write("server.pem", &cert.pem()),
@@ -216,4 +226,103 @@ listeners:
     let mut c = common::Resp::connect(addr);
     assert_eq!(c.cmd("SET t secret"), "OK");
     assert_eq!(c.cmd("GET t"), "secret");
+}
+
+/// A TLS-only Redis Cluster (three primaries, `tls-cluster yes`): kvrouter fetches the slot map
+/// and talks to every node over TLS with the pool's `tls`.
+#[test]
+fn tls_to_a_tls_only_redis_cluster() {
+    let dir = TempDir::new();
+    let p = pki(&dir);
+    let tls_args = |cmd: &mut Command| {
+        cmd.arg("--tls-cert-file")
+            .arg(&p.cert)
+            .arg("--tls-key-file")
+            .arg(&p.key)
+            .arg("--tls-ca-cert-file")
+            .arg(&p.ca);
+    };
+    let nodes: Vec<Proc> = (0..3)
+        .map(|_| {
+            let (port, bus) = (free_port(), free_port());
+            let mut cmd = Command::new("/usr/bin/redis-server");
+            cmd.args(["--port", "0", "--tls-port", &port.to_string()])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus.to_string(),
+                ])
+                .args(["--tls-cluster", "yes", "--tls-auth-clients", "no"])
+                .arg("--cluster-config-file")
+                .arg(dir.0.join(format!("nodes-{port}.conf")))
+                .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
+                .arg("--dir")
+                .arg(&dir.0);
+            tls_args(&mut cmd);
+            let mut child = cmd
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server");
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            wait_port(addr, &mut child);
+            Proc { child, addr }
+        })
+        .collect();
+    let cli = |args: &[String]| {
+        let out = Command::new("/usr/bin/redis-cli")
+            .args(["--tls", "--cacert"])
+            .arg(&p.ca)
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let mut create: Vec<String> = vec!["--cluster".into(), "create".into()];
+    create.extend(nodes.iter().map(|n| n.addr.to_string()));
+    create.extend([
+        "--cluster-replicas".into(),
+        "0".into(),
+        "--cluster-yes".into(),
+    ]);
+    let out = cli(&create);
+    assert!(out.contains("All 16384 slots covered"), "{out}");
+    for n in &nodes {
+        let port = n.addr.port().to_string();
+        common::wait_for(20, "the cluster to be ok", || {
+            let info = cli(&["-p".into(), port.clone(), "CLUSTER".into(), "INFO".into()]);
+            info.contains("cluster_state:ok").then_some(())
+        });
+    }
+    let listen = free_port();
+    let yaml = format!(
+        "pools:
+  secure:
+    protocol: redis
+    timeout: 2s
+    cluster: {{ seeds: [\"{}\"] }}
+    tls: {{ ca: ca.pem, server_name: localhost }}
+listeners:
+  - {{ listen: 127.0.0.1:{listen}, protocol: redis, route: secure }}
+",
+        nodes[0].addr
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{listen}").parse().unwrap();
+    let _proxy = kvrouter(&dir, &yaml, addr);
+    let mut c = common::Resp::connect(addr);
+    for i in 0..300 {
+        assert_eq!(c.cmd(&format!("SET tls:{i} v{i}")), "OK");
+    }
+    for i in 0..300 {
+        assert_eq!(c.cmd(&format!("GET tls:{i}")), format!("v{i}"));
+    }
+    assert_eq!(c.cmd("MGET tls:1 tls:2 tls:3"), "[v1, v2, v3]");
+    // Every node holds some of the keys: all three were reached over TLS.
+    for n in &nodes {
+        let port = n.addr.port().to_string();
+        let size = cli(&["-p".into(), port, "DBSIZE".into()]);
+        let size: u64 = size.trim().parse().unwrap_or(0);
+        assert!(size > 30, "node {} holds {size} keys", n.addr);
+    }
 }
