@@ -363,6 +363,9 @@ struct PubSub {
     channels: Vec<Bytes>,
     patterns: Vec<Bytes>,
     shard: Vec<Bytes>,
+    /// Cluster: shard subscriptions moved per slot since its last message (bounds a MOVED
+    /// back-and-forth between nodes that disagree).
+    moves: std::collections::HashMap<usize, u32>,
 }
 
 impl PubSub {

@@ -5,6 +5,9 @@
 
 use super::*;
 
+/// How often a slot's shard subscriptions may move between two of its messages.
+const MAX_SHARD_MOVES: u32 = 8;
+
 impl Conn {
     /// Commands needing a connection of their own (outside MULTI and subscribed mode).
     pub(super) fn dedicated(&mut self, info: &CommandInfo, req: RespRequest) {
@@ -282,6 +285,7 @@ impl Conn {
                 channels: Vec::new(),
                 patterns: Vec::new(),
                 shard: Vec::new(),
+                moves: std::collections::HashMap::new(),
             }
         });
         let name = info.name;
@@ -417,7 +421,8 @@ impl Conn {
         }
     }
 
-    /// Cluster shard subscriptions (connections by slot) follow their slot:
+    /// Cluster shard subscriptions (connections by slot) follow their slot (at most
+    /// `MAX_SHARD_MOVES` times between two messages):
     /// - a MOVED answer to SSUBSCRIBE: subscribe on the node named, on a new connection;
     /// - a `sunsubscribe` the client did not ask for (the node lost the slot and dropped its
     ///   channels): subscribe again on the same node, whose MOVED then leads to the new owner.
@@ -435,6 +440,11 @@ impl Conn {
             let Some((to, _)) = c.shared.redirection(frame) else {
                 return false;
             };
+            let moves = ps.moves.entry(slot).or_default();
+            *moves += 1;
+            if *moves > MAX_SHARD_MOVES {
+                return false; // the client gets the redirection and decides
+            }
             let chans: Vec<Bytes> = ps.shard.iter().filter(|ch| in_slot(ch)).cloned().collect();
             if chans.is_empty() {
                 ps.conns.remove(&slot);
@@ -448,8 +458,13 @@ impl Conn {
             ps.conns.insert(slot, conn); // the old connection closes
             return true;
         }
-        if push_kind(frame) != Some(&b"sunsubscribe"[..]) {
-            return false;
+        match push_kind(frame) {
+            Some(b"sunsubscribe") => {}
+            Some(b"smessage") => {
+                ps.moves.remove(&slot);
+                return false;
+            }
+            _ => return false,
         }
         let Ok((resp::Frame::Array(Some(parts)), _)) = resp::parse_frame(frame) else {
             return false;
