@@ -98,9 +98,10 @@ impl ClusterMap {
         }
     }
 
-    /// Copy of this map with `slot` owned by the primary `addr` (after a MOVED). A node not yet
-    /// known becomes a shard of its own with no replicas until the next refresh.
-    pub fn with_slot_moved(&self, slot: u16, addr: &str) -> ClusterMap {
+    /// Copy of this map with `slot` owned by the primary `addr` (after a MOVED), as `version`
+    /// (versions come from one counter with the refreshes'). A node not yet known becomes a
+    /// shard of its own with no replicas until the next refresh.
+    pub fn with_slot_moved(&self, slot: u16, addr: &str, version: u64) -> ClusterMap {
         let mut map = self.clone();
         let idx = match map.shards.iter().position(|s| s.primary == addr) {
             Some(i) => i,
@@ -113,7 +114,7 @@ impl ClusterMap {
             }
         };
         map.slots[slot as usize] = idx as u16;
-        map.version += 1;
+        map.version = version;
         map
     }
 
@@ -221,7 +222,7 @@ mod tests {
         assert_eq!(m.shard(0), Some(&a));
         assert_eq!(m.shard(16383), Some(&b));
         assert_eq!(m.primaries(), vec!["a:1".to_string(), "b:1".to_string()]);
-        let m2 = m.with_slot_moved(5, "c:1");
+        let m2 = m.with_slot_moved(5, "c:1", 2);
         assert_eq!(m2.shard(5).unwrap().primary, "c:1");
         assert_eq!(m2.shard(6), Some(&a));
         assert_eq!(m2.version, 2);

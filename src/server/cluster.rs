@@ -213,9 +213,10 @@ impl ClusterShared {
             metrics: crate::backend::ServerMetrics::unregistered(),
             ..self.template.clone()
         });
-        let h = BackendHandle::spawn(spec, false);
-        let rx = h.send(encode_request(&["CLUSTER", "SLOTS"]).raw, ReplyKind::Resp);
+        // A connection of its own that closes when dropped, even if the node never answers.
         let budget = self.template.timeout.unwrap_or(DEFAULT_BUDGET);
+        let conn = Dedicated::open(spec, Some(budget));
+        let rx = conn.send(encode_request(&["CLUSTER", "SLOTS"]).raw);
         let reply = tokio::time::timeout(budget, rx)
             .await
             .map_err(|_| "timed out".to_string())?
@@ -234,9 +235,10 @@ impl ClusterShared {
         {
             self.map.rcu(|m| {
                 if m.shard(slot).is_some_and(|s| s.primary == addr) {
-                    (**m).clone()
+                    Arc::clone(m)
                 } else {
-                    m.with_slot_moved(slot, addr)
+                    let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
+                    Arc::new(m.with_slot_moved(slot, addr, version))
                 }
             });
         }

@@ -43,7 +43,7 @@ fn server_json(spec: &ServerSpec, name: &str, now: u64) -> Value {
         "name": name,
         "address": spec.address,
         "health": if ejected { "ejected" } else { "up" },
-        "ejected_for_ms": if ejected { spec.health.ejected_until() - now } else { 0 },
+        "ejected_for_ms": if ejected { spec.health.ejected_until().saturating_sub(now) } else { 0 },
         "consecutive_failures": spec.health.consecutive_failures(),
         "requests": m.requests.get(),
         "errors": errors,

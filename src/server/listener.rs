@@ -62,7 +62,7 @@ pub fn bind(cfg: &ListenerConfig) -> io::Result<Bound> {
 pub async fn accept_loop(
     bound: Bound,
     listener: u64,
-    workers: Vec<mpsc::UnboundedSender<(u64, Accepted)>>,
+    workers: Vec<mpsc::UnboundedSender<(u64, Accepted, prometheus::IntGauge)>>,
     max_clients: Arc<AtomicUsize>,
     active: IntGauge,
     accepted_total: IntCounter,
@@ -112,7 +112,9 @@ pub async fn accept_loop(
         accepted_total.inc();
         let w = next % workers.len();
         next = next.wrapping_add(1);
-        if workers[w].send((listener, accepted)).is_err() {
+        // The gauge goes along: the worker decrements the one incremented here, even when a
+        // reload removed the listener meanwhile.
+        if workers[w].send((listener, accepted, active.clone())).is_err() {
             active.dec();
         }
     }

@@ -576,7 +576,9 @@ impl Conn {
                     .iter()
                     .flat_map(|t| t.backends.iter().zip(&t.pool.specs))
                     .map(|(conns, spec)| {
-                        let rx = conns[0].send(bytes.clone(), ReplyKind::McLine);
+                        // The client's own connection: in order with its other requests.
+                        let conn = &conns[self.client_id % conns.len()];
+                        let rx = conn.send(bytes.clone(), ReplyKind::McLine);
                         (spec.address.clone(), Some(rx))
                     })
                     .collect();

@@ -88,13 +88,6 @@ impl Ctx {
         }
     }
 
-    pub fn clients(&self) -> prometheus::IntGauge {
-        match self {
-            Ctx::Mc(c) => c.metrics.clients.clone(),
-            Ctx::Redis(c) => c.metrics.clients.clone(),
-        }
-    }
-
     async fn serve<S: crate::backend::io::Io>(
         self,
         stream: S,
@@ -130,7 +123,7 @@ pub struct Running {
     pub shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
-    senders: Vec<mpsc::UnboundedSender<(u64, Accepted)>>,
+    senders: Vec<mpsc::UnboundedSender<(u64, Accepted, prometheus::IntGauge)>>,
     /// Wakes every worker to rebuild its contexts for a new generation.
     wake: watch::Sender<u64>,
     /// The accept loop of each listener, by listener name.
@@ -271,7 +264,7 @@ pub fn start(config: Config, registry: Option<&prometheus::Registry>) -> Result<
 
 fn worker(
     shared: Arc<Shared>,
-    mut rx: mpsc::UnboundedReceiver<(u64, Accepted)>,
+    mut rx: mpsc::UnboundedReceiver<(u64, Accepted, prometheus::IntGauge)>,
     mut shutdown: watch::Receiver<bool>,
     mut wake: watch::Receiver<u64>,
 ) {
@@ -293,15 +286,15 @@ fn worker(
             tokio::select! {
                 _ = hot_tick.tick() => routing.hot_tick(),
                 a = rx.recv() => {
-                    let Some((listener, accepted)) = a else { break };
+                    let Some((listener, accepted, clients)) = a else { break };
                     let Some(ctx) = routing.client_context(listener) else {
                         // The listener was removed by a reload while this client was on its
                         // way: close it, as the listener is closed.
+                        clients.dec();
                         continue;
                     };
                     client_id = client_id.wrapping_add(1);
                     tracing::debug!(client = client_id, listener, "client connected");
-                    let clients = ctx.clients();
                     let stats = shared.stats.clone();
                     let sd = shutdown.clone();
                     let guard = tracker.clone();

@@ -507,7 +507,8 @@ impl Conn {
                 _ => None,
             };
             let pushes = self.pubsub.as_mut().map(|p| &mut p.rx);
-            let subscribed = pushes.is_some();
+            // A subscriber that stops reading stops taking messages (its output is bounded).
+            let subscribed = pushes.is_some() && self.wbuf.len() < MAX_OUTPUT;
             tokio::select! {
                 biased;
                 ready = async { stream.ready(interest.expect("guarded")).await }, if interest.is_some() => {
