@@ -258,7 +258,10 @@ fn killed_server_fails_over_to_the_gutter_with_capped_ttl_and_comes_back() {
     let seen = bg.join().unwrap();
     eprintln!("SIGKILL run: {seen:?}");
     assert_eq!(seen.misrouted, 0, "no reply reached the wrong request");
-    assert_eq!(seen.errors, 0, "every request was answered (failover, gutter)");
+    assert_eq!(
+        seen.errors, 0,
+        "every request was answered (failover, gutter)"
+    );
     assert!(seen.longest < bound(), "longest wait {:?}", seen.longest);
     assert!(seen.requests > 100);
 }
@@ -319,7 +322,10 @@ fn hung_server_times_out_then_is_skipped_and_recovers_after_sigcont() {
     let seen = bg.join().unwrap();
     eprintln!("SIGSTOP run: {seen:?}");
     assert_eq!(seen.misrouted, 0, "no reply reached the wrong request");
-    assert_eq!(seen.errors, 0, "every request was answered (failover, gutter)");
+    assert_eq!(
+        seen.errors, 0,
+        "every request was answered (failover, gutter)"
+    );
     assert!(seen.longest < bound(), "longest wait {:?}", seen.longest);
     assert!(seen.requests > 100);
 }

@@ -314,13 +314,9 @@ async fn init<S: Io>(spec: &ServerSpec, stream: &S) -> Result<(), String> {
     for (_, cmd) in &spec.init {
         wbuf.extend_from_slice(cmd);
     }
-    while !wbuf.is_empty() {
-        stream
-            .ready(Interest::WRITABLE)
-            .await
-            .map_err(|e| e.to_string())?;
-        flush(stream, &mut wbuf).map_err(|e| e.to_string())?;
-    }
+    super::io::write_all(stream, &mut wbuf)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut rbuf = BytesMut::with_capacity(1024);
     for (label, _) in &spec.init {
         let reply = loop {

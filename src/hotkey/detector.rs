@@ -197,8 +197,13 @@ impl Detector {
     /// before the hot set, so a key that is hot is always guarded.
     #[inline]
     pub fn is_guarded(&self, key: &[u8]) -> bool {
+        self.any_guarded() && self.guarded.load().contains(key)
+    }
+
+    /// Any key guarded at all (a cheaper first check).
+    #[inline]
+    pub fn any_guarded(&self) -> bool {
         self.any_guarded.load(std::sync::atomic::Ordering::Acquire)
-            && self.guarded.load().contains(key)
     }
 
     pub fn threshold(&self) -> f64 {

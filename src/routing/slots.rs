@@ -90,14 +90,6 @@ impl ClusterMap {
         }
     }
 
-    /// The shard index owning `slot` (an index into `shards`).
-    pub fn shard_index(&self, slot: u16) -> Option<usize> {
-        match self.slots.get(slot as usize) {
-            Some(&i) if i != NONE => Some(i as usize),
-            _ => None,
-        }
-    }
-
     /// Copy of this map with `slot` owned by the primary `addr` (after a MOVED), as `version`
     /// (versions come from one counter with the refreshes'). A node not yet known becomes a
     /// shard of its own with no replicas until the next refresh.

@@ -54,7 +54,7 @@ use crate::routing::slots::{ClusterMap, Shard};
 const REFRESH_EVERY_MS: u64 = 5000;
 /// The shortest gap between two refreshes asked for by errors.
 const REFRESH_GAP_MS: u64 = 100;
-const MAX_REDIRECTS: u32 = 5;
+pub(crate) const MAX_REDIRECTS: u32 = 5;
 const MAX_TRIES: u32 = 3;
 /// The budget of one request when the pool has no timeout.
 const DEFAULT_BUDGET: Duration = Duration::from_secs(5);
@@ -737,12 +737,6 @@ impl ClusterRx {
     }
 
     /// An answer known now (an error decided before sending).
-    pub fn ready(b: Bytes) -> ClusterRx {
-        let (tx, rx) = oneshot::channel();
-        let _ = tx.send(b);
-        ClusterRx::Slow(rx)
-    }
-
     pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Bytes> {
         loop {
             match self {

@@ -114,7 +114,10 @@ pub async fn accept_loop(
         next = next.wrapping_add(1);
         // The gauge goes along: the worker decrements the one incremented here, even when a
         // reload removed the listener meanwhile.
-        if workers[w].send((listener, accepted, active.clone())).is_err() {
+        if workers[w]
+            .send((listener, accepted, active.clone()))
+            .is_err()
+        {
             active.dec();
         }
     }

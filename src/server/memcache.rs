@@ -357,8 +357,7 @@ impl Conn {
             // Move every completed reply at the front into the output buffer.
             let mut closing = false;
             {
-                let waker = futures_noop_waker();
-                let mut cx = Context::from_waker(&waker);
+                let mut cx = Context::from_waker(std::task::Waker::noop());
                 while !self.pending.is_empty() {
                     let ctx = self.front_ctx();
                     let front = self.pending.front_mut().expect("not empty");
@@ -419,7 +418,7 @@ impl Conn {
                 _ = &mut stopping, if self.reading => {
                     self.reading = false;
                 }
-                _ = tokio::time::sleep(idle.unwrap_or_default()), if idle.is_some() => {
+                _ = async { tokio::time::sleep(idle.expect("guarded")).await }, if idle.is_some() => {
                     tracing::debug!(client = self.client_id, "closing an idle client");
                     return Ok(());
                 }
@@ -920,10 +919,4 @@ fn spawn_routed(node: &Rc<route::Node>, op: McOp) -> oneshot::Receiver<Reply> {
         let _ = tx.send(Ok(fut.await.into_bytes()));
     });
     rx
-}
-
-/// A waker that does nothing: used to poll replies that may already be complete without
-/// registering interest (the select! below registers the real waker when one is not).
-fn futures_noop_waker() -> std::task::Waker {
-    std::task::Waker::noop().clone()
 }

@@ -295,7 +295,7 @@ impl Pending {
                     Poll::Ready(r) => flatten(r),
                 };
                 if let (Ok(reply), Some(c)) = (&r, &ctx.cluster) {
-                    if b.redirects < 5 {
+                    if b.redirects < super::cluster::MAX_REDIRECTS {
                         if let Some((to, asking)) = c.shared.redirection(reply) {
                             b.redirects += 1;
                             let conn = Dedicated::open(c.shared.spec(&to, false), None);
@@ -543,7 +543,7 @@ impl Conn {
                         return Ok(());
                     }
                 }
-                _ = tokio::time::sleep(idle.unwrap_or_default()), if idle.is_some() => {
+                _ = async { tokio::time::sleep(idle.expect("guarded")).await }, if idle.is_some() => {
                     tracing::debug!(client = self.client_id, "closing an idle client");
                     return Ok(());
                 }
@@ -723,11 +723,7 @@ impl Conn {
                     Ok(task) => {
                         let pending = match hot_keys {
                             None => Pending::Routed(task),
-                            Some(keys) => match self.hot_write(keys, 0, Rx::Routed(task)) {
-                                Ok(p) => p,
-                                Err(Rx::Routed(task)) => Pending::Routed(task),
-                                Err(rx) => Pending::Single { rx, server: 0 },
-                            },
+                            Some(keys) => self.hot_write(keys, 0, Rx::Routed(task)),
                         };
                         self.pending.push_back(pending)
                     }
@@ -792,10 +788,7 @@ impl Conn {
                 let hot_keys = self.hot_written_keys(info, &req);
                 let rx = self.send(server, req.raw, info.is_readonly());
                 let pending = match hot_keys {
-                    Some(keys) => match self.hot_write(keys, server, rx) {
-                        Ok(p) => p,
-                        Err(rx) => Pending::Single { rx, server },
-                    },
+                    Some(keys) => self.hot_write(keys, server, rx),
                     None => Pending::Single { rx, server },
                 };
                 self.pending.push_back(pending);
@@ -815,24 +808,7 @@ impl Conn {
             Ok(k) => k,
             Err(e) => return self.reject(&format!("ERR {e}")),
         };
-        if info.is_write() {
-            if let Some(hot) = &self.ctx.hot {
-                // MSET/DEL/UNLINK of hot keys: invalidate and drop their copies when sent.
-                let guarded: Vec<Bytes> = keys
-                    .iter()
-                    .map(|&k| args[k].clone())
-                    .filter(|k| hot.shared.detector.is_guarded(k))
-                    .collect();
-                let dels = self.hot_invalidate(&guarded);
-                if !dels.is_empty() {
-                    tokio::task::spawn_local(async move {
-                        for mut d in dels {
-                            poll_fn(|cx| d.poll(cx)).await.ok();
-                        }
-                    });
-                }
-            }
-        }
+        let hot_keys = self.hot_written_keys(info, &req);
         let with_value = info.name == "mset";
         let mut servers: Vec<usize> = Vec::new();
         let mut part_args: Vec<Vec<&Bytes>> = Vec::new();
@@ -875,11 +851,26 @@ impl Conn {
                 result: None,
             })
             .collect();
-        self.pending.push_back(Pending::Merged(Box::new(Merged {
+        let merged = Pending::Merged(Box::new(Merged {
             how,
             parts,
             part_of,
-        })));
+        }));
+        let pending = match hot_keys {
+            None => merged,
+            // MSET/DEL/UNLINK of hot keys: the same two invalidation rounds as a single write.
+            Some(keys) => {
+                let ctx = self.ctx.clone();
+                let mut merged = merged;
+                let task = tokio::task::spawn_local(async move {
+                    poll_fn(|cx| merged.poll(cx, &ctx))
+                        .await
+                        .unwrap_or_default()
+                });
+                self.hot_write(keys, 0, Rx::Routed(task))
+            }
+        };
+        self.pending.push_back(pending);
     }
 
     fn fan_out(&mut self, info: &CommandInfo, req: RespRequest) {

@@ -165,35 +165,29 @@ impl Conn {
         }))
     }
 
-    /// The keys a write changes, when the listener has hot keys (None: not a write, or none).
+    /// The hot (or recently cooled) keys a write changes; None when it changes none (the
+    /// common case costs one atomic load).
     pub(super) fn hot_written_keys(
         &self,
         info: &CommandInfo,
         req: &RespRequest,
     ) -> Option<Vec<Bytes>> {
-        (self.ctx.hot.is_some() && info.is_write())
-            .then(|| key_indices(info, &req.args).unwrap_or_default())
-            .map(|ix| ix.into_iter().map(|i| req.args[i].clone()).collect())
+        let detector = &self.ctx.hot.as_ref()?.shared.detector;
+        if !info.is_write() || !detector.any_guarded() {
+            return None;
+        }
+        let guarded: Vec<Bytes> = key_indices(info, &req.args)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|i| req.args[i].clone())
+            .filter(|k| detector.is_guarded(k))
+            .collect();
+        (!guarded.is_empty()).then_some(guarded)
     }
 
-    /// A write of `keys` whose reply arrives on `rx` from `server`: for hot (or recently cooled)
-    /// keys, invalidate and delete copies now and again once acknowledged. None: no hot key.
-    pub(super) fn hot_write(
-        &self,
-        keys: Vec<Bytes>,
-        server: usize,
-        mut rx: Rx,
-    ) -> Result<Pending, Rx> {
-        let Some(hot) = self.ctx.hot.as_ref() else {
-            return Err(rx);
-        };
-        let guarded: Vec<Bytes> = keys
-            .into_iter()
-            .filter(|k| hot.shared.detector.is_guarded(k))
-            .collect();
-        if guarded.is_empty() {
-            return Err(rx);
-        }
+    /// A write of the hot keys `guarded` whose reply arrives on `rx` from `server`: invalidate
+    /// and delete copies now and again once acknowledged; the client's reply waits for both.
+    pub(super) fn hot_write(&self, guarded: Vec<Bytes>, server: usize, mut rx: Rx) -> Pending {
         let first = self.hot_invalidate(&guarded);
         let (ctx, client_id) = (self.ctx.clone(), self.client_id);
         let task = tokio::task::spawn_local(async move {
@@ -210,7 +204,7 @@ impl Conn {
                 Err(e) => backend_error(&ctx, server, &e),
             }
         });
-        Ok(Pending::Routed(task))
+        Pending::Routed(task)
     }
 
     pub(super) fn hot_invalidate(&self, keys: &[Bytes]) -> Vec<Rx> {

@@ -160,14 +160,15 @@ impl Conn {
             }
         };
         let watched = self.watch.as_ref().map(|(s, _)| *s);
-        let cross =
-            self.crossslot("Keys in this command and earlier commands of the transaction don't");
         let m = self.multi.as_mut().expect("in multi");
         if let Some(s) = server {
             match m.server.or(watched) {
                 Some(t) if t != s => {
                     m.abort = Some("keys on different servers");
                     bump(&self.ctx.stats.client_errors, 1);
+                    let cross = self.crossslot(
+                        "Keys in this command and earlier commands of the transaction don't",
+                    );
                     return self.reply(error(&cross));
                 }
                 _ => m.server = Some(s),
