@@ -61,8 +61,9 @@ fn a_client_that_never_reads_is_throttled_and_memory_stays_bounded() {
     let (written, _s) = writer.join().unwrap();
     let after = rss_kib(proxy.child.id());
     eprintln!("slow reader: wrote {written} bytes; kvrouter RSS {before} KiB -> {after} KiB");
+    // Measured: about 4 MB before the socket stops taking more; 64 MiB means no backpressure.
     assert!(
-        written < 1 << 30,
+        written < 64 << 20,
         "kvrouter stopped reading: {written} bytes accepted"
     );
     // Bound: the per-client output cap (8 MiB) + 1024 pending replies of ~1 KB + socket and

@@ -380,7 +380,7 @@ fn cluster_slot_migration_under_traffic() {
         let tag = tag.to_string();
         std::thread::spawn(move || {
             let mut c = Resp::connect(addr);
-            let (mut incrs, mut nils, mut errors) = (0u64, 0u64, Vec::new());
+            let (mut incrs, mut nils, mut watched, mut errors) = (0u64, 0u64, 0u64, Vec::new());
             while !stop.load(Ordering::Relaxed) {
                 assert_eq!(c.cmd("MULTI"), "OK");
                 assert_eq!(c.cmd(&format!("INCR {{{tag}}}:counter")), "QUEUED");
@@ -392,12 +392,12 @@ fn cluster_slot_migration_under_traffic() {
                 assert_eq!(c.cmd("MULTI"), "OK");
                 assert_eq!(c.cmd(&format!("SET {{{tag}}}:watched {incrs}")), "QUEUED");
                 match c.call(&["EXEC"]) {
-                    Frame::Array(Some(v)) if v.len() == 1 => {}
+                    Frame::Array(Some(v)) if v.len() == 1 => watched += 1,
                     Frame::Array(None) | Frame::Null => nils += 1,
                     other => errors.push(format!("WATCH EXEC: {}", text(&other))),
                 }
             }
-            (incrs, nils, errors)
+            (incrs, nils, watched, errors)
         })
     };
     std::thread::sleep(Duration::from_millis(300));
@@ -467,19 +467,20 @@ fn cluster_slot_migration_under_traffic() {
     std::thread::sleep(Duration::from_millis(500));
     traffic.stop();
     tx_stop.store(true, Ordering::Relaxed);
-    let (incrs, nils, tx_errors) = tx_thread.join().unwrap();
+    let (incrs, nils, watched, tx_errors) = tx_thread.join().unwrap();
     assert!(
         tx_errors.is_empty(),
         "transaction errors: {:?}",
         &tx_errors[..tx_errors.len().min(5)]
     );
     assert!(incrs > 20, "{incrs} transactions ran");
+    assert!(watched > 0, "WATCH transactions committed too ({nils} answered nil)");
     assert_eq!(
         c.cmd(&format!("GET {{{tag}}}:counter")),
         incrs.to_string(),
         "every EXEC that answered ran exactly once"
     );
-    eprintln!("transactions during the migration: {incrs} MULTI/INCR/EXEC, {nils} WATCH EXEC answered nil");
+    eprintln!("transactions during the migration: {incrs} MULTI/INCR/EXEC; WATCH: {watched} committed, {nils} answered nil");
     let errors = traffic.errors.lock().unwrap();
     assert!(
         errors.is_empty(),
