@@ -474,7 +474,10 @@ fn cluster_slot_migration_under_traffic() {
         &tx_errors[..tx_errors.len().min(5)]
     );
     assert!(incrs > 20, "{incrs} transactions ran");
-    assert!(watched > 0, "WATCH transactions committed too ({nils} answered nil)");
+    assert!(
+        watched > 0,
+        "WATCH transactions committed too ({nils} answered nil)"
+    );
     assert_eq!(
         c.cmd(&format!("GET {{{tag}}}:counter")),
         incrs.to_string(),

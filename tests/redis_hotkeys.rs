@@ -156,7 +156,11 @@ fn split_copies_spread_a_hot_keys_reads_without_false_misses() {
     // A multi-key write (split over servers) removes every copy before it is acknowledged.
     assert_eq!(c.cmd("MSET star dimmer other-key x"), "OK");
     for b in &s.backends {
-        assert_eq!(Resp::connect(b.addr).cmd("KEYS *copy*"), "[]", "copies deleted");
+        assert_eq!(
+            Resp::connect(b.addr).cmd("KEYS *copy*"),
+            "[]",
+            "copies deleted"
+        );
     }
     assert_eq!(c.cmd("GET star"), "dimmer");
     // A write reaches the original and removes every copy: the next reads see it.
