@@ -104,7 +104,8 @@ pub struct Logging {
 /// A log change checked and prepared (file opened) but not applied yet.
 pub struct Prepared {
     filter: Option<(String, EnvFilter)>,
-    file: Option<(PathBuf, File)>,
+    /// None: the destination stays; Some(None): back to stderr; Some(Some(..)): a new file.
+    file: Option<Option<(PathBuf, File)>>,
 }
 
 impl Logging {
@@ -158,12 +159,14 @@ impl Logging {
             Some((text, f))
         };
         let file = match (&self.cli_output, &config.file) {
-            (Some(_), _) | (None, None) => None,
+            (Some(_), _) => None,
+            // The file was taken out of the config: back to stderr.
+            (None, None) => self.target.path().map(|_| None),
             (None, Some(p)) if self.target.path().as_deref() == Some(p.as_path()) => None,
-            (None, Some(p)) => Some((
+            (None, Some(p)) => Some(Some((
                 p.clone(),
                 open_append(p).map_err(|e| format!("cannot open log file {}: {e}", p.display()))?,
-            )),
+            ))),
         };
         Ok(Prepared { filter, file })
     }
@@ -176,9 +179,16 @@ impl Logging {
                 *self.current.lock().unwrap_or_else(|e| e.into_inner()) = text;
             }
         }
-        if let Some((path, file)) = p.file {
-            tracing::info!(file = %path.display(), "logging to a new file");
-            *self.target.lock() = Target::File { path, file };
+        match p.file {
+            Some(Some((path, file))) => {
+                tracing::info!(file = %path.display(), "logging to a new file");
+                *self.target.lock() = Target::File { path, file };
+            }
+            Some(None) => {
+                *self.target.lock() = Target::Stderr;
+                tracing::info!("logging to stderr");
+            }
+            None => {}
         }
     }
 

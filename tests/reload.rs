@@ -275,6 +275,21 @@ fn log_level_follows_the_config() {
         let t = std::fs::read_to_string(&log).ok()?;
         t.contains("client connected").then_some(())
     });
+
+    // Taking `file` out of the config sends logging back to stderr: the file stops growing.
+    replace_file(
+        &r.file,
+        &conf(&[("s", a.addr)], &[port], "log: { level: debug }\n"),
+    );
+    wait_reloads(r.admin, "ok", 2.0);
+    let size = std::fs::metadata(&log).unwrap().len();
+    touch();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        std::fs::metadata(&log).unwrap().len(),
+        size,
+        "nothing more is written to the old file"
+    );
     drop(r.dir);
 }
 
