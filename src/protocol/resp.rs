@@ -535,6 +535,7 @@ pub fn scan_reply(buf: &[u8]) -> Result<Option<usize>, RespError> {
 }
 
 mod frame;
+pub mod merge;
 pub use frame::*;
 
 #[cfg(test)]

@@ -18,7 +18,6 @@ pub mod memcache;
 pub mod metrics;
 pub mod pool;
 pub mod redis;
-mod redis_merge;
 pub mod redis_route;
 pub mod reload;
 pub mod route;

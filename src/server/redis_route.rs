@@ -35,12 +35,12 @@ use bytes::Bytes;
 use futures_util::future::{join_all, FutureExt, LocalBoxFuture};
 
 use super::pool::PoolRuntime;
-use super::redis_merge::{self, bulk_payload, error};
 use super::stats::{bump, Stats};
 use crate::backend::{BackendError, BackendHandle, Reply, ReplyKind};
 use crate::config::{AllSyncReply, FailoverOn, Location, Route};
 use crate::failover::policy::{fails_over, Failure, OpClass};
 use crate::protocol::redis_commands::{self as rc, key_indices, CommandInfo, Merge};
+use crate::protocol::resp::merge::{self, bulk_payload, error};
 use crate::protocol::resp::{encode_request, RespRequest};
 use crate::routing::route::{ByOperation, ByPrefix};
 
@@ -477,7 +477,7 @@ impl RTarget {
             for r in join_all(parts).await {
                 replies.push(r?);
             }
-            Ok(redis_merge::merge(how, &replies, &part_of))
+            Ok(merge::merge(how, &replies, &part_of))
         }
         .boxed_local()
     }

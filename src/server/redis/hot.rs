@@ -17,8 +17,8 @@ use super::{backend_error, place, send, Conn, Pending, RedisContext, Rx};
 use crate::backend::{BackendError, Reply};
 use crate::hotkey::{split::copy_key, HotKeys};
 use crate::protocol::redis_commands::{key_indices, lookup, CommandInfo};
+use crate::protocol::resp::merge::{bulk_payload, error};
 use crate::protocol::resp::{encode_request, RespRequest};
-use crate::server::redis_merge::{bulk_payload, error};
 use crate::server::stats::bump;
 
 type Fetch = futures_util::future::LocalBoxFuture<'static, Reply>;

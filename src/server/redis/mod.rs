@@ -56,7 +56,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::cluster::{ClusterRx, ClusterWorker};
 use super::pool::PoolRuntime;
-use super::redis_merge::{self, error};
 use super::stats::{bump, Stats};
 use crate::backend::io::{write_all, write_some, Io};
 use crate::backend::{BackendError, BackendHandle, Dedicated, Reply, ReplyKind, ServerSpec};
@@ -64,18 +63,14 @@ use crate::config::GATED_COMMANDS;
 use crate::protocol::redis_commands::{
     self as rc, flags, handling_for, key_indices, CommandInfo, Handling, Merge,
 };
+use crate::protocol::resp::merge::{self, error};
 use crate::protocol::resp::{self, encode_request, parse_request, RespLimits, RespRequest};
 use crate::routing::slots;
 
-#[path = "redis_hot.rs"]
 mod hot;
-#[path = "redis_keyed.rs"]
 mod keyed;
-#[path = "redis_local.rs"]
 mod local;
-#[path = "redis_pending.rs"]
 mod pending;
-#[path = "redis_pinned.rs"]
 mod pinned;
 
 use keyed::{place, send, NO_MAP};

@@ -43,17 +43,16 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use super::metrics::Families;
-use super::redis_merge::error;
 use super::stats::{bump, Stats};
 use crate::backend::health::now_ms;
 use crate::backend::{
     BackendError, BackendHandle, Dedicated, Reply, ReplyKind, ServerHealth, ServerSpec,
 };
 use crate::config::{ClusterConfig, PoolConfig, ReadFrom};
+use crate::protocol::resp::merge::error;
 use crate::protocol::resp::{encode_request, parse_frame, Frame};
 use crate::routing::slots::{ClusterMap, Shard};
 
-#[path = "cluster_redirect.rs"]
 mod redirect;
 
 pub use redirect::{asking_bytes, transaction, ClusterRx};

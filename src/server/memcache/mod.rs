@@ -29,9 +29,7 @@ use crate::backend::io::{write_all, write_some, Io};
 use crate::backend::{BackendError, BackendHandle, Reply, ReplyKind};
 use crate::protocol::memcache::{self, Command, Parsed, Request};
 
-#[path = "memcache_hot.rs"]
 mod hot;
-#[path = "memcache_pending.rs"]
 mod pending;
 
 use pending::{flatten, trim_crlf, MultiGet, Part, Pending};

@@ -130,7 +130,7 @@ impl Pending {
             Pending::Scan { rx, server, n } => match rx.poll(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(r) => Poll::Ready(Some(match r {
-                    Ok(b) => redis_merge::scan_reply(&b, *server, *n),
+                    Ok(b) => merge::scan_reply(&b, *server, *n),
                     Err(e) => backend_error(ctx, *server, &e),
                 })),
             },
@@ -157,7 +157,7 @@ impl Pending {
                         Err(e) => return Poll::Ready(Some(backend_error(ctx, p.server, e))),
                     }
                 }
-                Poll::Ready(Some(redis_merge::merge(m.how, &replies, &m.part_of)))
+                Poll::Ready(Some(merge::merge(m.how, &replies, &m.part_of)))
             }
             Pending::Blocking(b) => loop {
                 let r = match Pin::new(&mut b.rx).poll(cx) {

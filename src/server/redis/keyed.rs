@@ -164,7 +164,7 @@ impl Conn {
             let Some(cursor) = cursor else {
                 return self.reject("ERR invalid cursor");
             };
-            let (server, backend_cursor) = redis_merge::split_cursor(cursor, n);
+            let (server, backend_cursor) = merge::split_cursor(cursor, n);
             let c = backend_cursor.to_string();
             let mut args: Vec<&[u8]> = req.args.iter().map(|a| a.as_ref()).collect();
             args[1] = c.as_bytes();
@@ -279,7 +279,7 @@ impl Conn {
             let Some(cursor) = cursor else {
                 return self.reject("ERR invalid cursor");
             };
-            let (server, backend_cursor) = redis_merge::split_cursor(cursor, n);
+            let (server, backend_cursor) = merge::split_cursor(cursor, n);
             let cur = backend_cursor.to_string();
             let mut args: Vec<&[u8]> = req.args.iter().map(|a| a.as_ref()).collect();
             args[1] = cur.as_bytes();
