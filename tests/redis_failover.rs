@@ -614,8 +614,100 @@ listeners:
     assert_eq!(direct(cold.addr, "GET raced"), "newer");
 }
 
+/// One command straight to a server, bypassing kvrouter.
+fn direct(a: SocketAddr, line: &str) -> String {
+    Resp::connect(a).cmd(line)
+}
+
+/// The metric line `name{labels...}` of a scrape, as a number (0 when absent).
+fn metric(admin: SocketAddr, name: &str, label: &str) -> f64 {
+    let (_, body) = http_get(admin, "/metrics");
+    body.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 #[test]
-fn the_gutter_handle_is_refused_on_redis_listeners_with_its_location() {
+fn gutter_on_a_redis_listener_caps_ttls_takes_deletes_and_counts_failovers() {
+    let dir = TempDir::new();
+    let a = redis_server_with(&[]);
+    let g = redis_server_with(&[]);
+    let port = free_port();
+    let yaml = format!(
+        "pools:
+  a: {{ protocol: redis, servers: [\"{}:1\"], timeout: {TIMEOUT_MS}ms, failure_limit: 1 }}
+  g: {{ protocol: redis, servers: [\"{}:1\"], timeout: {TIMEOUT_MS}ms }}
+listeners:
+  - listen: 127.0.0.1:{port}
+    protocol: redis
+    route: {{ failover: [a, {{ gutter: g, max_ttl: 3s }}] }}
+",
+        a.addr, g.addr
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (_proxy, admin) = kvrouter_admin(&dir, &yaml, addr);
+    let mut c = Resp::connect(addr);
+    assert_eq!(c.cmd("SET gk val:gk"), "OK");
+    assert_eq!(
+        direct(a.addr, "GET gk"),
+        "val:gk",
+        "healthy: the primary pool"
+    );
+    assert_eq!(direct(g.addr, "EXISTS gk"), ":0");
+    assert_eq!(metric(admin, "kvrouter_route_failovers_total", ""), 0.0);
+
+    signal(&a, libc::SIGSTOP);
+    // Writes land on the gutter with a TTL of at most max_ttl, whatever they asked for.
+    assert_eq!(c.cmd("SET gk val:gk-g"), "OK");
+    assert_eq!(c.cmd("SET long val:long EX 3600"), "OK");
+    assert_eq!(c.cmd("SET short val:short PX 1500"), "OK");
+    assert_eq!(c.cmd("INCR counter"), ":1");
+    assert_eq!(c.cmd("MSET m1 val:m1 m2 val:m2"), "OK");
+    for key in ["gk", "long", "counter", "m1", "m2"] {
+        let pttl: i64 = direct(g.addr, &format!("PTTL {key}"))[1..].parse().unwrap();
+        assert!(
+            (1..=3000).contains(&pttl),
+            "{key}: capped at 3 s, got {pttl}"
+        );
+    }
+    let short: i64 = direct(g.addr, "PTTL short")[1..].parse().unwrap();
+    assert!(
+        (1..=1500).contains(&short),
+        "a shorter TTL is kept: {short}"
+    );
+    // Reads are served from the gutter; deletes reach it.
+    assert_eq!(c.cmd("GET gk"), "val:gk-g");
+    assert_eq!(c.cmd("MGET m1 m2"), "[val:m1, val:m2]");
+    assert_eq!(c.cmd("DEL m1"), ":1");
+    assert_eq!(direct(g.addr, "EXISTS m1"), ":0");
+    // 7 requests failed over (5 writes, 2 reads); the DEL went to a and the gutter at once.
+    assert_eq!(
+        metric(admin, "kvrouter_route_failovers_total", ""),
+        7.0,
+        "every request that left pool a is counted"
+    );
+    assert_eq!(
+        metric(admin, "kvrouter_route_gutter_requests_total", "pool=\"g\""),
+        8.0
+    );
+
+    signal(&a, libc::SIGCONT);
+    // Deletes go to the gutter too once a is back, so its copy does not outlive the delete.
+    wait_for(10, "a answers again", || {
+        (c.cmd("SET back val:back") == "OK" && direct(a.addr, "GET back") == "val:back")
+            .then_some(())
+    });
+    assert_eq!(c.cmd("DEL gk"), ":1");
+    assert_eq!(
+        direct(g.addr, "EXISTS gk"),
+        ":0",
+        "the delete reached the gutter"
+    );
+}
+
+#[test]
+fn route_handles_on_redis_listeners_pass_the_config_check() {
     let dir = TempDir::new();
     let check = |route: &str| {
         let conf = dir.write(
@@ -637,22 +729,18 @@ listeners:
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr).to_string();
-        (out.status.success(), err, conf.display().to_string())
+        (out.status.success(), err)
     };
-    let (ok, err, file) = check("{ failover: [a, { gutter: b, max_ttl: 5s }] }");
-    assert!(!ok);
-    assert!(
-        err.contains(&format!(
-            "{file}:7:30: route handle `gutter` is not implemented for redis listeners"
-        )),
-        "{err}"
-    );
-    let (ok, err, _) = check("{ all_sync: [a, b] }");
+    let (ok, err) = check("{ failover: [a, { gutter: b, max_ttl: 5s }] }");
     assert!(ok, "{err}");
-    let (ok, err, _) = check("{ warm_up: { cold: a, warm: b } }");
+    let (ok, err) = check("{ all_sync: [a, b] }");
     assert!(ok, "{err}");
-    let (ok, err, _) = check("{ prefix: { \"x:\": a, default: { failover: [b, a] } } }");
+    let (ok, err) = check("{ warm_up: { cold: a, warm: b } }");
     assert!(ok, "{err}");
+    let (ok, err) = check("{ prefix: { \"x:\": a, default: { failover: [b, a] } } }");
+    assert!(ok, "{err}");
+    let (ok, err) = check("{ gutter: b }");
+    assert!(!ok && err.contains("`gutter` is a failover child"), "{err}");
     // The example config loads and passes the same checks.
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/redis-failover.yml");
     let out = Command::new(kvrouter_bin())

@@ -291,48 +291,68 @@ impl Route {
         }
     }
 
+    /// The routes directly below this one, in config order: the one traversal every walk over
+    /// a route (its pools, checks, export) shares.
+    pub fn children(&self) -> Vec<&Route> {
+        match self {
+            Route::Pool { .. } | Route::Gutter { .. } => Vec::new(),
+            Route::Failover { children, .. } | Route::AllSync { children, .. } => {
+                children.iter().collect()
+            }
+            Route::Prefix {
+                prefixes, default, ..
+            } => prefixes
+                .iter()
+                .map(|(_, c)| c)
+                .chain(default.as_deref())
+                .collect(),
+            Route::Operation {
+                get,
+                set,
+                delete,
+                default,
+                ..
+            } => [get, set, delete, default]
+                .into_iter()
+                .filter_map(|c| c.as_deref())
+                .collect(),
+            Route::Shadow { route, shadow, .. } => vec![route, shadow],
+            Route::WarmUp { cold, warm, .. } => vec![cold, warm],
+        }
+    }
+
+    /// The pool this route node itself sends to (`pool` and `gutter`; None for the others).
+    pub fn own_pool(&self) -> Option<&str> {
+        match self {
+            Route::Pool { name, .. } => Some(name),
+            Route::Gutter { pool, .. } => Some(pool),
+            _ => None,
+        }
+    }
+
+    /// This route and every route below it, depth first, in config order.
+    pub fn walk(&self) -> Vec<&Route> {
+        let mut out = vec![self];
+        let mut i = 0;
+        while i < out.len() {
+            let r = out[i];
+            let at = i + 1;
+            for (n, c) in r.children().into_iter().enumerate() {
+                out.insert(at + n, c);
+            }
+            i += 1;
+        }
+        out
+    }
+
     /// Every pool this route can send to, each once, in first-seen order.
     pub fn pools(&self) -> Vec<&str> {
-        fn walk<'a>(r: &'a Route, out: &mut Vec<&'a str>) {
-            let add = |n: &'a str, out: &mut Vec<&'a str>| {
-                if !out.contains(&n) {
-                    out.push(n)
-                }
-            };
-            match r {
-                Route::Pool { name, .. } => add(name, out),
-                Route::Gutter { pool, .. } => add(pool, out),
-                Route::Failover { children, .. } | Route::AllSync { children, .. } => {
-                    children.iter().for_each(|c| walk(c, out))
-                }
-                Route::Prefix {
-                    prefixes, default, ..
-                } => {
-                    prefixes.iter().for_each(|(_, c)| walk(c, out));
-                    default.iter().for_each(|c| walk(c, out));
-                }
-                Route::Operation {
-                    get,
-                    set,
-                    delete,
-                    default,
-                    ..
-                } => [get, set, delete, default]
-                    .into_iter()
-                    .flatten()
-                    .for_each(|c| walk(c, out)),
-                Route::Shadow { route, shadow, .. } => {
-                    walk(route, out);
-                    walk(shadow, out);
-                }
-                Route::WarmUp { cold, warm, .. } => {
-                    walk(cold, out);
-                    walk(warm, out);
-                }
+        let mut out: Vec<&str> = Vec::new();
+        for name in self.walk().into_iter().filter_map(Route::own_pool) {
+            if !out.contains(&name) {
+                out.push(name);
             }
         }
-        let mut out = Vec::new();
-        walk(self, &mut out);
         out
     }
 }

@@ -1,5 +1,6 @@
 //! Which failures fail over, per route and per operation class.
 
+use crate::backend::BackendError;
 use crate::config::FailoverOn;
 
 /// The operation classes of design.md's route grammar.
@@ -21,6 +22,18 @@ pub enum Failure {
     Tko,
     /// A `SERVER_ERROR` reply, a broken connection, or no server to send to.
     ServerError,
+}
+
+impl Failure {
+    /// The failure a backend connection reported.
+    pub fn of(e: &BackendError) -> Failure {
+        match e {
+            BackendError::Timeout(_) => Failure::Timeout,
+            BackendError::Connect(_) => Failure::Refused,
+            BackendError::Down => Failure::Tko,
+            BackendError::Closed(_) | BackendError::Protocol(_) => Failure::ServerError,
+        }
+    }
 }
 
 /// True when a try that failed with `failure` should go on to the next child.

@@ -18,9 +18,7 @@ pub mod memcache;
 pub mod metrics;
 pub mod pool;
 pub mod redis;
-pub mod redis_route;
 pub mod reload;
-pub mod route;
 pub mod stats;
 pub mod tls;
 
@@ -166,11 +164,6 @@ pub fn check(config: &Config) -> Result<Vec<usize>, String> {
         let at = |loc: crate::config::Location| {
             format!("{}:{}:{}", config.file.display(), loc.line, loc.col)
         };
-        if l.protocol == Protocol::Redis {
-            if let Some((loc, why)) = redis_route::check(&l.route) {
-                return Err(format!("{}: {why}", at(loc)));
-            }
-        }
         if let Some(t) = &l.tls {
             tls::acceptor(config, t)?;
         }

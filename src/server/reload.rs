@@ -25,17 +25,18 @@ use tokio::sync::watch;
 use super::cluster::ClusterWorker;
 use super::hot::HotCtx;
 use super::listener::{self, Bound};
+use super::memcache::leaf::{Memcache, Target};
 use super::memcache::McContext;
 use super::metrics::Families;
 use super::pool::PoolRuntime;
+use super::redis::leaf::{RTarget, Redis};
 use super::redis::RedisContext;
-use super::redis_route::{self, RNode, RTarget};
-use super::route::{Node, Target};
 use super::Ctx;
 use super::{check, Generation, ListenerRuntime, Running, Shared};
 use crate::backend::BackendHandle;
 use crate::config::{Config, Protocol, Route};
 use crate::protocol::resp::RespLimits;
+use crate::routing::route::{self, Build};
 
 /// Seconds since the Unix epoch, for the last-reload gauge.
 pub fn unix_now() -> f64 {
@@ -461,18 +462,24 @@ impl WorkerRouting {
                         listener: l.name.clone(),
                         reach: lc.route.pools().into_iter().map(String::from).collect(),
                         idle_timeout: lc.client_idle_timeout,
-                        routing: redis_route::needs_tree(&lc.route, &|n| {
-                            generation.pools[pool_index(n)].clone()
-                        })
-                        .then(|| {
-                            RNode::build(&lc.route, &|n| {
+                        routing: needs_tree(&lc.route, &generation.pools[l.pool]).then(|| {
+                            let route_metrics = self.shared.families.route(&l.name);
+                            let target = |n: &str| {
                                 let p = pool_index(n);
                                 RTarget {
                                     pool: generation.pools[p].clone(),
                                     backends: per_pool[&p].clone(),
                                     replicas: per_pool_replicas[&p].clone(),
                                 }
-                            })
+                            };
+                            route::build::<Redis>(
+                                &lc.route,
+                                &Build {
+                                    target: &target,
+                                    failovers: route_metrics.failovers.clone(),
+                                    gutter_used: &|p| route_metrics.gutter(p),
+                                },
+                            )
                         }),
                         follow: Follow {
                             listener: l.id,
@@ -503,7 +510,14 @@ impl WorkerRouting {
                     threads: self.shared.threads,
                     route: match &lc.route {
                         Route::Pool { .. } => None,
-                        r => Some(Node::build(r, &target, &route_metrics)),
+                        r => Some(route::build::<Memcache>(
+                            r,
+                            &Build {
+                                target: &target,
+                                failovers: route_metrics.failovers.clone(),
+                                gutter_used: &|p| route_metrics.gutter(p),
+                            },
+                        )),
                     },
                     flush_targets: lc.route.pools().into_iter().map(&target).collect(),
                     limits,
@@ -545,6 +559,14 @@ impl WorkerRouting {
                 h.tick(now);
             }
         }
+    }
+}
+
+/// Does a redis listener need a tree (a route beyond one pool, or a pool with replicas)?
+fn needs_tree(route: &Route, first: &PoolRuntime) -> bool {
+    match route {
+        Route::Pool { .. } => first.replicas.iter().any(|r| !r.is_empty()),
+        _ => true,
     }
 }
 

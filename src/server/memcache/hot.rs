@@ -196,7 +196,7 @@ fn send_key(
     match ctx.pool.server_for(key) {
         Some(server) => {
             let conns = &ctx.backends[server];
-            conns[client_id % conns.len()].send(bytes, route::reply_kind(command, false))
+            conns[client_id % conns.len()].send(bytes, leaf::reply_kind(command, false))
         }
         None => {
             let (tx, rx) = oneshot::channel();

@@ -23,13 +23,15 @@ use super::hot::HotCtx;
 use super::metrics::{command_index, ListenerMetrics, Outcome, INVALID};
 use super::pool::PoolRuntime;
 use super::reload::Follow;
-use super::route::{self, McOp};
 use super::stats::{bump, Stats};
 use crate::backend::io::{write_all, write_some, Io};
 use crate::backend::{BackendError, BackendHandle, Reply, ReplyKind};
 use crate::protocol::memcache::{self, Command, Parsed, Request};
+use crate::routing::route::Node;
+use leaf::McOp;
 
 mod hot;
+pub mod leaf;
 mod pending;
 
 use pending::{flatten, trim_crlf, MultiGet, Part, Pending};
@@ -47,9 +49,9 @@ pub struct McContext {
     pub stats: Arc<Stats>,
     pub threads: usize,
     /// The listener's route tree, when it is more than a plain pool (`pool` is then unused).
-    pub route: Option<Rc<route::Node>>,
+    pub route: Option<Node<leaf::Memcache>>,
     /// Every pool the listener's route reaches (what `flush_all` flushes).
-    pub flush_targets: Vec<route::Target>,
+    pub flush_targets: Vec<leaf::Target>,
     /// Parser limits: the pool's, tightened by the listener's `max_request_bytes`.
     pub limits: memcache::Limits,
     /// The listener's `client_idle_timeout`.
@@ -534,7 +536,7 @@ impl Conn {
                 rx: {
                     let rx = self
                         .backend(server)
-                        .send(bytes, route::reply_kind(req.command, req.quiet));
+                        .send(bytes, leaf::reply_kind(req.command, req.quiet));
                     if write {
                         self.hot_write(&key, rx)
                     } else {
@@ -635,7 +637,7 @@ impl Conn {
     }
 
     /// A retrieval through a route tree: one single-key operation per key, merged as usual.
-    fn routed_retrieval(&mut self, node: Rc<route::Node>, req: Request) -> Pending {
+    fn routed_retrieval(&mut self, node: Node<leaf::Memcache>, req: Request) -> Pending {
         let gat = req.gat_exptime.as_deref();
         let op = |key: &Bytes| McOp {
             command: req.command,
@@ -686,11 +688,11 @@ impl Conn {
 
 /// Run `op` down a route tree as its own task (so a failover waiting on a timeout holds up no
 /// other request); its outcome arrives as a reply (`SERVER_ERROR ...` when it failed).
-fn spawn_routed(node: &Rc<route::Node>, op: McOp) -> oneshot::Receiver<Reply> {
-    let fut = node.exec(op);
+fn spawn_routed(node: &Node<leaf::Memcache>, op: McOp) -> oneshot::Receiver<Reply> {
+    let fut = node.route(op);
     let (tx, rx) = oneshot::channel();
     tokio::task::spawn_local(async move {
-        let _ = tx.send(Ok(fut.await.into_bytes()));
+        let _ = tx.send(Ok(leaf::into_bytes(fut.await)));
     });
     rx
 }

@@ -35,7 +35,7 @@ fn send_key(
     if let Some(root) = &ctx.routing {
         let info = lookup(&req.args[0])?;
         let stats = ctx.stats.clone();
-        let task = crate::server::redis_route::dispatch(root, info, req, false, client_id, stats);
+        let task = super::leaf::dispatch(root, info, req, false, client_id, stats);
         return task.ok().map(Rx::Routed);
     }
     let server = place(ctx, key)?;

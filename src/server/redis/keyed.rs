@@ -16,7 +16,7 @@ impl Conn {
         let mut server = None;
         for k in keys {
             if let Some(root) = &self.ctx.routing {
-                crate::server::redis_route::check_home(root, &self.ctx.pool, info, &args[k])?;
+                super::leaf::check_home(root, &self.ctx.pool, info, &args[k])?;
             }
             let s = self.place(&args[k]).ok_or_else(|| {
                 format!(

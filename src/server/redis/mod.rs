@@ -65,10 +65,12 @@ use crate::protocol::redis_commands::{
 };
 use crate::protocol::resp::merge::{self, error};
 use crate::protocol::resp::{self, encode_request, parse_request, RespLimits, RespRequest};
+use crate::routing::route::Node;
 use crate::routing::slots;
 
 mod hot;
 mod keyed;
+pub mod leaf;
 mod local;
 mod pending;
 mod pinned;
@@ -109,10 +111,10 @@ pub struct RedisContext {
     pub listener: String,
     /// `hot_keys`: this worker's sampler and the listener's shared machinery.
     pub hot: Option<super::hot::HotCtx>,
-    /// The route tree keyed commands take (`redis_route`), when the route is more than one
+    /// The route tree keyed commands take (`leaf`), when the route is more than one
     /// pool or the pool has replicas; `pool` and `backends` are then the tree's first pool,
     /// which keyless, fan-out and dedicated-connection commands use.
-    pub routing: Option<Rc<super::redis_route::RNode>>,
+    pub routing: Option<Node<leaf::Redis>>,
     /// Every pool the listener's route reaches (computed once from the config).
     pub reach: Vec<String>,
     /// The listener's `client_idle_timeout`: like redis-server's `timeout`, it closes a client
@@ -510,14 +512,7 @@ impl Conn {
                 let hot_keys = self.hot_written_keys(info, &req);
                 let split = handling == Handling::Split;
                 let stats = self.ctx.stats.clone();
-                return match super::redis_route::dispatch(
-                    &root,
-                    info,
-                    req,
-                    split,
-                    self.client_id,
-                    stats,
-                ) {
+                return match leaf::dispatch(&root, info, req, split, self.client_id, stats) {
                     Ok(task) => {
                         let pending = match hot_keys {
                             None => Pending::Routed(task),

@@ -30,7 +30,7 @@ pub(super) enum Pending {
         server: usize,
         _conn: Dedicated,
     },
-    /// A command sent through the route tree (`redis_route`): the task yields the reply.
+    /// A command sent through the route tree (`leaf`): the task yields the reply.
     Routed(tokio::task::JoinHandle<Bytes>),
     /// A blocking command on a cluster pool: a MOVED/ASK reply (it did not run) sends it again
     /// to the node named, on a connection this pending owns, so a client that leaves still
