@@ -508,17 +508,14 @@ impl WorkerRouting {
                     backends: per_pool[&l.pool].clone(),
                     stats: self.shared.stats.clone(),
                     threads: self.shared.threads,
-                    route: match &lc.route {
-                        Route::Pool { .. } => None,
-                        r => Some(route::build::<Memcache>(
-                            r,
-                            &Build {
-                                target: &target,
-                                failovers: route_metrics.failovers.clone(),
-                                gutter_used: &|p| route_metrics.gutter(p),
-                            },
-                        )),
-                    },
+                    route: route::build::<Memcache>(
+                        &lc.route,
+                        &Build {
+                            target: &target,
+                            failovers: route_metrics.failovers.clone(),
+                            gutter_used: &|p| route_metrics.gutter(p),
+                        },
+                    ),
                     flush_targets: lc.route.pools().into_iter().map(&target).collect(),
                     limits,
                     idle_timeout: lc.client_idle_timeout,

@@ -49,21 +49,13 @@ impl Conn {
                 part_of.push(parts.len() - 1);
                 continue;
             }
-            if let Some(node) = &ctx.route {
-                let op = McOp {
-                    command: Command::Get,
-                    key: key.clone(),
-                    bytes: memcache::compose_retrieval(
-                        Command::Get,
-                        None,
-                        std::slice::from_ref(key),
-                    ),
-                    client_id: self.client_id,
-                    quiet: false,
-                };
+            if ctx.route.target().is_none() {
+                let bytes =
+                    memcache::compose_retrieval(Command::Get, None, std::slice::from_ref(key));
+                let (rx, server) = ctx.send(self.op(Command::Get, key, bytes));
                 parts.push(Part {
-                    server: None,
-                    rx: Some(spawn_routed(node, op)),
+                    server,
+                    rx: Some(rx),
                     result: None,
                 });
                 part_of.push(parts.len() - 1);
@@ -183,31 +175,14 @@ fn send_key(
     key: &Bytes,
     bytes: Bytes,
 ) -> oneshot::Receiver<Reply> {
-    if let Some(node) = &ctx.route {
-        let op = McOp {
-            command,
-            key: key.clone(),
-            bytes,
-            client_id,
-            quiet: false,
-        };
-        return spawn_routed(node, op);
-    }
-    match ctx.pool.server_for(key) {
-        Some(server) => {
-            let conns = &ctx.backends[server];
-            conns[client_id % conns.len()].send(bytes, leaf::reply_kind(command, false))
-        }
-        None => {
-            let (tx, rx) = oneshot::channel();
-            let why = format!(
-                "SERVER_ERROR no server available in pool {}\r\n",
-                ctx.pool.config.name
-            );
-            let _ = tx.send(Ok(Bytes::from(why)));
-            rx
-        }
-    }
+    let op = McOp {
+        command,
+        key: key.clone(),
+        bytes,
+        client_id,
+        quiet: false,
+    };
+    ctx.send(op).0
 }
 
 /// A backend outcome as bytes for the client (`SERVER_ERROR ...` when it failed).

@@ -48,8 +48,9 @@ pub struct McContext {
     pub backends: Rc<Vec<Vec<BackendHandle>>>,
     pub stats: Arc<Stats>,
     pub threads: usize,
-    /// The listener's route tree, when it is more than a plain pool (`pool` is then unused).
-    pub route: Option<Node<leaf::Memcache>>,
+    /// The listener's route: a pool leaf for a plain pool, else a tree (`pool` and `backends`
+    /// are then its first pool's, for what is not routed by key).
+    pub route: Node<leaf::Memcache>,
     /// Every pool the listener's route reaches (what `flush_all` flushes).
     pub flush_targets: Vec<leaf::Target>,
     /// Parser limits: the pool's, tightened by the listener's `max_request_bytes`.
@@ -298,11 +299,18 @@ impl Conn {
     }
 
     fn no_server(&self) -> Pending {
-        bump(&self.ctx.stats.server_errors, 1);
-        Pending::Ready(Bytes::from(format!(
-            "SERVER_ERROR no server available in pool {}\r\n",
-            self.ctx.pool.config.name
-        )))
+        Pending::Ready(self.ctx.no_server())
+    }
+
+    /// A single-key operation of this client.
+    fn op(&self, command: Command, key: &Bytes, bytes: Bytes) -> McOp {
+        McOp {
+            command,
+            key: key.clone(),
+            bytes,
+            client_id: self.client_id,
+            quiet: false,
+        }
     }
 
     fn dispatch(&mut self, req: Request) {
@@ -378,39 +386,16 @@ impl Conn {
                 };
                 bump(counter, 1);
                 self.end_coalescing(&req.keys[0]);
-                if let Some(node) = &self.ctx.route {
-                    let op = McOp {
-                        command: req.command,
-                        key: req.keys[0].clone(),
-                        bytes: req.to_backend(),
-                        client_id: self.client_id,
-                        quiet: false,
-                    };
-                    let rx = spawn_routed(node, op);
-                    self.pending.push_back(Pending::Single {
-                        rx: self.hot_write(&req.keys[0], rx),
-                        server: None,
-                        noreply: req.noreply,
-                        hit_check: false,
-                        cmd,
-                        quiet: false,
-                    });
-                    return;
-                }
-                match self.ctx.pool.server_for(&req.keys[0]) {
-                    None => self.no_server(),
-                    Some(server) => Pending::Single {
-                        rx: self.hot_write(
-                            &req.keys[0],
-                            self.backend(server)
-                                .send(req.to_backend(), ReplyKind::McLine),
-                        ),
-                        server: Some(server),
-                        noreply: req.noreply,
-                        hit_check: false,
-                        cmd,
-                        quiet: false,
-                    },
+                let (rx, server) =
+                    self.ctx
+                        .send(self.op(req.command, &req.keys[0], req.to_backend()));
+                Pending::Single {
+                    rx: self.hot_write(&req.keys[0], rx),
+                    server,
+                    noreply: req.noreply,
+                    hit_check: false,
+                    cmd,
+                    quiet: false,
                 }
             }
         };
@@ -507,48 +492,23 @@ impl Conn {
         } else {
             req.raw.clone()
         };
-        let key = req.keys[0].clone();
-        if let Some(node) = &self.ctx.route {
-            let op = McOp {
-                command: req.command,
-                key,
-                bytes,
-                client_id: self.client_id,
-                quiet: req.quiet,
-            };
-            let rx = spawn_routed(node, op);
-            return Pending::Single {
-                rx: if write {
-                    self.hot_write(&req.keys[0], rx)
-                } else {
-                    rx
-                },
-                server: None,
-                noreply: false,
-                hit_check,
-                quiet: false, // the route leaf strips the `MN`
-                cmd: command_index(req.command),
-            };
-        }
-        match self.ctx.pool.server_for(&key) {
-            None => self.no_server(),
-            Some(server) => Pending::Single {
-                rx: {
-                    let rx = self
-                        .backend(server)
-                        .send(bytes, leaf::reply_kind(req.command, req.quiet));
-                    if write {
-                        self.hot_write(&key, rx)
-                    } else {
-                        rx
-                    }
-                },
-                server: Some(server),
-                noreply: false,
-                hit_check,
-                quiet: req.quiet,
-                cmd: command_index(req.command),
+        let op = McOp {
+            quiet: req.quiet,
+            ..self.op(req.command, &req.keys[0], bytes)
+        };
+        let (rx, server) = self.ctx.send(op);
+        Pending::Single {
+            rx: if write {
+                self.hot_write(&req.keys[0], rx)
+            } else {
+                rx
             },
+            server,
+            noreply: false,
+            hit_check,
+            // Sent down a tree, the pool leaf has stripped the `MN` already.
+            quiet: req.quiet && server.is_some(),
+            cmd: command_index(req.command),
         }
     }
 
@@ -565,26 +525,29 @@ impl Conn {
                 return self.hot_retrieval(req);
             }
         }
-        if let Some(node) = &self.ctx.route {
-            return self.routed_retrieval(node.clone(), req);
-        }
-        let pool = &self.ctx.pool;
         if req.keys.len() == 1 {
-            return match pool.server_for(&req.keys[0]) {
-                None => self.no_server(),
-                Some(server) => Pending::Single {
-                    rx: self.coalesced(&req, || {
-                        self.backend(server)
-                            .send(req.raw.clone(), ReplyKind::McRetrieval)
-                    }),
-                    server: Some(server),
-                    noreply: false,
-                    hit_check: true,
-                    cmd: command_index(req.command),
-                    quiet: false,
-                },
+            let mut server = None;
+            let rx = self.coalesced(&req, || {
+                let (rx, s) = self
+                    .ctx
+                    .send(self.op(req.command, &req.keys[0], req.raw.clone()));
+                server = s;
+                rx
+            });
+            return Pending::Single {
+                rx,
+                server,
+                noreply: false,
+                hit_check: true,
+                cmd: command_index(req.command),
+                quiet: false,
             };
         }
+        if self.ctx.route.target().is_none() {
+            return self.routed_retrieval(req);
+        }
+        // One pool: one request per server with its keys.
+        let pool = &self.ctx.pool;
         let mut part_of = Vec::with_capacity(req.keys.len());
         let mut servers: Vec<usize> = Vec::new();
         let mut part_keys: Vec<Vec<Bytes>> = Vec::new();
@@ -636,33 +599,21 @@ impl Conn {
         }))
     }
 
-    /// A retrieval through a route tree: one single-key operation per key, merged as usual.
-    fn routed_retrieval(&mut self, node: Node<leaf::Memcache>, req: Request) -> Pending {
+    /// A multi-key retrieval through a route tree: one single-key operation per key (as mcrouter
+    /// cuts multi-gets), merged as usual.
+    fn routed_retrieval(&mut self, req: Request) -> Pending {
         let gat = req.gat_exptime.as_deref();
-        let op = |key: &Bytes| McOp {
-            command: req.command,
-            key: key.clone(),
-            bytes: memcache::compose_retrieval(req.command, gat, std::slice::from_ref(key)),
-            client_id: self.client_id,
-            quiet: false,
-        };
-        if req.keys.len() == 1 {
-            return Pending::Single {
-                rx: self.coalesced(&req, || spawn_routed(&node, op(&req.keys[0]))),
-                server: None,
-                noreply: false,
-                hit_check: true,
-                cmd: command_index(req.command),
-                quiet: false,
-            };
-        }
         let parts = req
             .keys
             .iter()
-            .map(|k| Part {
-                server: None,
-                rx: Some(spawn_routed(&node, op(k))),
-                result: None,
+            .map(|k| {
+                let bytes = memcache::compose_retrieval(req.command, gat, std::slice::from_ref(k));
+                let (rx, server) = self.ctx.send(self.op(req.command, k, bytes));
+                Part {
+                    server,
+                    rx: Some(rx),
+                    result: None,
+                }
             })
             .collect();
         Pending::Multi(Box::new(MultiGet {
@@ -686,13 +637,44 @@ impl Conn {
     }
 }
 
-/// Run `op` down a route tree as its own task (so a failover waiting on a timeout holds up no
-/// other request); its outcome arrives as a reply (`SERVER_ERROR ...` when it failed).
-fn spawn_routed(node: &Node<leaf::Memcache>, op: McOp) -> oneshot::Receiver<Reply> {
-    let fut = node.route(op);
-    let (tx, rx) = oneshot::channel();
-    tokio::task::spawn_local(async move {
-        let _ = tx.send(Ok(leaf::into_bytes(fut.await)));
-    });
-    rx
+impl McContext {
+    /// Send one single-key operation the listener's way, now. On a route that is one pool it
+    /// goes straight onto its server's connection (no task, and the server is returned for
+    /// error texts); else down the route tree as a task of its own, so a failover waiting on a
+    /// timeout holds up no other request, and its outcome arrives as a reply (`SERVER_ERROR
+    /// ...` when it failed).
+    pub(super) fn send(&self, op: McOp) -> (oneshot::Receiver<Reply>, Option<usize>) {
+        let Some(target) = self.route.target() else {
+            let fut = self.route.route(op);
+            let (tx, rx) = oneshot::channel();
+            tokio::task::spawn_local(async move {
+                let _ = tx.send(Ok(leaf::into_bytes(fut.await)));
+            });
+            return (rx, None);
+        };
+        match target.pool.server_for(&op.key) {
+            Some(server) => {
+                let conns = &target.backends[server];
+                let kind = leaf::reply_kind(op.command, op.quiet);
+                (
+                    conns[op.client_id % conns.len()].send(op.bytes, kind),
+                    Some(server),
+                )
+            }
+            None => {
+                let (tx, rx) = oneshot::channel();
+                let _ = tx.send(Ok(self.no_server()));
+                (rx, None)
+            }
+        }
+    }
+
+    /// The reply when the pool has no server in service (all ejected).
+    fn no_server(&self) -> Bytes {
+        bump(&self.stats.server_errors, 1);
+        Bytes::from(format!(
+            "SERVER_ERROR no server available in pool {}\r\n",
+            self.pool.config.name
+        ))
+    }
 }

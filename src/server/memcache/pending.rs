@@ -71,7 +71,9 @@ impl Pending {
                             bytes = memcache::strip_quiet_sentinel(bytes);
                         }
                         ctx.metrics.request(*cmd, Outcome::of_reply(&bytes));
-                        if *hit_check {
+                        if *hit_check && bytes.starts_with(b"SERVER_ERROR") {
+                            ctx.metrics.failed.inc();
+                        } else if *hit_check {
                             // get: `VALUE`; mg: `VA` or `HD` (a miss is `EN`, or nothing when quiet).
                             let hit = bytes.starts_with(b"VALUE ")
                                 || bytes.starts_with(b"VA ")
