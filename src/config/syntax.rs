@@ -179,32 +179,11 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// twemproxy's hash names (hashkit's HASH_CODEC order). Kept here so config does not depend on
-/// `HashKind::name`.
-pub(crate) const HASH_NAMES: [(&str, HashKind); 12] = [
-    ("one_at_a_time", HashKind::OneAtATime),
-    ("md5", HashKind::Md5),
-    ("crc16", HashKind::Crc16),
-    ("crc32", HashKind::Crc32),
-    ("crc32a", HashKind::Crc32a),
-    ("fnv1_64", HashKind::Fnv1_64),
-    ("fnv1a_64", HashKind::Fnv1a_64),
-    ("fnv1_32", HashKind::Fnv1_32),
-    ("fnv1a_32", HashKind::Fnv1a_32),
-    ("hsieh", HashKind::Hsieh),
-    ("murmur", HashKind::Murmur),
-    ("jenkins", HashKind::Jenkins),
-];
-
 pub(crate) fn parse_hash(s: &str) -> Result<HashKind, String> {
-    HASH_NAMES
-        .iter()
-        .find(|(n, _)| *n == s)
-        .map(|(_, h)| *h)
-        .ok_or_else(|| {
-            let names: Vec<&str> = HASH_NAMES.iter().map(|(n, _)| *n).collect();
-            format!("unknown hash '{s}', expected one of {}", names.join(", "))
-        })
+    HashKind::from_name(s).ok_or_else(|| {
+        let names: Vec<&str> = HashKind::ALL.iter().map(|h| h.name()).collect();
+        format!("unknown hash '{s}', expected one of {}", names.join(", "))
+    })
 }
 
 pub(crate) fn parse_distribution(s: &str) -> Result<DistributionKind, String> {

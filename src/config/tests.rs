@@ -166,7 +166,8 @@ fn twemproxy_unix_listen() {
 
 #[test]
 fn every_hash_name() {
-    for (name, kind) in syntax::HASH_NAMES {
+    for kind in crate::routing::HashKind::ALL {
+        let name = kind.name();
         let c = ok(&TW.replace("  servers:", &format!("  hash: {name}\n  servers:")));
         assert_eq!(c.pools[0].hash, kind);
     }

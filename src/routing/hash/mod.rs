@@ -39,66 +39,66 @@ pub enum HashKind {
     Jenkins,
 }
 
+/// twemproxy's hash functions, in hashkit's HASH_CODEC order: the one table of their config
+/// names and implementations.
+/// A hash function's row: its kind, config name and implementation.
+type Row = (HashKind, &'static str, fn(&[u8]) -> u32);
+
+const TABLE: [Row; 12] = [
+    (HashKind::OneAtATime, "one_at_a_time", one_at_a_time::hash),
+    (HashKind::Md5, "md5", md5::hash),
+    (HashKind::Crc16, "crc16", crc16::hash),
+    (HashKind::Crc32, "crc32", crc32::hash),
+    (HashKind::Crc32a, "crc32a", crc32a::hash),
+    (HashKind::Fnv1_64, "fnv1_64", fnv1_64::hash),
+    (HashKind::Fnv1a_64, "fnv1a_64", fnv1a_64::hash),
+    (HashKind::Fnv1_32, "fnv1_32", fnv1_32::hash),
+    (HashKind::Fnv1a_32, "fnv1a_32", fnv1a_32::hash),
+    (HashKind::Hsieh, "hsieh", hsieh::hash),
+    (HashKind::Murmur, "murmur", murmur::hash),
+    (HashKind::Jenkins, "jenkins", jenkins::hash),
+];
+
 impl HashKind {
-    pub const ALL: [HashKind; 12] = [
-        HashKind::OneAtATime,
-        HashKind::Md5,
-        HashKind::Crc16,
-        HashKind::Crc32,
-        HashKind::Crc32a,
-        HashKind::Fnv1_64,
-        HashKind::Fnv1a_64,
-        HashKind::Fnv1_32,
-        HashKind::Fnv1a_32,
-        HashKind::Hsieh,
-        HashKind::Murmur,
-        HashKind::Jenkins,
-    ];
+    pub const ALL: [HashKind; 12] = {
+        let mut all = [HashKind::OneAtATime; 12];
+        let mut i = 0;
+        while i < 12 {
+            all[i] = TABLE[i].0;
+            i += 1;
+        }
+        all
+    };
+
+    fn entry(self) -> &'static Row {
+        &TABLE[self as usize]
+    }
 
     /// The name used in config files (`one_at_a_time`, `md5`, ..., `fnv1a_64`, ...).
     pub fn name(self) -> &'static str {
-        match self {
-            HashKind::OneAtATime => "one_at_a_time",
-            HashKind::Md5 => "md5",
-            HashKind::Crc16 => "crc16",
-            HashKind::Crc32 => "crc32",
-            HashKind::Crc32a => "crc32a",
-            HashKind::Fnv1_64 => "fnv1_64",
-            HashKind::Fnv1a_64 => "fnv1a_64",
-            HashKind::Fnv1_32 => "fnv1_32",
-            HashKind::Fnv1a_32 => "fnv1a_32",
-            HashKind::Hsieh => "hsieh",
-            HashKind::Murmur => "murmur",
-            HashKind::Jenkins => "jenkins",
-        }
+        self.entry().1
     }
 
     pub fn from_name(name: &str) -> Option<HashKind> {
-        Self::ALL.into_iter().find(|h| h.name() == name)
+        TABLE.iter().find(|e| e.1 == name).map(|e| e.0)
     }
 
     /// The 32-bit hash twemproxy computes for `key`.
     pub fn hash(self, key: &[u8]) -> u32 {
-        match self {
-            HashKind::OneAtATime => one_at_a_time::hash(key),
-            HashKind::Md5 => md5::hash(key),
-            HashKind::Crc16 => crc16::hash(key),
-            HashKind::Crc32 => crc32::hash(key),
-            HashKind::Crc32a => crc32a::hash(key),
-            HashKind::Fnv1_64 => fnv1_64::hash(key),
-            HashKind::Fnv1a_64 => fnv1a_64::hash(key),
-            HashKind::Fnv1_32 => fnv1_32::hash(key),
-            HashKind::Fnv1a_32 => fnv1a_32::hash(key),
-            HashKind::Hsieh => hsieh::hash(key),
-            HashKind::Murmur => murmur::hash(key),
-            HashKind::Jenkins => jenkins::hash(key),
-        }
+        (self.entry().2)(key)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::HashKind;
+
+    #[test]
+    fn the_table_is_in_enum_order() {
+        for (i, e) in super::TABLE.iter().enumerate() {
+            assert_eq!(e.0 as usize, i, "{}", e.1);
+        }
+    }
 
     #[test]
     fn names_round_trip() {
