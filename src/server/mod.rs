@@ -11,6 +11,8 @@
 //! rebuilds them when a new one appears, keeping the backend connections of unchanged servers.
 
 pub mod cluster;
+pub mod conns;
+pub mod follow;
 pub mod hot;
 pub mod inspect;
 pub mod listener;
@@ -21,10 +23,11 @@ pub mod redis;
 pub mod reload;
 pub mod stats;
 pub mod tls;
+pub mod worker;
 
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -36,7 +39,6 @@ use crate::config::{Config, Protocol};
 use listener::Accepted;
 use metrics::{Families, ListenerMetrics};
 use pool::PoolRuntime;
-use reload::WorkerRouting;
 use stats::Stats;
 
 /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
@@ -234,7 +236,7 @@ pub fn start(config: Config, registry: Option<&prometheus::Registry>) -> Result<
         workers.push(
             std::thread::Builder::new()
                 .name(format!("kvrouter-w{id}"))
-                .spawn(move || worker(shared, rx, shutdown, wake))
+                .spawn(move || worker::run(shared, rx, shutdown, wake))
                 .map_err(|e| format!("cannot start worker thread: {e}"))?,
         );
     }
@@ -252,83 +254,4 @@ pub fn start(config: Config, registry: Option<&prometheus::Registry>) -> Result<
         running.spawn_acceptor(l, b);
     }
     Ok(running)
-}
-
-fn worker(
-    shared: Arc<Shared>,
-    mut rx: mpsc::UnboundedReceiver<(u64, Accepted, prometheus::IntGauge)>,
-    mut shutdown: watch::Receiver<bool>,
-    mut wake: watch::Receiver<u64>,
-) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("worker runtime");
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async move {
-        // This worker's contexts and backend connections, rebuilt per generation.
-        let routing = WorkerRouting::new(shared.clone());
-        routing.refresh();
-        let mut client_id = 0usize;
-        let tracker = Rc::new(());
-        // Hands this worker's hot-key samples to the listeners' detectors.
-        let mut hot_tick = tokio::time::interval(crate::hotkey::detector::TICK);
-        hot_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = hot_tick.tick() => routing.hot_tick(),
-                a = rx.recv() => {
-                    let Some((listener, accepted, clients)) = a else { break };
-                    let Some(ctx) = routing.client_context(listener) else {
-                        // The listener was removed by a reload while this client was on its
-                        // way: close it, as the listener is closed.
-                        clients.dec();
-                        continue;
-                    };
-                    client_id = client_id.wrapping_add(1);
-                    tracing::debug!(client = client_id, listener, "client connected");
-                    let stats = shared.stats.clone();
-                    let sd = shutdown.clone();
-                    let guard = tracker.clone();
-                    let id = client_id;
-                    let acceptor = ctx.tls();
-                    stats.curr_connections.fetch_add(1, Ordering::Relaxed);
-                    stats.total_connections.fetch_add(1, Ordering::Relaxed);
-                    tokio::task::spawn_local(async move {
-                        match accepted {
-                            Accepted::Tcp(s) => match (tokio::net::TcpStream::from_std(s), acceptor) {
-                                (Ok(s), None) => ctx.serve(s, id, sd).await,
-                                (Ok(s), Some(acceptor)) => {
-                                    let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(s));
-                                    match handshake.await {
-                                        Ok(Ok(tls)) => match crate::backend::tls::bridge(tls) {
-                                            Ok(s) => ctx.serve(s, id, sd).await,
-                                            Err(e) => tracing::warn!(error = %e, "cannot bridge a TLS client"),
-                                        },
-                                        Ok(Err(e)) => tracing::info!(error = %e, "TLS handshake failed"),
-                                        Err(_) => tracing::info!("TLS handshake timed out"),
-                                    }
-                                }
-                                (Err(e), _) => tracing::warn!(error = %e, "cannot register client"),
-                            },
-                            Accepted::Unix(s) => match tokio::net::UnixStream::from_std(s) {
-                                Ok(s) => ctx.serve(s, id, sd).await,
-                                Err(e) => tracing::warn!(error = %e, "cannot register client"),
-                            },
-                        }
-                        clients.dec();
-                        stats.curr_connections.fetch_sub(1, Ordering::Relaxed);
-                        drop(guard);
-                    });
-                }
-                _ = wake.changed() => routing.refresh(),
-                _ = shutdown.changed() => break,
-            }
-        }
-        // Drain: clients stop reading and finish what they have in flight.
-        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-        while Rc::strong_count(&tracker) > 1 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    });
 }

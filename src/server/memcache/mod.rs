@@ -19,10 +19,10 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::Interest;
 use tokio::sync::{oneshot, watch};
 
+use super::follow::Follow;
 use super::hot::HotCtx;
 use super::metrics::{command_index, ListenerMetrics, Outcome, INVALID};
 use super::pool::PoolRuntime;
-use super::reload::Follow;
 use super::stats::{bump, Stats};
 use crate::backend::io::{write_all, write_some, Io};
 use crate::backend::{BackendError, BackendHandle, Reply, ReplyKind};
@@ -30,6 +30,7 @@ use crate::protocol::memcache::{self, Command, Parsed, Request};
 use crate::routing::route::Node;
 use leaf::McOp;
 
+mod context;
 mod hot;
 pub mod leaf;
 mod pending;
@@ -61,7 +62,7 @@ pub struct McContext {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub metrics: Arc<ListenerMetrics>,
     /// Finds this listener's context in a newer config generation after a reload.
-    pub follow: Follow,
+    pub follow: Follow<McContext>,
     /// `coalesce_misses`: this worker's plain gets in flight, by key.
     pub coalesce: Option<RefCell<Coalescer>>,
     /// `hot_keys`: this worker's sampler and flights, and the listener's shared machinery.

@@ -68,6 +68,7 @@ use crate::protocol::resp::{self, encode_request, parse_request, RespLimits, Res
 use crate::routing::route::Node;
 use crate::routing::slots;
 
+mod context;
 mod hot;
 mod keyed;
 pub mod leaf;
@@ -121,7 +122,7 @@ pub struct RedisContext {
     /// with nothing in flight, but never a subscriber or a client blocked in a command.
     pub idle_timeout: Option<std::time::Duration>,
     /// Finds this listener's context in a newer config generation after a reload.
-    pub follow: super::reload::Follow,
+    pub follow: super::follow::Follow<RedisContext>,
 }
 
 impl RedisContext {
@@ -394,7 +395,7 @@ impl Conn {
         if !idle {
             return;
         }
-        let Some(newer) = self.ctx.follow.newer_redis() else {
+        let Some(newer) = self.ctx.follow.newer() else {
             return;
         };
         // Keep the client's identity if its user still exists with the same password and may
