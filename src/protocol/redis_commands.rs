@@ -439,6 +439,7 @@ only database 0 is served";
 /// command lands on [`why::UNREVIEWED`] (refused) until someone decides, and a unit test
 /// fails meanwhile. Commands a pool can switch on are in [`OPT_IN`]; scripts in
 /// [`is_script`].
+#[rustfmt::skip] // a table: grouped by kind, one line of names per group
 pub fn handling(info: &CommandInfo) -> Handling {
     use Handling::*;
     match info.name {
@@ -446,9 +447,7 @@ pub fn handling(info: &CommandInfo) -> Handling {
         "append" | "decr" | "decrby" | "get" | "getdel" | "getex" | "getrange" | "getset"
         | "incr" | "incrby" | "incrbyfloat" | "lcs" | "msetnx" | "psetex" | "set" | "setex"
         | "setnx" | "setrange" | "strlen" | "substr" => Route,
-        "bitcount" | "bitfield" | "bitfield_ro" | "bitop" | "bitpos" | "getbit" | "setbit" => {
-            Route
-        }
+        "bitcount" | "bitfield" | "bitfield_ro" | "bitop" | "bitpos" | "getbit" | "setbit" => Route,
         "copy" | "dump" | "expire" | "expireat" | "expiretime" | "persist" | "pexpire"
         | "pexpireat" | "pexpiretime" | "pttl" | "rename" | "renamenx" | "restore" | "sort"
         | "sort_ro" | "ttl" | "type" | "object|encoding" | "object|freq" | "object|idletime"
@@ -507,9 +506,7 @@ pub fn handling(info: &CommandInfo) -> Handling {
         | "cluster|delslots" | "cluster|delslotsrange" | "cluster|flushslots"
         | "cluster|forget" | "cluster|reset" | "cluster|saveconfig"
         | "cluster|set-config-epoch" | "cluster|setslot" | "script|kill" | "function|kill"
-        | "function|restore" | "latency|reset" | "slowlog|reset" | "memory|purge" => {
-            Refuse(why::ADMIN)
-        }
+        | "function|restore" | "latency|reset" | "slowlog|reset" | "memory|purge" => Refuse(why::ADMIN),
         // Keyless reads of one server's state: there is no server to pick.
         "time" | "lastsave" | "role" | "lolwut" | "config|get" | "acl|cat" | "acl|dryrun"
         | "acl|genpass" | "acl|getuser" | "acl|list" | "acl|users" | "acl|whoami"

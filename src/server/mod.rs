@@ -41,6 +41,10 @@ use pool::PoolRuntime;
 use reload::WorkerRouting;
 use stats::Stats;
 
+/// Failed TLS handshakes (any client can cause them at will): one log line per interval.
+static TLS_FAILURE_LOG: crate::logging::LogLimit =
+    crate::logging::LogLimit::new(Duration::from_secs(10));
+
 /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -312,8 +316,12 @@ fn worker(
                                             Ok(s) => ctx.serve(s, id, sd).await,
                                             Err(e) => tracing::warn!(error = %e, "cannot bridge a TLS client"),
                                         },
-                                        Ok(Err(e)) => tracing::info!(error = %e, "TLS handshake failed"),
-                                        Err(_) => tracing::info!("TLS handshake timed out"),
+                                        Ok(Err(e)) => if let Some(suppressed) = TLS_FAILURE_LOG.check() {
+                                            tracing::info!(error = %e, suppressed, "TLS handshake failed")
+                                        },
+                                        Err(_) => if let Some(suppressed) = TLS_FAILURE_LOG.check() {
+                                            tracing::info!(suppressed, "TLS handshake timed out")
+                                        },
                                     }
                                 }
                                 (Err(e), _) => tracing::warn!(error = %e, "cannot register client"),

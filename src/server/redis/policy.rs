@@ -27,7 +27,8 @@ impl Conn {
         }
         let name = info.name.replace('|', " ").to_uppercase();
         self.pools_reached().find_map(|pool| {
-            if let Some(why) = gated.filter(|_| !pool.allow_commands.iter().any(|c| c == info.name)) {
+            if let Some(why) = gated.filter(|_| !pool.allow_commands.iter().any(|c| c == info.name))
+            {
                 return Some(format!(
                     "ERR {name} is disabled on pool {} (allow_commands): {why}; add \
                      `allow_commands: [{}]` to the pool to enable it",
