@@ -424,9 +424,9 @@ modules, cluster state, running scripts, the process itself); run it on the serv
     pub const CLIENTS: &str = "it acts on other clients' connections, and behind kvrouter those \
 are the proxy's shared backend connections; run it on the server directly";
     pub const CONNECTION: &str = "it sets state on the client's own server connection, and \
-kvrouter shares backend connections between clients";
-    pub const DATABASE: &str = "kvrouter owns database selection (the pool's redis_db); \
-only database 0 is served";
+kvrouter shares backend connections between clients; it cannot be enabled";
+    pub const DATABASE: &str = "kvrouter owns database selection: a pool serves its redis_db \
+as database 0; route to a pool with the other redis_db instead";
     pub const NO_KEY: &str =
         "it has no key, so kvrouter cannot pick a server; run it on the server directly";
     /// Not in the policy below: a command of a newer table nobody has looked at yet.
