@@ -4,11 +4,19 @@
 //! Where the level comes from, first match wins: `RUST_LOG`, then `-v N` when given (twemproxy's
 //! levels: up to 3 error, 4 warn, 5 and 6 info, 7 debug, 8 and above trace), then the config's
 //! `log.level`, else `info`. The file: `-o FILE`, else the config's `log.file`, else stderr.
+//!
+//! Client-supplied text (user names, keys, commands) goes into a line only through
+//! [`untrusted`]: quoted, escaped and truncated, so a newline cannot forge a line and a 10 kB
+//! name costs a few dozen bytes. Failures a client can repeat at will are logged through a
+//! [`LogLimit`]: one line per interval, with the count of those left out (metrics still count
+//! every one).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -75,6 +83,89 @@ impl<'a> MakeWriter<'a> for LogTarget {
     type Writer = LogWriter;
     fn make_writer(&'a self) -> LogWriter {
         LogWriter(self.0.clone())
+    }
+}
+
+/// How many bytes of a client-supplied string a log line shows.
+pub const UNTRUSTED_MAX: usize = 64;
+
+/// Client-supplied bytes as a log field: see [`untrusted`].
+pub struct Untrusted<'a>(&'a [u8]);
+
+/// Client-supplied bytes for a log line: in double quotes, printable ASCII as is, `"` and `\`
+/// escaped, anything else as `\n`, `\r`, `\t` or `\xHH`; past [`UNTRUSTED_MAX`] bytes cut, with
+/// the full length shown (`"abc"...(10240 bytes)`).
+pub fn untrusted(b: &[u8]) -> Untrusted<'_> {
+    Untrusted(b)
+}
+
+impl std::fmt::Display for Untrusted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        f.write_char('"')?;
+        for &c in &self.0[..self.0.len().min(UNTRUSTED_MAX)] {
+            match c {
+                b'"' => f.write_str("\\\"")?,
+                b'\\' => f.write_str("\\\\")?,
+                b'\n' => f.write_str("\\n")?,
+                b'\r' => f.write_str("\\r")?,
+                b'\t' => f.write_str("\\t")?,
+                b' '..=b'~' => f.write_char(c as char)?,
+                _ => write!(f, "\\x{c:02x}")?,
+            }
+        }
+        f.write_char('"')?;
+        if self.0.len() > UNTRUSTED_MAX {
+            write!(f, "...({} bytes)", self.0.len())?;
+        }
+        Ok(())
+    }
+}
+
+/// At most one log line per interval for one kind of event a client can repeat at will (a
+/// failed AUTH, a failed TLS handshake), shared by every worker, without a lock.
+pub struct LogLimit {
+    interval_ms: u64,
+    /// Milliseconds since [`epoch`] before which no line is written.
+    next: AtomicU64,
+    /// Events left out since the last line.
+    suppressed: AtomicU64,
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl LogLimit {
+    pub const fn new(interval: Duration) -> LogLimit {
+        LogLimit {
+            interval_ms: interval.as_millis() as u64,
+            next: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// For one event: `Some(n)` when a line may be written now (`n` events were left out
+    /// since the last line: log it with the line), None when this one is left out (counted).
+    pub fn check(&self) -> Option<u64> {
+        let now = epoch().elapsed().as_millis() as u64;
+        let next = self.next.load(Ordering::Relaxed);
+        if now >= next
+            && self
+                .next
+                .compare_exchange(
+                    next,
+                    now + self.interval_ms,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            return Some(self.suppressed.swap(0, Ordering::Relaxed));
+        }
+        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        None
     }
 }
 
@@ -217,6 +308,34 @@ fn filter_text(env: Option<&str>, cli: Option<u8>, config: &LogConfig) -> String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn untrusted_text_is_quoted_escaped_and_cut() {
+        assert_eq!(untrusted(b"bob").to_string(), "\"bob\"");
+        assert_eq!(
+            untrusted(b"a\nWARN forged \"x\"\\\r\t\x00\xff").to_string(),
+            "\"a\\nWARN forged \\\"x\\\"\\\\\\r\\t\\x00\\xff\""
+        );
+        let long = untrusted(&[b'n'; 10_240]).to_string();
+        assert_eq!(
+            long,
+            format!("\"{}\"...(10240 bytes)", "n".repeat(UNTRUSTED_MAX))
+        );
+        // Escapes at most quadruple the shown bytes: a line stays short whatever the input.
+        assert!(untrusted(&[0u8; 10_240]).to_string().len() < 4 * UNTRUSTED_MAX + 32);
+    }
+
+    #[test]
+    fn log_limit_lets_one_line_per_interval_and_counts_the_rest() {
+        let limit = LogLimit::new(Duration::from_millis(200));
+        assert_eq!(limit.check(), Some(0));
+        for _ in 0..999 {
+            assert_eq!(limit.check(), None);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(limit.check(), Some(999));
+        assert_eq!(limit.check(), None);
+    }
 
     #[test]
     fn precedence_env_then_flag_then_config() {

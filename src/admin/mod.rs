@@ -95,12 +95,19 @@ fn json_body(v: serde_json::Value) -> String {
     s
 }
 
+/// Requests without a valid token (anyone can send them at will): one log line per interval.
+static UNAUTHORIZED_LOG: crate::logging::LogLimit =
+    crate::logging::LogLimit::new(std::time::Duration::from_secs(10));
+
 fn handle(req: Request<Incoming>, api: &AdminApi) -> Response<Full<Bytes>> {
     if req.uri().path() != "/healthz" && !authorized(&req, api) {
-        tracing::warn!(
-            path = req.uri().path(),
-            "admin request without a valid bearer token"
-        );
+        if let Some(suppressed) = UNAUTHORIZED_LOG.check() {
+            tracing::warn!(
+                path = %crate::logging::untrusted(req.uri().path().as_bytes()),
+                suppressed,
+                "admin request without a valid bearer token"
+            );
+        }
         return Response::builder()
             .status(StatusCode::UNAUTHORIZED)
             .header("content-type", TEXT)

@@ -49,6 +49,8 @@ impl Config {
                     "tcpkeepalive": p.tcpkeepalive,
                     "redis_auth": p.redis_auth.as_ref().map(|_| REDACTED),
                     "redis_db": p.redis_db,
+                    "allow_commands": p.allow_commands,
+                    "scripts": p.scripts,
                     "replicas": p
                         .servers
                         .iter()

@@ -30,9 +30,11 @@ use yaml::{problem, OrderedMap, Problem, Res};
 /// `item_size_max` when not configured: memcached's default 1 MiB item limit.
 pub const DEFAULT_ITEM_SIZE_MAX: usize = 1024 * 1024;
 
-/// Redis commands refused unless a pool lists them in `allow_commands`: each one acts on every
-/// server of the pool at once (wiping them, or walking every key while blocking each server).
-pub const GATED_COMMANDS: &[&str] = &["flushall", "flushdb", "keys"];
+/// Redis commands refused unless a pool lists them in `allow_commands`: FLUSHALL, FLUSHDB and
+/// KEYS act on every server of the pool at once (wiping them, or walking every key while
+/// blocking each server); MIGRATE makes a server connect to a host the client names. The
+/// server's command policy (`protocol::redis_commands::OPT_IN`) says why for each.
+pub const GATED_COMMANDS: &[&str] = &["flushall", "flushdb", "keys", "migrate"];
 
 /// Where a config value came from (1-based line and column).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -178,6 +180,9 @@ pub struct PoolConfig {
     pub tls: Option<TlsConfig>,
     /// Redis commands enabled with `allow_commands` (lowercase; a subset of `GATED_COMMANDS`).
     pub allow_commands: Vec<String>,
+    /// `scripts` (redis pools, default true): false refuses EVAL*, FCALL*, SCRIPT and FUNCTION,
+    /// since a script can run commands the proxy would refuse.
+    pub scripts: bool,
     /// A Redis Cluster pool (`cluster:`): its servers are discovered, `servers` is empty.
     pub cluster: Option<ClusterConfig>,
     /// `replicas` (redis pools, native format): per server, in `servers` order, the replicas

@@ -66,6 +66,7 @@ struct NativePool {
     replicas: ReplicaMap,
     tls: Option<Spanned<NativeTls>>,
     allow_commands: Option<Spanned<Vec<Spanned<String>>>>,
+    scripts: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -432,6 +433,13 @@ fn convert_pool(name: &Spanned<String>, sp: &Spanned<NativePool>) -> Res<PoolCon
         None => super::DEFAULT_ITEM_SIZE_MAX,
     };
     let allow_commands = allowed_commands(&p.allow_commands, protocol)?;
+    let scripts = match &p.scripts {
+        Some(s) if protocol != Protocol::Redis => {
+            return problem(loc(s), "`scripts` applies to redis pools only")
+        }
+        Some(s) => s.value,
+        None => true,
+    };
     let replicas = replicas(
         &p.replicas,
         protocol,
@@ -459,6 +467,7 @@ fn convert_pool(name: &Spanned<String>, sp: &Spanned<NativePool>) -> Res<PoolCon
         redis_db: p.redis_db.unwrap_or(0),
         tls: tls(&p.tls, false)?,
         allow_commands,
+        scripts,
         hash_tag: if cluster.is_some() {
             Some(*b"{}")
         } else {
@@ -567,7 +576,8 @@ fn parse_replica(v: &str, location: Location) -> Result<super::ServerConfig, Str
 }
 
 /// `allow_commands: [flushall, keys]`: Redis commands that are off by default because one
-/// client could wipe or stall every server of the pool. Names are case-insensitive.
+/// client could wipe or stall every server of the pool, or make a server connect anywhere
+/// (MIGRATE). Names are case-insensitive.
 fn allowed_commands(
     v: &Option<Spanned<Vec<Spanned<String>>>>,
     protocol: Protocol,
@@ -583,7 +593,7 @@ fn allowed_commands(
             return problem(
                 loc(c),
                 format!(
-                    "allow_commands: '{}' is not a command that needs enabling (one of: {})",
+                    "allow_commands: '{}' is not one of the commands a pool can enable: {}",
                     c.value,
                     super::GATED_COMMANDS.join(", ")
                 ),

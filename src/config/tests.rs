@@ -942,7 +942,11 @@ listeners:
 ";
     assert_eq!(
         err(redis),
-        "5:28: allow_commands: 'get' is not a command that needs enabling (one of: flushall, flushdb, keys)"
+        "5:28: allow_commands: 'get' is not one of the commands a pool can enable: flushall, flushdb, keys, migrate"
+    );
+    assert_eq!(
+        ok(&redis.replace("[keys, get]", "[MIGRATE]")).pools[0].allow_commands,
+        ["migrate"]
     );
     assert!(ok(&redis.replace("[keys, get]", "[]")).pools[0]
         .allow_commands
@@ -953,6 +957,29 @@ listeners:
             "    protocol: memcache\n    allow_commands: [keys]\n    servers"
         )),
         "4:21: allow_commands applies to redis pools only"
+    );
+}
+
+#[test]
+fn native_scripts_switch() {
+    let redis = "\
+pools:
+  s:
+    protocol: redis
+    servers: [\"127.0.0.1:6379:1\"]
+    scripts: false
+listeners:
+  - { listen: 127.0.0.1:6390, protocol: redis, route: s }
+";
+    assert!(!ok(redis).pools[0].scripts);
+    assert!(ok(&redis.replace("    scripts: false\n", "")).pools[0].scripts);
+    assert!(err(&redis.replace("false", "maybe")).starts_with("5:14"));
+    assert_eq!(
+        err(&NATIVE.replace(
+            "    protocol: memcache\n    servers",
+            "    protocol: memcache\n    scripts: false\n    servers"
+        )),
+        "4:14: `scripts` applies to redis pools only"
     );
 }
 

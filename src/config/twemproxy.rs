@@ -170,6 +170,7 @@ fn convert(
         redis_auth: p.redis_auth.as_ref().map(|a| a.value.clone()),
         redis_db: num(&p.redis_db, "redis_db")?.unwrap_or(0),
         allow_commands: Vec::new(),
+        scripts: true,
         cluster: None,
         location: loc(name),
     };

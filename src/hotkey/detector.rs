@@ -15,6 +15,8 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 
+use crate::logging::untrusted;
+
 /// How often workers hand their counts over.
 pub const TICK: Duration = Duration::from_millis(100);
 /// Rates are computed over windows this long, smoothed with an EWMA across windows.
@@ -272,14 +274,14 @@ impl Detector {
                     t.hot_since = Some(SystemTime::now());
                     t.cold_since = None;
                     self.turned_hot.fetch_add(1, Relaxed);
-                    tracing::info!(key = %String::from_utf8_lossy(k), rate = t.rate as u64, "key turned hot");
+                    tracing::info!(key = %untrusted(k), rate = t.rate as u64, "key turned hot");
                     changed = true;
                 }
                 Some(_) if t.rate < self.threshold / 2.0 => {
                     t.hot_since = None;
                     t.cold_since = Some(now);
                     self.turned_cold.fetch_add(1, Relaxed);
-                    tracing::info!(key = %String::from_utf8_lossy(k), rate = t.rate as u64, "key turned cold");
+                    tracing::info!(key = %untrusted(k), rate = t.rate as u64, "key turned cold");
                     changed = true;
                 }
                 _ => {}

@@ -30,10 +30,18 @@
 //!   ([`handling_for`] decides per request).
 //! - **FanOut**: DBSIZE, SCAN, KEYS, RANDOMKEY, FLUSHALL, FLUSHDB and SCRIPT LOAD/EXISTS/FLUSH go
 //!   to every server; [`merge`] says how the replies combine.
-//! - **Refuse**: WAIT counts replica acks of *its own connection's* writes, which a multiplexing
-//!   proxy does not keep; MONITOR, SYNC/PSYNC, REPLICAOF, CONFIG, DEBUG, SHUTDOWN, CLUSTER, ACL,
-//!   MODULE and other per-server administration would silently act on one arbitrary server.
-//!   Keyless commands not listed above are refused too: there is no server to pick.
+//! - **Refuse**: commands that reach outside the pool, administer a server, act on other
+//!   clients' connections, set per-connection server state, or name a database (MOVE, SWAPDB,
+//!   COPY ... DB); WAIT (it counts acks of its own connection's writes); keyless reads of one
+//!   server's state (there is no server to pick). [`handling`] names every command of the
+//!   table, so a command added by a newer redis is refused until someone decides.
+//! - **Opt-in** ([`OPT_IN`]): FLUSHALL, FLUSHDB, KEYS and MIGRATE have a handling but are off
+//!   unless a pool allows them; scripts ([`is_script`]) can be switched off per pool. The
+//!   server applies both, since only it knows the pool.
+//!
+//! # Checks
+//! [`check`] is everything redis verifies before running a command that the proxy must verify
+//! before routing (arity, MSET pairs), with redis's own error texts.
 
 use bytes::Bytes;
 
@@ -209,7 +217,7 @@ fn proc_for(name: &str) -> Option<KeysProc> {
 /// redis's, without the `ERR ` prefix). A request with a valid zero key count (EVAL with
 /// numkeys 0) gives `Ok(vec![])`.
 pub fn key_indices(info: &CommandInfo, args: &[Bytes]) -> Result<Vec<usize>, &'static str> {
-    if !info.arity_ok(args.len()) {
+    if !info.arity_ok(args.len()) || !pairs_complete(info, args.len()) {
         return Err("wrong number of arguments");
     }
     if let Some(p) = proc_for(info.name) {
@@ -378,7 +386,7 @@ pub enum Handling {
     Dedicated,
     /// Send to every server and merge (see [`merge`]).
     FanOut,
-    /// Reply an error with this reason.
+    /// Reply an error with this reason (it ends with what to do instead).
     Refuse(&'static str),
 }
 
@@ -403,73 +411,205 @@ pub enum Merge {
     ElementwiseMin,
 }
 
-const NO_WAIT: &str = "WAIT counts replica acks of its own connection's writes, \
-which a multiplexing proxy does not keep";
-const PER_SERVER: &str = "per-server administration is not supported through the proxy; \
-connect to the server directly";
-const NO_KEY: &str = "the command has no key, so the proxy cannot pick a server";
+/// Why a command is refused; each ends with what to do instead (the README's table lists them).
+pub mod why {
+    pub const WAIT: &str = "WAIT counts replica acks of its own connection's writes, which a \
+multiplexing proxy does not keep; run it on the server directly";
+    pub const MONITOR: &str = "MONITOR would stream one server's traffic, every client's \
+commands included; run it on the server directly";
+    pub const REPLICATION: &str = "it makes a server replicate from, or stream its data to, \
+a host the client names; run it on the server directly";
+    pub const ADMIN: &str = "it administers a server (configuration, persistence, users, \
+modules, cluster state, running scripts, the process itself); run it on the server directly";
+    pub const CLIENTS: &str = "it acts on other clients' connections, and behind kvrouter those \
+are the proxy's shared backend connections; run it on the server directly";
+    pub const CONNECTION: &str = "it sets state on the client's own server connection, and \
+kvrouter shares backend connections between clients; it cannot be enabled";
+    pub const DATABASE: &str = "kvrouter owns database selection: a pool serves its redis_db \
+as database 0; route to a pool with the other redis_db instead";
+    pub const NO_KEY: &str =
+        "it has no key, so kvrouter cannot pick a server; run it on the server directly";
+    /// Not in the policy below: a command of a newer table nobody has looked at yet.
+    pub const UNREVIEWED: &str = "kvrouter's command policy does not know this command yet";
+}
 
 /// The handling of a command, independent of its arguments (see [`handling_for`]).
+///
+/// Every command of the table is named here on purpose: a regenerated table with a new
+/// command lands on [`why::UNREVIEWED`] (refused) until someone decides, and a unit test
+/// fails meanwhile. Commands a pool can switch on are in [`OPT_IN`]; scripts in
+/// [`is_script`].
+#[rustfmt::skip] // a table: grouped by kind, one line of names per group
 pub fn handling(info: &CommandInfo) -> Handling {
     use Handling::*;
     match info.name {
+        // Keyed data commands: to the server of their key(s).
+        "append" | "decr" | "decrby" | "get" | "getdel" | "getex" | "getrange" | "getset"
+        | "incr" | "incrby" | "incrbyfloat" | "lcs" | "msetnx" | "psetex" | "set" | "setex"
+        | "setnx" | "setrange" | "strlen" | "substr" => Route,
+        "bitcount" | "bitfield" | "bitfield_ro" | "bitop" | "bitpos" | "getbit" | "setbit" => Route,
+        "copy" | "dump" | "expire" | "expireat" | "expiretime" | "persist" | "pexpire"
+        | "pexpireat" | "pexpiretime" | "pttl" | "rename" | "renamenx" | "restore" | "sort"
+        | "sort_ro" | "ttl" | "type" | "object|encoding" | "object|freq" | "object|idletime"
+        | "object|refcount" | "memory|usage" => Route,
+        "hdel" | "hexists" | "hget" | "hgetall" | "hincrby" | "hincrbyfloat" | "hkeys"
+        | "hlen" | "hmget" | "hmset" | "hrandfield" | "hscan" | "hset" | "hsetnx" | "hstrlen"
+        | "hvals" => Route,
+        "lindex" | "linsert" | "llen" | "lmove" | "lmpop" | "lpop" | "lpos" | "lpush"
+        | "lpushx" | "lrange" | "lrem" | "lset" | "ltrim" | "rpop" | "rpoplpush" | "rpush"
+        | "rpushx" => Route,
+        "sadd" | "scard" | "sdiff" | "sdiffstore" | "sinter" | "sintercard" | "sinterstore"
+        | "sismember" | "smembers" | "smismember" | "smove" | "spop" | "srandmember" | "srem"
+        | "sscan" | "sunion" | "sunionstore" => Route,
+        "zadd" | "zcard" | "zcount" | "zdiff" | "zdiffstore" | "zincrby" | "zinter"
+        | "zintercard" | "zinterstore" | "zlexcount" | "zmpop" | "zmscore" | "zpopmax"
+        | "zpopmin" | "zrandmember" | "zrange" | "zrangebylex" | "zrangebyscore"
+        | "zrangestore" | "zrank" | "zrem" | "zremrangebylex" | "zremrangebyrank"
+        | "zremrangebyscore" | "zrevrange" | "zrevrangebylex" | "zrevrangebyscore"
+        | "zrevrank" | "zscan" | "zscore" | "zunion" | "zunionstore" => Route,
+        "geoadd" | "geodist" | "geohash" | "geopos" | "georadius" | "georadius_ro"
+        | "georadiusbymember" | "georadiusbymember_ro" | "geosearch" | "geosearchstore"
+        | "pfadd" | "pfcount" | "pfmerge" => Route,
+        "xack" | "xadd" | "xautoclaim" | "xclaim" | "xdel" | "xlen" | "xpending" | "xrange"
+        | "xrevrange" | "xsetid" | "xtrim" | "xgroup|create" | "xgroup|createconsumer"
+        | "xgroup|delconsumer" | "xgroup|destroy" | "xgroup|setid" | "xinfo|consumers"
+        | "xinfo|groups" | "xinfo|stream" => Route,
+        // Scripts run where their keys are (a pool can refuse them: `is_script`).
+        "eval" | "eval_ro" | "evalsha" | "evalsha_ro" | "fcall" | "fcall_ro" => Route,
+        // PUBLISH goes by its channel (see the module doc); MIGRATE by its key, opt-in only.
+        "publish" | "spublish" | "migrate" => Route,
         "mget" | "mset" | "del" | "unlink" | "exists" | "touch" => Split,
         "ping" | "echo" | "quit" | "select" | "hello" | "auth" | "reset" | "info" | "command"
         | "client|setname" | "client|getname" | "client|id" => Local,
         _ if info.name.starts_with("command|") => Local,
         "multi" | "exec" | "discard" | "watch" | "unwatch" | "subscribe" | "psubscribe"
         | "unsubscribe" | "punsubscribe" | "ssubscribe" | "sunsubscribe" => Dedicated,
+        "blmove" | "blmpop" | "blpop" | "brpop" | "brpoplpush" | "bzmpop" | "bzpopmax"
+        | "bzpopmin" | "xread" | "xreadgroup" => Dedicated,
         "dbsize" | "scan" | "keys" | "randomkey" | "flushall" | "flushdb" | "script|load"
-        | "script|exists" | "script|flush" => FanOut,
-        "publish" | "spublish" => Route,
-        "wait" => Refuse(NO_WAIT),
-        "monitor" => Refuse("MONITOR would watch one arbitrary server; monitor servers directly"),
-        "sync" | "psync" | "replicaof" | "slaveof" | "replconf" | "failover" => {
-            Refuse("replication commands are not supported through the proxy")
-        }
-        "move" | "swapdb" => Refuse("the proxy owns database selection (redis_db)"),
-        "shutdown" | "debug" | "save" | "bgsave" | "bgrewriteaof" | "lastsave" | "role"
-        | "lolwut" | "time" => Refuse(PER_SERVER),
-        _ if info.name.starts_with("config")
-            || info.name.starts_with("cluster")
-            || info.name.starts_with("acl")
-            || info.name.starts_with("module")
-            || info.name.starts_with("latency")
-            || info.name.starts_with("slowlog")
-            || info.name.starts_with("client")
-            || info.name.starts_with("pubsub")
-            || info.name.starts_with("function|")
-                && !matches!(
-                    info.name,
-                    "function|load" | "function|delete" | "function|flush"
-                )
-            || info.name == "asking"
-            || info.name == "readonly"
-            || info.name == "readwrite" =>
-        {
-            Refuse(PER_SERVER)
-        }
-        "function|load" | "function|delete" | "function|flush" => FanOut,
-        _ if info.has_flag(flags::BLOCKING) => Dedicated,
-        _ if info.has_keys() => Route,
-        _ => Refuse(NO_KEY),
+        | "script|exists" | "script|flush" | "function|load" | "function|delete"
+        | "function|flush" => FanOut,
+        "wait" => Refuse(why::WAIT),
+        "monitor" => Refuse(why::MONITOR),
+        "sync" | "psync" | "replicaof" | "slaveof" | "replconf" | "failover" | "cluster|meet"
+        | "cluster|replicate" | "cluster|failover" => Refuse(why::REPLICATION),
+        "move" | "swapdb" => Refuse(why::DATABASE),
+        "client|kill" | "client|pause" | "client|unpause" | "client|no-evict" | "client|list"
+        | "client|info" | "client|unblock" => Refuse(why::CLIENTS),
+        "client|reply" | "client|tracking" | "client|caching" | "client|getredir"
+        | "client|trackinginfo" | "readonly" | "readwrite" | "asking" | "restore-asking"
+        | "script|debug" => Refuse(why::CONNECTION),
+        "shutdown" | "debug" | "save" | "bgsave" | "bgrewriteaof" | "pfdebug" | "pfselftest"
+        | "config|set" | "config|rewrite" | "config|resetstat" | "acl|deluser" | "acl|load"
+        | "acl|save" | "acl|setuser" | "acl|log" | "module|load" | "module|loadex"
+        | "module|unload" | "cluster|addslots" | "cluster|addslotsrange" | "cluster|bumpepoch"
+        | "cluster|delslots" | "cluster|delslotsrange" | "cluster|flushslots"
+        | "cluster|forget" | "cluster|reset" | "cluster|saveconfig"
+        | "cluster|set-config-epoch" | "cluster|setslot" | "script|kill" | "function|kill"
+        | "function|restore" | "latency|reset" | "slowlog|reset" | "memory|purge" => Refuse(why::ADMIN),
+        // Keyless reads of one server's state: there is no server to pick.
+        "time" | "lastsave" | "role" | "lolwut" | "config|get" | "acl|cat" | "acl|dryrun"
+        | "acl|genpass" | "acl|getuser" | "acl|list" | "acl|users" | "acl|whoami"
+        | "module|list" | "cluster|count-failure-reports" | "cluster|countkeysinslot"
+        | "cluster|getkeysinslot" | "cluster|info" | "cluster|keyslot" | "cluster|links"
+        | "cluster|myid" | "cluster|nodes" | "cluster|replicas" | "cluster|shards"
+        | "cluster|slaves" | "cluster|slots" | "function|dump" | "function|list"
+        | "function|stats" | "latency|doctor" | "latency|graph" | "latency|histogram"
+        | "latency|history" | "latency|latest" | "slowlog|get" | "slowlog|len"
+        | "memory|doctor" | "memory|malloc-stats" | "memory|stats" | "pubsub|channels"
+        | "pubsub|numpat" | "pubsub|numsub" | "pubsub|shardchannels"
+        | "pubsub|shardnumsub" => Refuse(why::NO_KEY),
+        _ if info.name.ends_with("|help") => Refuse(why::NO_KEY),
+        _ => Refuse(why::UNREVIEWED),
     }
 }
 
-/// The handling of a concrete request: XREAD/XREADGROUP block only with a BLOCK option.
+/// Commands refused unless a pool lists them in `allow_commands`, and why. Each has a working
+/// handling once allowed; anything refused by [`handling`] cannot be allowed.
+pub const OPT_IN: &[(&str, &str)] = &[
+    ("flushall", "it wipes every server of the pool"),
+    ("flushdb", "it wipes every server of the pool"),
+    (
+        "keys",
+        "it walks every key of every server of the pool, blocking each server meanwhile",
+    ),
+    (
+        "migrate",
+        "it makes the server connect to any host and port the client names",
+    ),
+];
+
+/// Why a command is off unless the pool allows it (`allow_commands`); None: not gated.
+pub fn opt_in(info: &CommandInfo) -> Option<&'static str> {
+    OPT_IN
+        .iter()
+        .find(|(name, _)| *name == info.name)
+        .map(|&(_, why)| why)
+}
+
+/// Whether the command runs or manages server-side scripts (EVAL*, FCALL*, SCRIPT, FUNCTION):
+/// what a pool with `scripts: false` refuses. A script can call any command redis allows in
+/// scripts, past this policy.
+pub fn is_script(info: &CommandInfo) -> bool {
+    matches!(
+        info.name,
+        "eval" | "eval_ro" | "evalsha" | "evalsha_ro" | "fcall" | "fcall_ro"
+    ) || info.name.starts_with("script|")
+        || info.name.starts_with("function|")
+}
+
+/// The handling of a concrete request: XREAD/XREADGROUP block only with a BLOCK option, and
+/// COPY with a DB option names a database.
 pub fn handling_for(info: &CommandInfo, args: &[Bytes]) -> Handling {
-    if matches!(info.name, "xread" | "xreadgroup") {
-        let opts = xread_keys(args).map(|k| k[0] - 1).unwrap_or(args.len());
-        let block = args[1..opts.max(1)]
-            .iter()
-            .any(|a| a.eq_ignore_ascii_case(b"block"));
-        return if block {
-            Handling::Dedicated
-        } else {
-            Handling::Route
-        };
+    match info.name {
+        "xread" | "xreadgroup" => {
+            let opts = xread_keys(args).map(|k| k[0] - 1).unwrap_or(args.len());
+            let block = args
+                .get(1..opts.max(1))
+                .unwrap_or_default()
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(b"block"));
+            if block {
+                Handling::Dedicated
+            } else {
+                Handling::Route
+            }
+        }
+        "copy" if args.iter().skip(3).any(|a| a.eq_ignore_ascii_case(b"db")) => {
+            Handling::Refuse(why::DATABASE)
+        }
+        _ => handling(info),
     }
-    handling(info)
+}
+
+/// The checks redis makes before running a command that the proxy must make before routing:
+/// the arity, and the shape of a key range with a step (MSET and MSETNX take key-value
+/// pairs; a dangling key would be split without its value). `Err` is redis's own error text.
+pub fn check(info: &CommandInfo, args: &[Bytes]) -> Result<(), String> {
+    if !info.arity_ok(args.len()) || !pairs_complete(info, args.len()) {
+        return Err(format!(
+            "ERR wrong number of arguments for '{}' command",
+            info.name
+        ));
+    }
+    Ok(())
+}
+
+/// Whether every key of a stepped range to the end has its companion arguments.
+fn pairs_complete(info: &CommandInfo, argc: usize) -> bool {
+    info.key_specs.iter().all(|s| match (s.begin, s.find) {
+        (
+            Begin::Index(first),
+            Find::Range {
+                lastkey: -1,
+                step,
+                limit: 0,
+            },
+        ) if step > 1 => argc
+            .checked_sub(first.max(0) as usize)
+            .is_some_and(|n| n % step as usize == 0),
+        _ => true,
+    })
 }
 
 /// How to merge replies of Split and FanOut commands; `None` for the others.
@@ -563,5 +703,95 @@ mod tests {
         assert_eq!(h("dbsize"), Handling::FanOut);
         assert_eq!(h("publish ch m"), Handling::Route);
         assert!(matches!(h("time"), Handling::Refuse(_)));
+        assert_eq!(h("copy a b"), Handling::Route);
+        assert_eq!(h("copy a b replace"), Handling::Route);
+        assert_eq!(h("copy a b DB 5"), Handling::Refuse(why::DATABASE));
+        assert_eq!(h("copy a b replace db 0"), Handling::Refuse(why::DATABASE));
+        assert_eq!(h("migrate h 1 k 0 5"), Handling::Route);
+        assert!(matches!(h("debug sleep 0"), Handling::Refuse(_)));
+        assert!(matches!(h("config set x y"), Handling::Refuse(_)));
+        assert!(matches!(h("script kill"), Handling::Refuse(_)));
+        assert!(matches!(h("client pause 10"), Handling::Refuse(_)));
+    }
+
+    /// Every command and subcommand of the table has a deliberate handling.
+    #[test]
+    fn every_command_is_reviewed() {
+        for c in COMMANDS {
+            let entries: Vec<&CommandInfo> = if c.subcommands.is_empty() {
+                vec![c]
+            } else {
+                c.subcommands.iter().collect()
+            };
+            for e in entries {
+                assert_ne!(
+                    handling(e),
+                    Handling::Refuse(why::UNREVIEWED),
+                    "{} is not in the command policy",
+                    e.name
+                );
+            }
+        }
+        for (name, _) in OPT_IN {
+            let c = lookup(name.as_bytes()).expect("opt-in names are commands");
+            assert!(!matches!(handling(c), Handling::Refuse(_)), "{name}");
+        }
+        assert!(is_script(lookup(b"evalsha").unwrap()));
+        assert!(!is_script(lookup(b"get").unwrap()));
+    }
+
+    #[test]
+    fn check_arity_and_pairs() {
+        let c = |s: &str| {
+            let a = args(s);
+            check(resolve(&a).unwrap(), &a)
+        };
+        assert_eq!(c("mset a 1 b 2"), Ok(()));
+        let mset = Err("ERR wrong number of arguments for 'mset' command".to_string());
+        assert_eq!(c("mset a 1 b"), mset);
+        assert_eq!(c("mset a"), mset);
+        assert_eq!(
+            c("msetnx a 1 b"),
+            Err("ERR wrong number of arguments for 'msetnx' command".to_string())
+        );
+        assert_eq!(
+            c("client kill"),
+            Err("ERR wrong number of arguments for 'client|kill' command".to_string())
+        );
+        assert_eq!(keys("mset a 1 b"), Err("wrong number of arguments"));
+    }
+
+    /// No request shape makes the table code panic, and every key index it gives (with its
+    /// MSET value) is inside the request.
+    #[test]
+    fn no_panic_on_any_argument_count() {
+        let words: [&[u8]; 8] = [b"k", b"0", b"1", b"-1", b"2", b"block", b"streams", b"keys"];
+        for c in COMMANDS {
+            let mut entries = vec![c];
+            entries.extend(c.subcommands.iter());
+            for e in entries {
+                let name = e.name.split('|').collect::<Vec<_>>();
+                for n in 0..9usize {
+                    for w in 0..words.len() {
+                        let mut a: Vec<Bytes> = name
+                            .iter()
+                            .map(|p| Bytes::copy_from_slice(p.as_bytes()))
+                            .collect();
+                        a.extend((0..n).map(|i| Bytes::from_static(words[(w + i) % words.len()])));
+                        let Some(info) = resolve(&a) else { continue };
+                        let _ = handling_for(info, &a);
+                        if check(info, &a).is_err() {
+                            continue;
+                        }
+                        if let Ok(ks) = key_indices(info, &a) {
+                            for k in ks {
+                                let need = if info.name == "mset" { k + 1 } else { k };
+                                assert!(need < a.len(), "{} {n} {w}", e.name);
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -26,6 +26,10 @@ use super::{Ctx, Shared, DRAIN_TIMEOUT};
 use crate::backend::BackendHandle;
 use crate::config::Protocol;
 
+/// Failed TLS handshakes (any client can cause them at will): one log line per interval.
+static TLS_FAILURE_LOG: crate::logging::LogLimit =
+    crate::logging::LogLimit::new(Duration::from_secs(10));
+
 /// One worker's view of the routing: its per-listener contexts and its backend connections,
 /// rebuilt when a new generation appears. Worker-local (Rc, RefCell): never crosses threads.
 pub struct WorkerRouting {
@@ -266,8 +270,12 @@ pub(super) fn run(
                                             Ok(s) => ctx.serve(s, id, sd).await,
                                             Err(e) => tracing::warn!(error = %e, "cannot bridge a TLS client"),
                                         },
-                                        Ok(Err(e)) => tracing::info!(error = %e, "TLS handshake failed"),
-                                        Err(_) => tracing::info!("TLS handshake timed out"),
+                                        Ok(Err(e)) => if let Some(suppressed) = TLS_FAILURE_LOG.check() {
+                                            tracing::info!(error = %e, suppressed, "TLS handshake failed")
+                                        },
+                                        Err(_) => if let Some(suppressed) = TLS_FAILURE_LOG.check() {
+                                            tracing::info!(suppressed, "TLS handshake timed out")
+                                        },
                                     }
                                 }
                                 (Err(e), _) => tracing::warn!(error = %e, "cannot register client"),

@@ -140,19 +140,6 @@ impl Conn {
     }
 
     pub(super) fn fan_out(&mut self, info: &CommandInfo, req: RespRequest) {
-        let pool = &self.ctx.pool.config;
-        if GATED_COMMANDS.contains(&info.name)
-            && !pool.allow_commands.iter().any(|c| c == info.name)
-        {
-            let msg = format!(
-                "ERR {} is disabled on pool {} (allow_commands): it acts on every server of the pool; \
-                 add `allow_commands: [{}]` to the pool to enable it",
-                info.name.to_uppercase(),
-                pool.name,
-                info.name
-            );
-            return self.reject(&msg);
-        }
         if let Some(c) = self.ctx.cluster.clone() {
             return self.cluster_fan_out(&c, info, req);
         }

@@ -3,6 +3,10 @@
 //! INFO (with a `# Proxy` section) and COMMAND.
 
 use super::*;
+use crate::logging::{untrusted, LogLimit};
+
+/// Failed AUTHs (a client can repeat them at will): one log line per interval.
+static AUTH_FAILURE_LOG: LogLimit = LogLimit::new(std::time::Duration::from_secs(10));
 
 impl Conn {
     pub(super) fn local(&mut self, info: &CommandInfo, req: RespRequest) {
@@ -97,14 +101,18 @@ impl Conn {
     pub(super) fn auth(&mut self, user: Option<&Bytes>, pass: &[u8]) -> Result<(), &'static str> {
         let result = self.check_auth(user, pass);
         if result.is_err() {
-            // Logged and counted; never the password.
+            // Counted every time; logged at most once per interval, never the password, the
+            // user name escaped and cut (a client chooses it).
             self.ctx.metrics.auth_failures.inc();
-            tracing::warn!(
-                listener = %self.ctx.listener,
-                user = %user.map_or("default".into(), |u| String::from_utf8_lossy(u).into_owned()),
-                client = self.id,
-                "authentication failed"
-            );
+            if let Some(suppressed) = AUTH_FAILURE_LOG.check() {
+                tracing::warn!(
+                    listener = %self.ctx.listener,
+                    user = %untrusted(user.map_or(b"default", |u| u.as_ref())),
+                    client = self.id,
+                    suppressed,
+                    "authentication failed"
+                );
+            }
         }
         result
     }

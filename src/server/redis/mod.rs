@@ -34,7 +34,8 @@
 //! **Files.** This one holds the connection (its I/O loop, parsing, dispatch by the command
 //! table); `redis_keyed.rs` the keyed commands (route, split, fan-out), `redis_pending.rs` the
 //! replies on their way, `redis_local.rs` the commands answered here, `redis_pinned.rs`
-//! transactions, blocking commands and pub/sub, `redis_hot.rs` hot keys.
+//! transactions, blocking commands and pub/sub, `redis_hot.rs` hot keys, `policy.rs` the
+//! command policy (refused commands, `allow_commands`, `scripts`) checked before any routing.
 //!
 //! **RESP3 is not offered**: `HELLO 3` gets `-NOPROTO`. Replies are passed through from RESP2
 //! backend connections unparsed; serving RESP3 would mean either a second set of RESP3 backend
@@ -59,7 +60,6 @@ use super::pool::PoolRuntime;
 use super::stats::{bump, Stats};
 use crate::backend::io::{write_all, write_some, Io};
 use crate::backend::{BackendError, BackendHandle, Dedicated, Reply, ReplyKind, ServerSpec};
-use crate::config::GATED_COMMANDS;
 use crate::protocol::redis_commands::{
     self as rc, flags, handling_for, key_indices, CommandInfo, Handling, Merge,
 };
@@ -75,6 +75,7 @@ pub mod leaf;
 mod local;
 mod pending;
 mod pinned;
+mod policy;
 
 use keyed::{place, send, NO_MAP};
 use pending::{backend_error, flatten, Blocking, Merged, Part, Pending, Rx};
@@ -472,11 +473,8 @@ impl Conn {
             let msg = unknown_command(args);
             return self.reject(&msg);
         };
-        if !info.arity_ok(args.len()) {
-            return self.reject(&format!(
-                "ERR wrong number of arguments for '{}' command",
-                info.name
-            ));
+        if let Err(msg) = rc::check(info, args) {
+            return self.reject(&msg);
         }
         if !self.authed && !matches!(info.name, "auth" | "hello" | "quit") {
             return self.reject("NOAUTH Authentication required.");
@@ -496,13 +494,16 @@ impl Conn {
                 }
             }
         }
+        let handling = handling_for(info, args);
+        if let Some(msg) = self.refused(info, handling) {
+            return self.reject(&msg);
+        }
         if self.pubsub.is_some() {
             return self.subscribed(info, req);
         }
         if self.multi.is_some() {
             return self.queue(info, req);
         }
-        let handling = handling_for(info, args);
         if let Some(root) = self.ctx.routing.clone() {
             let keyed = matches!(handling, Handling::Route | Handling::Split);
             // PUBLISH goes where the subscriptions are: the first pool.
@@ -531,10 +532,7 @@ impl Conn {
             Handling::Local => self.local(info, req),
             Handling::FanOut => self.fan_out(info, req),
             Handling::Dedicated => self.dedicated(info, req),
-            Handling::Refuse(why) => self.reject(&format!(
-                "ERR {} is not supported by kvrouter: {why}",
-                info.name.replace('|', " ").to_uppercase()
-            )),
+            Handling::Refuse(why) => self.reject(&policy::refusal(info, why)),
         }
     }
 }
