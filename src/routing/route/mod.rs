@@ -197,3 +197,6 @@ fn select_for_all<'a, L: Leaf>(
     }
     Ok(first)
 }
+
+#[cfg(test)]
+mod tests;
