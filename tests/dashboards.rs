@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    free_port, kvrouter_admin, memcached, redis_server, wait_port, Mc, Proc, Resp,
+    free_port, http_get, kvrouter_admin, memcached, redis_server, wait_port, Mc, Proc, Resp,
     TempDir,
 };
 
@@ -43,23 +43,9 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-/// A GET to Prometheus as HTTP/1.0, so a large answer comes unchunked: (status, body).
-fn prom_get(prom: SocketAddr, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(prom).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {prom}\r\n\r\n").unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, body.to_string())
-}
-
 /// `/api/v1/query`: the series of the result.
 fn query(prom: SocketAddr, expr: &str) -> Result<Vec<serde_json::Value>, String> {
-    let (status, body) = prom_get(prom, &format!("/api/v1/query?query={}", urlencode(expr)));
+    let (status, body) = http_get(prom, &format!("/api/v1/query?query={}", urlencode(expr)));
     if status != 200 {
         return Err(format!("HTTP {status}: {body}"));
     }
@@ -220,7 +206,7 @@ fn every_dashboard_panel_has_data_in_a_real_prometheus() {
         "panels without data (or without both protocols): {pending:#?}\nlast error: {last_error}"
     );
     // The scrape target was healthy throughout.
-    let (_, body) = prom_get(
+    let (_, body) = http_get(
         prom_addr,
         &format!("/api/v1/query?query={}", urlencode("up")),
     );

@@ -332,7 +332,9 @@ listeners:
 
     let mut c = Resp::connect(rl);
     // Spread keys (short similar ones can all land on one server).
-    let all: Vec<String> = (0..30).map(|i| format!("metrics-key-{}", i * 7919)).collect();
+    let all: Vec<String> = (0..30)
+        .map(|i| format!("metrics-key-{}", i * 7919))
+        .collect();
     for (i, k) in all.iter().enumerate() {
         assert_eq!(c.cmd(&format!("SET {k} v{i}")), "OK");
     }
@@ -369,7 +371,9 @@ listeners:
     assert_eq!(c.cmd("CLIENT SETNAME metrics-test"), "OK");
     assert_eq!(c.cmd("CLIENT GETNAME"), "metrics-test");
     assert!(c.cmd("FOOBAR 1 2").starts_with("-ERR unknown command"));
-    assert!(c.cmd("CLIENT NOSUCH").starts_with("-ERR unknown subcommand"));
+    assert!(c
+        .cmd("CLIENT NOSUCH")
+        .starts_with("-ERR unknown subcommand"));
     // The client's mistakes, found by kvrouter (arity, keys on two servers) or by the server
     // (WRONGTYPE): client_error.
     assert!(c.cmd("GET").starts_with("-ERR wrong number of arguments"));
@@ -434,7 +438,13 @@ listeners:
     // The backend failures: error; the live server's answers: ok.
     assert_eq!(v(&lf, "get", "error"), failed);
     assert_eq!(v(&lf, "get", "ok"), ok);
-    assert_eq!(requests_of(&samples, &lf).iter().map(|s| s.value).sum::<f64>(), 20.0);
+    assert_eq!(
+        requests_of(&samples, &lf)
+            .iter()
+            .map(|s| s.value)
+            .sum::<f64>(),
+        20.0
+    );
     promtool_check(&text);
 
     silent_stop.store(true, Ordering::Relaxed);

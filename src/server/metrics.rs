@@ -448,7 +448,9 @@ impl Families {
         let p = protocol_name(protocol);
         for i in 0..n {
             for r in OUTCOMES {
-                let _ = self.requests.remove_label_values(&[listener, p, name(i), r]);
+                let _ = self
+                    .requests
+                    .remove_label_values(&[listener, p, name(i), r]);
             }
         }
     }
@@ -706,7 +708,11 @@ mod tests {
         let m = f.listener("l", Protocol::Redis);
         let series = |f: &Families| -> usize {
             use prometheus::core::Collector;
-            f.requests.collect().iter().map(|m| m.get_metric().len()).sum()
+            f.requests
+                .collect()
+                .iter()
+                .map(|m| m.get_metric().len())
+                .sum()
         };
         let get = redis_command_index(rc::lookup(b"get").unwrap());
         assert_eq!(series(&f), 0);
