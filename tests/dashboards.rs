@@ -1,5 +1,6 @@
 //! Every panel query of dashboards/kvrouter.json returns data from a real Prometheus that
-//! scrapes a running kvrouter under traffic against real memcached.
+//! scrapes a running kvrouter under traffic against real memcached and redis-server; the
+//! request panels show both protocols.
 //!
 //! Needs /usr/bin/prometheus (Debian package `prometheus`; scripts/test and .ci/run install it).
 
@@ -11,7 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{free_port, http_get, kvrouter_admin, memcached, wait_port, Mc, Proc, TempDir};
+use common::{
+    free_port, http_get, kvrouter_admin, memcached, redis_server, wait_port, Mc, Proc, Resp,
+    TempDir,
+};
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 
@@ -39,8 +43,8 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-/// `/api/v1/query`: the number of series in the result.
-fn query(prom: SocketAddr, expr: &str) -> Result<usize, String> {
+/// `/api/v1/query`: the series of the result.
+fn query(prom: SocketAddr, expr: &str) -> Result<Vec<serde_json::Value>, String> {
     let (status, body) = http_get(prom, &format!("/api/v1/query?query={}", urlencode(expr)));
     if status != 200 {
         return Err(format!("HTTP {status}: {body}"));
@@ -49,7 +53,15 @@ fn query(prom: SocketAddr, expr: &str) -> Result<usize, String> {
     if v["status"] != "success" {
         return Err(body);
     }
-    Ok(v["data"]["result"].as_array().map_or(0, |r| r.len()))
+    Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+}
+
+/// Whether a query's result shows what its panel is for: some data, and for the request
+/// panels a series of each protocol.
+fn shows(expr: &str, result: &[serde_json::Value]) -> bool {
+    let has = |p: &str| result.iter().any(|s| s["metric"]["protocol"] == p);
+    !result.is_empty()
+        && (!expr.contains("kvrouter_requests_total") || (has("memcache") && has("redis")))
 }
 
 /// Every (panel title, query) of the dashboard, rows' nested panels included.
@@ -97,12 +109,14 @@ fn every_dashboard_panel_has_data_in_a_real_prometheus() {
 
     let dir = TempDir::new();
     let (a, b) = (memcached(), memcached());
-    let port = free_port();
+    let r = redis_server();
+    let (port, rport) = (free_port(), free_port());
     let yaml = format!(
-        "pools:\n  users:\n    protocol: memcache\n    servers: [\"{}:1 mc-a\", \"{}:1 mc-b\"]\nlisteners:\n  - {{ listen: 127.0.0.1:{port}, protocol: memcache, route: users, hot_keys: {{ threshold: 300/s, local_cache: {{ ttl: 100ms, capacity: 100 }}, split: 2 }} }}\n",
-        a.addr, b.addr
+        "pools:\n  users:\n    protocol: memcache\n    servers: [\"{}:1 mc-a\", \"{}:1 mc-b\"]\n  sessions:\n    protocol: redis\n    servers: [\"{}:1 r-a\"]\nlisteners:\n  - {{ listen: 127.0.0.1:{port}, protocol: memcache, route: users, hot_keys: {{ threshold: 300/s, local_cache: {{ ttl: 100ms, capacity: 100 }}, split: 2 }} }}\n  - {{ listen: 127.0.0.1:{rport}, protocol: redis, route: sessions }}\n",
+        a.addr, b.addr, r.addr
     );
     let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let rlisten: SocketAddr = format!("127.0.0.1:{rport}").parse().unwrap();
     let (proxy, admin) = kvrouter_admin(&dir, &yaml, listen);
 
     // Traffic: sets, hits, misses and multi-gets from two clients, until the checks are done.
@@ -112,6 +126,7 @@ fn every_dashboard_panel_has_data_in_a_real_prometheus() {
         std::thread::spawn(move || {
             let mut c = Mc::connect(listen);
             let mut _other = Mc::connect(listen);
+            let mut rc = Resp::connect(rlisten);
             let deadline = Instant::now() + Duration::from_secs(40);
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
@@ -129,6 +144,13 @@ fn every_dashboard_panel_has_data_in_a_real_prometheus() {
                 c.send(&b"get celebrity\r\n".repeat(10));
                 for _ in 0..10 {
                     c.values().unwrap();
+                }
+                // Redis: writes, reads, a multi-key read, and now and then a bad request.
+                assert_eq!(rc.cmd(&format!("SET {k} value")), "OK");
+                assert_eq!(rc.cmd(&format!("GET {k}")), "value");
+                rc.cmd(&format!("MGET {k} absent{i}"));
+                if i % 10 == 0 {
+                    assert!(rc.cmd("NOSUCHCOMMAND").starts_with("-ERR unknown command"));
                 }
                 i += 1;
                 std::thread::sleep(Duration::from_millis(2));
@@ -167,8 +189,7 @@ fn every_dashboard_panel_has_data_in_a_real_prometheus() {
     let mut last_error = String::new();
     while !pending.is_empty() && Instant::now() < deadline {
         pending.retain(|(title, expr)| match query(prom_addr, &substitute(expr)) {
-            Ok(n) if n > 0 => false,
-            Ok(_) => true,
+            Ok(result) => !shows(expr, &result),
             Err(e) => {
                 last_error = format!("{title}: {e}");
                 true
@@ -182,7 +203,7 @@ fn every_dashboard_panel_has_data_in_a_real_prometheus() {
     load.join().unwrap();
     assert!(
         pending.is_empty(),
-        "panels without data: {pending:#?}\nlast error: {last_error}"
+        "panels without data (or without both protocols): {pending:#?}\nlast error: {last_error}"
     );
     // The scrape target was healthy throughout.
     let (_, body) = http_get(

@@ -1,16 +1,50 @@
 //! The admin API of a running kvrouter in front of real memcached: `/metrics` values under
 //! traffic (checked against what the test sent and against the memcached-style `stats`),
-//! `promtool check metrics`, `/pools`, `/hotkeys`, `/config` and `/healthz`.
+//! `promtool check metrics`, `/pools`, `/hotkeys`, `/config` and `/healthz`; and the request
+//! counts of Redis listeners in front of real redis-servers.
 
 mod common;
 
-use std::net::SocketAddr;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use common::{
-    dead_port, free_port, http_get, kvrouter_admin, mc_stat, memcached, metric, scrape, wait_for,
-    Mc, Proc, TempDir,
+    dead_port, free_port, http_get, kvrouter_admin, mc_stat, memcached, metric, redis_server,
+    scrape, wait_for, Mc, Proc, Resp, Sample, TempDir,
 };
+
+/// `promtool check metrics` accepts the exposition.
+fn promtool_check(text: &str) {
+    let promtool = "/usr/bin/promtool";
+    assert!(
+        std::path::Path::new(promtool).exists(),
+        "{promtool} is missing: apt-get install prometheus (scripts/test and .ci/run install it)"
+    );
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
 
 struct Setup {
     _dir: TempDir,
@@ -220,33 +254,202 @@ fn metrics_count_traffic_and_pass_promtool() {
     assert!(!text.contains("sekrit"));
 
     // promtool's linter accepts the exposition.
-    let promtool = "/usr/bin/promtool";
-    assert!(
-        std::path::Path::new(promtool).exists(),
-        "{promtool} is missing: apt-get install prometheus (scripts/test and .ci/run install it)"
-    );
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_check(&text);
+    // A memcached listener has memcached command names only.
+    let samples = parse(&text);
+    let mc_series = requests_of(&samples, &lu);
+    assert_eq!(mc_series.len(), 26 * 3);
+    assert!(mc_series.iter().all(|s| label(s, "protocol") == "memcache"));
     drop(s.proxy);
+}
+
+fn parse(text: &str) -> Vec<Sample> {
+    common::parse_metrics(text)
+}
+
+fn label<'a>(s: &'a Sample, name: &str) -> &'a str {
+    s.labels
+        .iter()
+        .find(|(k, _)| k == name)
+        .map_or("", |(_, v)| v.as_str())
+}
+
+/// The `kvrouter_requests_total` samples of one listener.
+fn requests_of<'a>(samples: &'a [Sample], listener: &str) -> Vec<&'a Sample> {
+    samples
+        .iter()
+        .filter(|s| s.name == "kvrouter_requests_total" && label(s, "listener") == listener)
+        .collect()
+}
+
+/// A backend that accepts connections and never answers (kvrouter's requests to it time out),
+/// until the returned flag is set or 30 s have passed.
+fn silent_server() -> (SocketAddr, Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let addr = l.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let t = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+            match l.accept() {
+                Ok((c, _)) => held.push(c),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    });
+    (addr, stop, t)
+}
+
+#[test]
+fn redis_requests_are_counted_by_command_and_result() {
+    let dir = TempDir::new();
+    let (a, b, live) = (redis_server(), redis_server(), redis_server());
+    let (silent, silent_stop, silent_thread) = silent_server();
+    let (pr, pf) = (free_port(), free_port());
+    let yaml = format!(
+        "workers: 2
+pools:
+  cache:
+    protocol: redis
+    servers: [\"{}:1 r-a\", \"{}:1 r-b\"]
+  flaky:
+    protocol: redis
+    timeout: 200ms
+    servers: [\"{}:1 r-live\", \"{silent}:1 r-silent\"]
+listeners:
+  - {{ listen: 127.0.0.1:{pr}, protocol: redis, route: cache }}
+  - {{ listen: 127.0.0.1:{pf}, protocol: redis, route: flaky }}
+",
+        a.addr, b.addr, live.addr
+    );
+    let rl: SocketAddr = format!("127.0.0.1:{pr}").parse().unwrap();
+    let rf: SocketAddr = format!("127.0.0.1:{pf}").parse().unwrap();
+    let (proxy, admin) = kvrouter_admin(&dir, &yaml, rl);
+    let (lr, lf) = (rl.to_string(), rf.to_string());
+
+    let mut c = Resp::connect(rl);
+    // Spread keys (short similar ones can all land on one server).
+    let all: Vec<String> = (0..30)
+        .map(|i| format!("metrics-key-{}", i * 7919))
+        .collect();
+    for (i, k) in all.iter().enumerate() {
+        assert_eq!(c.cmd(&format!("SET {k} v{i}")), "OK");
+    }
+    for (i, k) in all.iter().enumerate() {
+        assert_eq!(c.cmd(&format!("GET {k}")), format!("v{i}"));
+    }
+    for i in 0..10 {
+        assert_eq!(c.cmd(&format!("GET missing{i}")), "(nil)");
+    }
+    // Which server holds which key, asked of the servers themselves.
+    let on = |server: SocketAddr| -> Vec<String> {
+        let mut d = Resp::connect(server);
+        all.iter()
+            .filter(|k| d.cmd(&format!("EXISTS {k}")) == ":1")
+            .cloned()
+            .collect()
+    };
+    let (on_a, on_b) = (on(a.addr), on(b.addr));
+    assert!(!on_a.is_empty() && !on_b.is_empty(), "{on_a:?} {on_b:?}");
+    assert_eq!(on_a.len() + on_b.len(), 30);
+    // MGET over both servers: one request each, however many parts.
+    for _ in 0..5 {
+        let r = c.cmd(&format!("MGET {}", all.join(" ")));
+        assert!(r.contains("v0") && r.contains("v29"), "{r}");
+    }
+    // 200 pipelined INCRs: each counted once.
+    for _ in 0..200 {
+        c.send(&["INCR", "counter"]);
+    }
+    for i in 1..=200 {
+        assert_eq!(common::text(&c.read()), format!(":{i}"));
+    }
+    // Subcommands count under their container; unknown commands and subcommands as `other`.
+    assert_eq!(c.cmd("CLIENT SETNAME metrics-test"), "OK");
+    assert_eq!(c.cmd("CLIENT GETNAME"), "metrics-test");
+    assert!(c.cmd("FOOBAR 1 2").starts_with("-ERR unknown command"));
+    assert!(c
+        .cmd("CLIENT NOSUCH")
+        .starts_with("-ERR unknown subcommand"));
+    // The client's mistakes, found by kvrouter (arity, keys on two servers) or by the server
+    // (WRONGTYPE): client_error.
+    assert!(c.cmd("GET").starts_with("-ERR wrong number of arguments"));
+    let cross = c.cmd(&format!("RENAME {} {}", on_a[0], on_b[0]));
+    assert!(cross.starts_with("-CROSSSLOT"), "{cross}");
+    assert_eq!(c.cmd("LPUSH list x"), ":1");
+    assert!(c.cmd("GET list").starts_with("-WRONGTYPE"));
+    // A transaction: each queued command counts when queued (+QUEUED), EXEC by its reply.
+    assert_eq!(c.cmd("MULTI"), "OK");
+    assert_eq!(c.cmd(&format!("SET {} again", on_a[0])), "QUEUED");
+    assert_eq!(c.cmd("EXEC"), "[OK]");
+    // Not RESP: counted as invalid, and the connection is closed.
+    let mut bad = Resp::connect(rl);
+    bad.send_raw(b"*1\r\n$abc\r\n");
+    assert!(common::text(&bad.read()).starts_with("-ERR Protocol error"));
+    assert!(bad.closed());
+
+    // A pool with a silent server: its keys time out (then fail fast once it is down).
+    let mut f = Resp::connect(rf);
+    let (mut ok, mut failed, mut timed_out) = (0.0, 0.0, false);
+    for i in 0..20 {
+        let r = f.cmd(&format!("GET flaky-key-{}", i * 7919));
+        if r == "(nil)" {
+            ok += 1.0;
+        } else {
+            assert!(r.starts_with(&format!("-ERR backend {silent} ")), "{r}");
+            timed_out |= r.contains("timed out");
+            failed += 1.0;
+        }
+    }
+    assert!(ok > 0.0 && failed > 0.0 && timed_out, "{ok} {failed}");
+
+    let (_, text) = http_get(admin, "/metrics");
+    let samples = parse(&text);
+    let v = |l: &str, cmd: &str, result: &str| {
+        let labels = [("listener", l), ("command", cmd), ("result", result)];
+        metric(&samples, "kvrouter_requests_total", &labels).unwrap_or(0.0)
+    };
+    let expected = [
+        ("set", "ok", 31.0),
+        ("get", "ok", 40.0),
+        ("get", "client_error", 2.0),
+        ("mget", "ok", 5.0),
+        ("incr", "ok", 200.0),
+        ("client", "ok", 2.0),
+        ("other", "client_error", 2.0),
+        ("rename", "client_error", 1.0),
+        ("lpush", "ok", 1.0),
+        ("multi", "ok", 1.0),
+        ("exec", "ok", 1.0),
+        ("invalid", "client_error", 1.0),
+    ];
+    for (cmd, result, n) in expected {
+        assert_eq!(v(&lr, cmd, result), n, "{cmd} {result}");
+    }
+    // Nothing else was counted (no double counts), and only Redis names on Redis listeners.
+    let series = requests_of(&samples, &lr);
+    let total: f64 = series.iter().map(|s| s.value).sum();
+    assert_eq!(total, expected.iter().map(|e| e.2).sum::<f64>());
+    assert!(series.iter().all(|s| label(s, "protocol") == "redis"));
+    assert!(!series.iter().any(|s| label(s, "command") == "gets"));
+    // The backend failures: error; the live server's answers: ok.
+    assert_eq!(v(&lf, "get", "error"), failed);
+    assert_eq!(v(&lf, "get", "ok"), ok);
+    assert_eq!(
+        requests_of(&samples, &lf)
+            .iter()
+            .map(|s| s.value)
+            .sum::<f64>(),
+        20.0
+    );
+    promtool_check(&text);
+
+    silent_stop.store(true, Ordering::Relaxed);
+    silent_thread.join().unwrap();
+    drop(proxy);
 }
 
 #[test]

@@ -3,14 +3,31 @@
 //!
 //! Labels are listener addresses, pool names, server names, command names, results and error
 //! kinds: all bounded by the config. No key ever becomes a label.
+//!
+//! **Requests** (`kvrouter_requests_total{listener, protocol, command, result}`) are counted once
+//! per request, when its reply is complete, through a handle resolved once per listener and
+//! command: the request path indexes an array and bumps a counter. The `command` label is the
+//! protocol's own command name:
+//! - memcached: the 25 commands of `COMMANDS`, and `invalid` (did not parse). Every series
+//!   exists from the start.
+//! - Redis: the lower-case top-level names of the command table (subcommands fold into their
+//!   container: `CLIENT SETNAME` counts as `client`), `other` (a command or subcommand not in
+//!   the table) and `invalid` (not RESP). At most 242 names, but a series appears on its first
+//!   request: 726 series per listener that stay at 0 would swamp the scrape.
+//!
+//! The `result` says whose fault a failure is (`Outcome`).
 
 use prometheus::{
     Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
 
+use std::sync::OnceLock;
+
 use crate::backend::metrics::{ServerMetrics, ERROR_KINDS};
+use crate::config::Protocol;
 use crate::protocol::memcache::Command;
+use crate::protocol::redis_commands::{self as rc, CommandInfo};
 
 /// Every memcached command, in `Command` order; requests that fail to parse count as `invalid`.
 pub const COMMANDS: [Command; 25] = [
@@ -43,20 +60,100 @@ pub const COMMANDS: [Command; 25] = [
 /// The `command` label index of a request that did not parse.
 pub const INVALID: usize = COMMANDS.len();
 
-/// The `result` label of `kvrouter_requests_total`.
+/// The `command` label of memcached index `i` (`COMMANDS`, then `invalid`).
+fn memcache_name(i: usize) -> &'static str {
+    COMMANDS.get(i).map_or("invalid", |c| c.name())
+}
+
+/// The Redis `command` label index of a command the table knows: its row in the table, or its
+/// container's row for a subcommand (`client|setname` counts as `client`).
+pub fn redis_command_index(info: &'static CommandInfo) -> usize {
+    let table = rc::COMMANDS.as_ptr_range();
+    let at: *const CommandInfo = info;
+    if table.contains(&at) {
+        // A top-level row: no search on the request path.
+        return (at as usize - table.start as usize) / std::mem::size_of::<CommandInfo>();
+    }
+    let container = info.name.split('|').next().unwrap_or(info.name);
+    rc::lookup(container.as_bytes()).map_or_else(redis_other, redis_command_index)
+}
+
+/// The Redis `command` label index of a command (or subcommand) not in the table.
+pub fn redis_other() -> usize {
+    rc::COMMANDS.len()
+}
+
+/// The Redis `command` label index of a request that is not RESP.
+pub fn redis_invalid() -> usize {
+    rc::COMMANDS.len() + 1
+}
+
+/// The `command` label of Redis index `i` (the table's names, then `other`, `invalid`).
+fn redis_name(i: usize) -> &'static str {
+    match rc::COMMANDS.get(i) {
+        Some(c) => c.name,
+        None if i == redis_other() => "other",
+        None => "invalid",
+    }
+}
+
+/// The `command` labels of a protocol: how many, and the name of each index.
+fn command_names(protocol: Protocol) -> (usize, fn(usize) -> &'static str) {
+    match protocol {
+        Protocol::Memcache => (INVALID + 1, memcache_name),
+        Protocol::Redis => (redis_invalid() + 1, redis_name),
+    }
+}
+
+/// The `protocol` label.
+fn protocol_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Memcache => "memcache",
+        Protocol::Redis => "redis",
+    }
+}
+
+/// The `result` label of `kvrouter_requests_total`: was the request answered, and if it failed,
+/// whose fault was it?
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Answered (a miss, NOT_STORED and NOT_FOUND are answers too).
+    /// Answered (a miss, NOT_STORED and NOT_FOUND are answers too; so is a Redis nil).
     Ok = 0,
-    /// The client got `SERVER_ERROR` (backend failed, timed out, or said so).
+    /// The server side failed: memcached `SERVER_ERROR`; on Redis, a backend kvrouter could not
+    /// use (`-ERR backend ...`, no server available, no cluster node known) or a server that
+    /// cannot serve right now (`-LOADING`, `-OOM`, `-READONLY`, `-CLUSTERDOWN` ...).
     Error = 1,
-    /// The client got `CLIENT_ERROR` or `ERROR`.
+    /// The request was wrong: memcached `CLIENT_ERROR` or `ERROR`; on Redis every other error
+    /// reply, kvrouter's own (unknown command, wrong arity, `-NOAUTH`, `-CROSSSLOT`, a refused
+    /// command) and the server's (`-WRONGTYPE`, `-ERR syntax error`, `-NOSCRIPT` ...).
     ClientError = 2,
 }
 const OUTCOMES: [&str; 3] = ["ok", "error", "client_error"];
 
+/// Redis error codes that report the server's state, not the request: redis-server's own
+/// (`LOADING`, `BUSY` a script runs, `OOM`, `READONLY` a replica, `MASTERDOWN`, `MISCONF` a
+/// failing save, `NOREPLICAS`) and cluster ones (`CLUSTERDOWN`, `TRYAGAIN` during resharding,
+/// `MOVED`/`ASK` when kvrouter gave up following them).
+const REDIS_SERVER_CODES: [&[u8]; 11] = [
+    b"LOADING",
+    b"BUSY",
+    b"OOM",
+    b"READONLY",
+    b"MASTERDOWN",
+    b"MISCONF",
+    b"NOREPLICAS",
+    b"CLUSTERDOWN",
+    b"TRYAGAIN",
+    b"MOVED",
+    b"ASK",
+];
+
+/// The texts kvrouter starts its `-ERR` replies with when a backend failed it (timeout,
+/// refused, closed, TKO, every server ejected), as opposed to rejecting the request.
+const REDIS_BACKEND_FAILURES: [&[u8]; 3] = [b"backend ", b"kvrouter ", b"no server available"];
+
 impl Outcome {
-    /// Classify a reply by its first line.
+    /// Classify a memcached reply by its first line.
     pub fn of_reply(reply: &[u8]) -> Outcome {
         if reply.starts_with(b"SERVER_ERROR") {
             Outcome::Error
@@ -64,6 +161,29 @@ impl Outcome {
             Outcome::ClientError
         } else {
             Outcome::Ok
+        }
+    }
+
+    /// Classify a Redis reply by its first bytes: only error replies (`-`) are looked into, and
+    /// only their code and the start of the text.
+    pub fn of_redis_reply(reply: &[u8]) -> Outcome {
+        let Some(text) = reply.strip_prefix(b"-") else {
+            return Outcome::Ok;
+        };
+        let end = text
+            .iter()
+            .position(|&b| b == b' ' || b == b'\r')
+            .unwrap_or(text.len());
+        let (code, rest) = (&text[..end], text.get(end + 1..).unwrap_or_default());
+        let server_side = if code == b"ERR" {
+            REDIS_BACKEND_FAILURES.iter().any(|p| rest.starts_with(p))
+        } else {
+            REDIS_SERVER_CODES.contains(&code)
+        };
+        if server_side {
+            Outcome::Error
+        } else {
+            Outcome::ClientError
         }
     }
 }
@@ -131,8 +251,8 @@ impl Families {
             ),
             requests: counter(
                 "kvrouter_requests_total",
-                "Client requests by listener, command and result (ok, error = SERVER_ERROR, client_error).",
-                &["listener", "command", "result"],
+                "Client requests by listener, protocol, command (the protocol's command name; invalid: did not parse; Redis: other = not in the command table) and result (ok, error = the server side failed, client_error = a bad request).",
+                &["listener", "protocol", "command", "result"],
             ),
             get_keys: counter(
                 "kvrouter_get_keys_total",
@@ -275,13 +395,28 @@ impl Families {
             .with_label_values(&[if ok { "ok" } else { "failed" }])
     }
 
-    pub fn listener(&self, listener: &str) -> ListenerMetrics {
-        let requests = (0..=COMMANDS.len())
-            .map(|i| {
-                let cmd = COMMANDS.get(i).map_or("invalid", |c| c.name());
-                OUTCOMES.map(|r| self.requests.with_label_values(&[listener, cmd, r]))
-            })
-            .collect();
+    /// A listener's handles. Its memcached request series exist from here on; its Redis ones
+    /// appear on their first request.
+    pub fn listener(&self, listener: &str, protocol: Protocol) -> ListenerMetrics {
+        // A listener whose address moved to the other protocol leaves no series behind.
+        let other = match protocol {
+            Protocol::Memcache => Protocol::Redis,
+            Protocol::Redis => Protocol::Memcache,
+        };
+        self.remove_requests(listener, other);
+        let (n, name) = command_names(protocol);
+        let requests = Requests {
+            family: self.requests.clone(),
+            listener: listener.to_string(),
+            protocol: protocol_name(protocol),
+            name,
+            rows: (0..n).map(|_| OnceLock::new()).collect(),
+        };
+        if protocol == Protocol::Memcache {
+            (0..n).for_each(|i| {
+                requests.row(i);
+            });
+        }
         let keys = |r: &str| self.get_keys.with_label_values(&[listener, r]);
         ListenerMetrics {
             clients: self.client_connections.with_label_values(&[listener]),
@@ -300,16 +435,24 @@ impl Families {
             .client_connections_total
             .remove_label_values(&[listener]);
         let _ = self.auth_failures.remove_label_values(&[listener]);
-        for i in 0..=COMMANDS.len() {
-            let cmd = COMMANDS.get(i).map_or("invalid", |c| c.name());
-            for r in OUTCOMES {
-                let _ = self.requests.remove_label_values(&[listener, cmd, r]);
-            }
-        }
+        self.remove_requests(listener, Protocol::Memcache);
+        self.remove_requests(listener, Protocol::Redis);
         for r in ["hit", "miss", "failed"] {
             let _ = self.get_keys.remove_label_values(&[listener, r]);
         }
         self.remove_hot(listener);
+    }
+
+    fn remove_requests(&self, listener: &str, protocol: Protocol) {
+        let (n, name) = command_names(protocol);
+        let p = protocol_name(protocol);
+        for i in 0..n {
+            for r in OUTCOMES {
+                let _ = self
+                    .requests
+                    .remove_label_values(&[listener, p, name(i), r]);
+            }
+        }
     }
 
     /// A listener's hot-key handles (listeners with `hot_keys`; `cache`/`split`: the series
@@ -405,18 +548,39 @@ pub struct ListenerMetrics {
     pub clients: IntGauge,
     pub clients_total: IntCounter,
     pub auth_failures: IntCounter,
-    /// `requests[command index][Outcome]`; the last row is `invalid`.
-    requests: Vec<[IntCounter; 3]>,
+    requests: Requests,
     pub hits: IntCounter,
     pub misses: IntCounter,
     pub failed: IntCounter,
 }
 
 impl ListenerMetrics {
-    /// Count one request of `cmd` (a `COMMANDS` index, or `INVALID`) with its outcome.
+    /// Count one request of command index `cmd` with its outcome. memcached: a `COMMANDS`
+    /// index, or `INVALID`; Redis: `redis_command_index`, `redis_other()` or `redis_invalid()`.
     #[inline]
     pub fn request(&self, cmd: usize, outcome: Outcome) {
-        self.requests[cmd][outcome as usize].inc();
+        self.requests.row(cmd)[outcome as usize].inc();
+    }
+}
+
+/// One listener's `kvrouter_requests_total` handles: `rows[command index][Outcome]`, each row
+/// resolved at most once (memcached: when the listener is built; Redis: on its first use).
+#[derive(Clone, Debug)]
+struct Requests {
+    family: IntCounterVec,
+    listener: String,
+    protocol: &'static str,
+    name: fn(usize) -> &'static str,
+    rows: Box<[OnceLock<[IntCounter; 3]>]>,
+}
+
+impl Requests {
+    #[inline]
+    fn row(&self, cmd: usize) -> &[IntCounter; 3] {
+        self.rows[cmd].get_or_init(|| {
+            let labels = |r| [self.listener.as_str(), self.protocol, (self.name)(cmd), r];
+            OUTCOMES.map(|r| self.family.with_label_values(&labels(r)))
+        })
     }
 }
 
@@ -483,6 +647,89 @@ mod tests {
         for (i, c) in COMMANDS.iter().enumerate() {
             assert_eq!(command_index(*c), i, "{}", c.name());
         }
+    }
+
+    #[test]
+    fn redis_command_indexes_fold_subcommands() {
+        for (i, c) in rc::COMMANDS.iter().enumerate() {
+            assert_eq!(redis_command_index(c), i, "{}", c.name);
+            assert_eq!(redis_name(i), c.name);
+            for sub in c.subcommands {
+                assert_eq!(redis_command_index(sub), i, "{}", sub.name);
+            }
+        }
+        assert_eq!(redis_name(redis_other()), "other");
+        assert_eq!(redis_name(redis_invalid()), "invalid");
+        let get = rc::lookup(b"GET").unwrap();
+        assert_eq!(redis_name(redis_command_index(get)), "get");
+        // Lower-case names, no `|`: the label set is the table's top-level names.
+        for i in 0..=redis_invalid() {
+            let n = redis_name(i);
+            assert!(!n.contains('|') && n == n.to_lowercase(), "{n}");
+        }
+    }
+
+    #[test]
+    fn outcome_of_redis_reply() {
+        let o = |r: &[u8]| Outcome::of_redis_reply(r);
+        assert_eq!(o(b"+OK\r\n"), Outcome::Ok);
+        assert_eq!(o(b"$-1\r\n"), Outcome::Ok);
+        assert_eq!(o(b"*1\r\n-ERR inside an array\r\n"), Outcome::Ok);
+        assert_eq!(o(b""), Outcome::Ok);
+        // kvrouter's backend failures.
+        let timeout = b"-ERR backend 127.0.0.1:6379 timed out after 200ms\r\n";
+        assert_eq!(o(timeout), Outcome::Error);
+        assert_eq!(o(b"-ERR no server available in pool p\r\n"), Outcome::Error);
+        assert_eq!(o(b"-ERR kvrouter routing task failed\r\n"), Outcome::Error);
+        // The server's own state.
+        assert_eq!(o(b"-LOADING Redis is loading\r\n"), Outcome::Error);
+        assert_eq!(o(b"-OOM command not allowed\r\n"), Outcome::Error);
+        assert_eq!(o(b"-CLUSTERDOWN The cluster is down\r\n"), Outcome::Error);
+        assert_eq!(o(b"-MOVED 3999 127.0.0.1:6381\r\n"), Outcome::Error);
+        // Bad requests, kvrouter's or the server's verdict.
+        for e in [
+            &b"-ERR unknown command 'x', with args beginning with: \r\n"[..],
+            b"-ERR wrong number of arguments for 'get' command\r\n",
+            b"-NOAUTH Authentication required.\r\n",
+            b"-CROSSSLOT Keys in request don't hash to the same server\r\n",
+            b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+            b"-ERR syntax error\r\n",
+            b"-BUSYKEY Target key name already exists.\r\n",
+            b"-ERR\r\n",
+            b"-\r\n",
+        ] {
+            assert_eq!(o(e), Outcome::ClientError, "{}", String::from_utf8_lossy(e));
+        }
+    }
+
+    #[test]
+    fn redis_series_appear_on_first_use_and_go_with_the_listener() {
+        let f = Families::new(None);
+        let m = f.listener("l", Protocol::Redis);
+        let series = |f: &Families| -> usize {
+            use prometheus::core::Collector;
+            f.requests
+                .collect()
+                .iter()
+                .map(|m| m.get_metric().len())
+                .sum()
+        };
+        let get = redis_command_index(rc::lookup(b"get").unwrap());
+        assert_eq!(series(&f), 0);
+        m.request(get, Outcome::Ok);
+        m.request(get, Outcome::Ok);
+        m.request(redis_other(), Outcome::ClientError);
+        let c = |cmd, r| f.requests.with_label_values(&["l", "redis", cmd, r]).get();
+        assert_eq!(c("get", "ok"), 2);
+        assert_eq!(c("other", "client_error"), 1);
+        assert_eq!(series(&f), 2 * OUTCOMES.len());
+        f.remove_listener("l");
+        assert_eq!(series(&f), 0);
+        // memcached series exist from the start; a listener that turns Redis drops them.
+        let _m = f.listener("l", Protocol::Memcache);
+        assert_eq!(series(&f), (INVALID + 1) * OUTCOMES.len());
+        let _r = f.listener("l", Protocol::Redis);
+        assert_eq!(series(&f), 0);
     }
 
     #[test]

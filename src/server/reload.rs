@@ -95,7 +95,7 @@ pub(crate) fn build_generation(
             Ok(ListenerRuntime {
                 id: lid,
                 hot,
-                metrics: Arc::new(families.listener(&name)),
+                metrics: Arc::new(families.listener(&name, l.protocol)),
                 name,
                 pool,
                 max_clients,

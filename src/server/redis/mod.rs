@@ -77,8 +77,9 @@ mod pending;
 mod pinned;
 mod policy;
 
+use super::metrics::{redis_command_index, redis_invalid, redis_other};
 use keyed::{place, send, NO_MAP};
-use pending::{backend_error, flatten, Blocking, Merged, Part, Pending, Rx};
+use pending::{backend_error, flatten, Blocking, Merged, Part, Pending, Queue, Rx};
 
 /// Stop reading from a client that has this many replies outstanding, or this much unsent
 /// output: a client that pipelines without reading is throttled instead of growing memory.
@@ -190,7 +191,7 @@ pub async fn serve<S: Io>(
         client_id,
         id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
         name: None,
-        pending: VecDeque::new(),
+        pending: Queue::default(),
         rbuf: BytesMut::with_capacity(16 * 1024),
         wbuf: BytesMut::with_capacity(16 * 1024),
         reading: true,
@@ -219,7 +220,7 @@ struct Conn {
     authed: bool,
     /// The `users` entry this client authenticated as.
     user: Option<usize>,
-    pending: VecDeque<Pending>,
+    pending: Queue,
     rbuf: BytesMut,
     wbuf: BytesMut,
     /// False after EOF or shutdown.
@@ -428,6 +429,7 @@ impl Conn {
                 Ok(Some(req)) => self.handle(req),
                 Err(fatal) => {
                     bump(&self.ctx.stats.client_errors, 1);
+                    self.pending.count_next(redis_invalid());
                     self.pending.push_back(Pending::Ready(fatal.to_reply()));
                     self.pending.push_back(Pending::Quit);
                     self.parsing = false;
@@ -467,12 +469,20 @@ impl Conn {
         true
     }
 
+    /// Serve one request; its first reply counts it in `kvrouter_requests_total`.
     fn handle(&mut self, req: RespRequest) {
+        self.dispatch(req);
+        self.pending.count_none(); // deferred: counted when it is handled again
+    }
+
+    fn dispatch(&mut self, req: RespRequest) {
         let args = &req.args;
         let Some(info) = rc::resolve(args) else {
+            self.pending.count_next(redis_other());
             let msg = unknown_command(args);
             return self.reject(&msg);
         };
+        self.pending.count_next(redis_command_index(info));
         if let Err(msg) = rc::check(info, args) {
             return self.reject(&msg);
         }

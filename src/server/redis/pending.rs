@@ -2,8 +2,89 @@
 //! reply from one backend connection (`Rx`), parts on several servers merged when all are in,
 //! a SCAN step, a transaction block, a blocking command that follows cluster redirections, or a
 //! routed task. `Pending::poll` yields the bytes the client gets, errors included.
+//!
+//! The queue (`Queue`) tags each reply with the request it answers, so the request is counted
+//! (`kvrouter_requests_total`) when its reply is complete, whichever way it went.
 
 use super::*;
+use crate::server::metrics::Outcome;
+
+/// A `Queue` tag meaning "count nothing".
+const UNCOUNTED: usize = usize::MAX;
+
+/// The replies in flight, in request order. A reply pushed right after `count_next(cmd)` counts
+/// one request of command index `cmd`; any other reply (a second reply of the same request, a
+/// pub/sub message) counts nothing.
+pub(super) struct Queue {
+    q: VecDeque<Counted>,
+    next: usize,
+}
+
+impl Default for Queue {
+    fn default() -> Queue {
+        Queue {
+            q: VecDeque::new(),
+            next: UNCOUNTED,
+        }
+    }
+}
+
+impl Queue {
+    /// The next reply pushed answers a request of command index `cmd`.
+    pub(super) fn count_next(&mut self, cmd: usize) {
+        self.next = cmd;
+    }
+
+    /// The request being handled pushed no reply (yet): count nothing for it.
+    pub(super) fn count_none(&mut self) {
+        self.next = UNCOUNTED;
+    }
+
+    pub(super) fn push_back(&mut self, p: Pending) {
+        let cmd = std::mem::replace(&mut self.next, UNCOUNTED);
+        self.q.push_back(Counted { cmd, p });
+    }
+
+    pub(super) fn front_mut(&mut self) -> Option<&mut Counted> {
+        self.q.front_mut()
+    }
+
+    pub(super) fn pop_front(&mut self) -> Option<Counted> {
+        self.q.pop_front()
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.q.clear();
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.q.is_empty()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.q.len()
+    }
+}
+
+/// A reply and the command index its request counts under (`UNCOUNTED`: none).
+pub(super) struct Counted {
+    cmd: usize,
+    p: Pending,
+}
+
+impl Counted {
+    /// `Pending::poll`, counting the request by the reply it completes with.
+    pub(super) fn poll(&mut self, cx: &mut Context<'_>, ctx: &RedisContext) -> Poll<Option<Bytes>> {
+        let done = self.p.poll(cx, ctx);
+        if let Poll::Ready(Some(reply)) = &done {
+            if self.cmd != UNCOUNTED {
+                ctx.metrics
+                    .request(self.cmd, Outcome::of_redis_reply(reply));
+            }
+        }
+        done
+    }
+}
 
 /// One command's reply, in the order the client sent it.
 pub(super) enum Pending {
