@@ -10,6 +10,7 @@ pub mod hash;
 pub mod ketama;
 pub mod route;
 pub mod slots;
+pub mod split;
 
 pub use distribution::{hash_tag_key, DistributionKind, Node, Placement};
 pub use hash::HashKind;

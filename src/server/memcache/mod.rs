@@ -28,6 +28,7 @@ use crate::backend::io::{write_all, write_some, Io};
 use crate::backend::{BackendError, BackendHandle, Reply, ReplyKind};
 use crate::protocol::memcache::{self, Command, Parsed, Request};
 use crate::routing::route::Node;
+use crate::routing::split::Split;
 use leaf::McOp;
 
 mod context;
@@ -549,23 +550,14 @@ impl Conn {
         }
         // One pool: one request per server with its keys.
         let pool = &self.ctx.pool;
-        let mut part_of = Vec::with_capacity(req.keys.len());
-        let mut servers: Vec<usize> = Vec::new();
-        let mut part_keys: Vec<Vec<Bytes>> = Vec::new();
-        for key in &req.keys {
-            let Some(server) = pool.server_for(key) else {
-                return self.no_server();
-            };
-            let p = match servers.iter().position(|&s| s == server) {
-                Some(p) => p,
-                None => {
-                    servers.push(server);
-                    part_keys.push(Vec::new());
-                    servers.len() - 1
-                }
-            };
+        let Some(Split { servers, part_of }) =
+            Split::by_server(req.keys.iter().map(|k| &k[..]), |k| pool.server_for(k))
+        else {
+            return self.no_server();
+        };
+        let mut part_keys: Vec<Vec<Bytes>> = vec![Vec::new(); servers.len()];
+        for (key, &p) in req.keys.iter().zip(&part_of) {
             part_keys[p].push(key.clone());
-            part_of.push(p);
         }
         let gat = req.gat_exptime.as_deref();
         let parts = if servers.len() == 1 {

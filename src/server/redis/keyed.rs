@@ -4,6 +4,7 @@
 //! owner `ClusterWorker` finds and follows.
 
 use super::*;
+use crate::routing::split::Split;
 
 impl Conn {
     /// The one server all keys of the command map to (None: the command has no key).
@@ -75,32 +76,16 @@ impl Conn {
             Err(e) => return self.reject(&format!("ERR {e}")),
         };
         let hot_keys = self.hot_written_keys(info, &req);
-        let with_value = info.name == "mset";
-        let mut servers: Vec<usize> = Vec::new();
-        let mut part_args: Vec<Vec<&Bytes>> = Vec::new();
-        let mut part_of = Vec::with_capacity(keys.len());
-        for &k in &keys {
-            let Some(server) = self.place(&args[k]) else {
-                let msg = format!(
-                    "ERR no server available in pool {}",
-                    self.ctx.pool.config.name
-                );
-                return self.reject(&msg);
-            };
-            let p = match servers.iter().position(|&s| s == server) {
-                Some(p) => p,
-                None => {
-                    servers.push(server);
-                    part_args.push(vec![&args[0]]);
-                    servers.len() - 1
-                }
-            };
-            part_args[p].push(&args[k]);
-            if with_value {
-                part_args[p].push(&args[k + 1]);
-            }
-            part_of.push(p);
-        }
+        let Some(Split { servers, part_of }) =
+            Split::by_server(keys.iter().map(|&k| &args[k][..]), |key| self.place(key))
+        else {
+            let msg = format!(
+                "ERR no server available in pool {}",
+                self.ctx.pool.config.name
+            );
+            return self.reject(&msg);
+        };
+        let part_args = split_args(info, args, &keys, servers.len(), &part_of);
         let read = info.is_readonly();
         if servers.len() == 1 {
             let server = servers[0];
@@ -179,6 +164,25 @@ impl Conn {
             part_of: Vec::new(),
         })));
     }
+}
+
+/// Each part's arguments: the command name, then its keys (MSET: with their values).
+pub(super) fn split_args<'a>(
+    info: &CommandInfo,
+    args: &'a [Bytes],
+    keys: &[usize],
+    parts: usize,
+    part_of: &[usize],
+) -> Vec<Vec<&'a Bytes>> {
+    let with_value = info.name == "mset";
+    let mut part_args: Vec<Vec<&Bytes>> = vec![vec![&args[0]]; parts];
+    for (&k, &p) in keys.iter().zip(part_of) {
+        part_args[p].push(&args[k]);
+        if with_value {
+            part_args[p].extend(args.get(k + 1));
+        }
+    }
+    part_args
 }
 
 /// A cluster pool whose map has no owner for what a command needs.

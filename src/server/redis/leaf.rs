@@ -25,6 +25,7 @@ use crate::protocol::redis_commands::{self as rc, key_indices, CommandInfo, Merg
 use crate::protocol::resp::merge::{self, bulk_payload, error};
 use crate::protocol::resp::{encode_request, RespRequest};
 use crate::routing::route::{self, Failed, Leaf, Node, Pending};
+use crate::routing::split::Split;
 use crate::server::pool::PoolRuntime;
 use crate::server::stats::{bump, Stats};
 
@@ -173,24 +174,12 @@ impl RTarget {
 
     /// Send `op` to its server(s) in this pool now; the future yields the outcome.
     fn send(&self, op: Rc<RedisOp>) -> Pending {
-        let args = &op.req.args;
-        // Which server each key lives on; parts in first-seen order.
-        let mut servers: Vec<usize> = Vec::new();
-        let mut part_of = Vec::with_capacity(op.keys.len());
-        for i in 0..op.keys.len() {
-            let Some(s) = self.pool.server_for(op.key(i)) else {
-                let why = format!("no server available in pool {}", self.pool.config.name);
-                return route::ready(Err(Failed::new(Failure::ServerError, why)));
-            };
-            let p = match servers.iter().position(|&x| x == s) {
-                Some(p) => p,
-                None => {
-                    servers.push(s);
-                    servers.len() - 1
-                }
-            };
-            part_of.push(p);
-        }
+        let keys = (0..op.keys.len()).map(|i| op.key(i));
+        let Some(Split { servers, part_of }) = Split::by_server(keys, |k| self.pool.server_for(k))
+        else {
+            let why = format!("no server available in pool {}", self.pool.config.name);
+            return route::ready(Err(Failed::new(Failure::ServerError, why)));
+        };
         let readonly = op.class == OpClass::Get;
         if servers.len() == 1 {
             return self.send_server(servers[0], op.req.raw.clone(), readonly, op.client_id);
@@ -198,15 +187,8 @@ impl RTarget {
         if !op.split {
             return route::ready(Ok(error(&self.crossslot())));
         }
-        let with_value = op.info.name == "mset";
-        let mut part_args: Vec<Vec<&Bytes>> = vec![vec![&args[0]]; servers.len()];
-        for (i, &p) in part_of.iter().enumerate() {
-            let k = op.keys[i];
-            part_args[p].push(&args[k]);
-            if with_value {
-                part_args[p].extend(args.get(k + 1));
-            }
-        }
+        let part_args =
+            super::keyed::split_args(op.info, &op.req.args, &op.keys, servers.len(), &part_of);
         let parts: Vec<_> = servers
             .iter()
             .zip(&part_args)
