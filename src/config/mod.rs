@@ -211,7 +211,7 @@ pub enum ReadFrom {
     Replica,
 }
 
-/// A route tree (the grammar of design.md's "Route grammar"), as written in the config.
+/// A route tree (the route grammar: README "Route trees", `route.rs`), as written in the config.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Route {
     /// `POOL` or `{ pool: POOL }`.

@@ -1,7 +1,6 @@
-//! kvrouter's own format: top-level `admin`, `workers`, `log`, `pools`, `listeners` with
-//! design.md's defaults (timeout 1s, failure_limit 3, retry_timeout 10s). Every key design.md
-//! reserves is implemented; unknown keys are refused at their location, so nobody mistakes a
-//! typo for a setting that took effect.
+//! kvrouter's own format: top-level `admin`, `workers`, `log`, `pools`, `listeners`, with its
+//! own defaults (timeout 1s, failure_limit 3, retry_timeout 10s). Unknown keys are refused at
+//! their location, so nobody mistakes a typo for a setting that took effect.
 
 use std::time::Duration;
 

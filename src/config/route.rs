@@ -1,5 +1,6 @@
-//! Route expressions (design.md's route grammar), parsed into `Route` trees. Every pool a route
-//! names must exist and speak the listener's protocol; every error carries its location.
+//! Route expressions (the route grammar, README "Route trees"), parsed into `Route` trees.
+//! Every pool a route names must exist and speak the listener's protocol; every error carries
+//! its location.
 
 use serde_saphyr::Spanned;
 

@@ -3,7 +3,7 @@
 use crate::backend::BackendError;
 use crate::config::FailoverOn;
 
-/// The operation classes of design.md's route grammar.
+/// The route grammar's operation classes (docs/architecture.md): get, set, delete, other.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OpClass {
     Get,

@@ -71,7 +71,7 @@ pub trait Leaf: 'static {
     fn send(target: &Self::Target, op: &Self::Op) -> Pending;
     /// Whether two leaves reach the same pool (a multi-key request may then take either).
     fn same_target(a: &Self::Target, b: &Self::Target) -> bool;
-    /// design.md's operation class (get, set, delete, other).
+    /// The route grammar's operation class (get, set, delete, other; docs/architecture.md).
     fn class(op: &Self::Op) -> OpClass;
     /// The keys of `op` (at least one).
     fn keys(op: &Self::Op) -> Vec<&[u8]>;

@@ -37,7 +37,7 @@ pub struct McOp {
     pub quiet: bool,
 }
 
-/// design.md's operation classes for memcached commands.
+/// The route grammar's operation classes (docs/architecture.md) for memcached commands.
 pub fn class_of(command: Command) -> OpClass {
     match command {
         Command::Get | Command::Gets | Command::Gat | Command::Gats | Command::MetaGet => {

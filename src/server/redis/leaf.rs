@@ -1,11 +1,11 @@
 //! Redis as a route-tree leaf (`routing::route::Leaf`), and replica read failover.
 //!
-//! A keyed command (design.md's "route" and "split" commands: GET, SET, MGET, DEL, ...) goes
-//! down the listener's tree as one `RedisOp`. At a pool leaf the pool's placement picks the
-//! server; multi-key commands are split per server and merged as usual. A read-only command
-//! (by the command table) whose primary fails (timeout, refused, closed, TKO down, or a
-//! `-LOADING`/`-MASTERDOWN` reply) is retried on that server's `replicas` in order; a write
-//! fails fast with an error saying writes need the primary.
+//! A keyed command (`Handling::Route` and `Handling::Split` in the command table: GET, SET,
+//! MGET, DEL, ...) goes down the listener's tree as one `RedisOp`. At a pool leaf the pool's
+//! placement picks the server; multi-key commands are split per server and merged as usual.
+//! A read-only command (by the command table) whose primary fails (timeout, refused, closed,
+//! TKO down, or a `-LOADING`/`-MASTERDOWN` reply) is retried on that server's `replicas` in
+//! order; a write fails fast with an error saying writes need the primary.
 //!
 //! A gutter caps a write's time to live with `PEXPIRE key max_ttl LT` sent right behind it on
 //! the same connection (Redis 7: a key without a TTL counts as infinite for LT, so the cap
@@ -44,7 +44,7 @@ pub struct RTarget {
     pub replicas: Rc<Vec<Vec<Vec<BackendHandle>>>>,
 }
 
-/// design.md's operation classes for Redis commands.
+/// The route grammar's operation classes (docs/architecture.md) for Redis commands.
 pub fn class_of(info: &CommandInfo) -> OpClass {
     match info.name {
         "del" | "unlink" => OpClass::Delete,

@@ -7,7 +7,7 @@
 //!   the reply passed through byte for byte.
 //! - **split**: MGET, MSET, DEL, UNLINK, EXISTS, TOUCH go to each server with that server's keys,
 //!   and the replies are merged (`redis_merge`); a failed server fails the whole command with an
-//!   `-ERR` naming it (design.md: no partial answers for Redis).
+//!   `-ERR` naming it (no partial answers for Redis).
 //! - **local**: PING, ECHO, QUIT, SELECT 0, HELLO 2, AUTH, RESET, CLIENT SETNAME/GETNAME/ID,
 //!   INFO, COMMAND COUNT are answered here: the client's connection is to the proxy.
 //! - **fan-out**: DBSIZE, SCAN (a cursor walking the servers in turn), RANDOMKEY, SCRIPT
