@@ -3,7 +3,8 @@
 //! Placement must match twemproxy 0.5.0 bit for bit so that a fleet can move from nutcracker to
 //! kvrouter without a single cache miss. Each hash function lives in its own file under `hash/`
 //! (like twemproxy's hashkit); `distribution` turns a hash into a server with ketama, modula or
-//! random. `route` holds the route-tree nodes that choose by key prefix or operation class.
+//! random. `route/` is the route tree (one file per route handle, generic over a protocol
+//! `Leaf`), `split` cuts a multi-key request per server, `slots` is Redis Cluster's CRC16.
 
 pub mod distribution;
 pub mod hash;

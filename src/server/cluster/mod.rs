@@ -20,7 +20,7 @@
 //! request cannot have run (connect failed) or is read-only. Everything stays within the pool
 //! timeout counted from the first send, and at most 5 redirections per request.
 //!
-//! The redirection following lives in `cluster_redirect.rs`.
+//! The redirection following lives in `redirect.rs`.
 //!
 //! **Transactions.** The proxy queues a MULTI block and sends it whole at EXEC (`transaction`),
 //! so a block the node discarded with MOVED/ASK is sent again whole to the node named. A WATCH

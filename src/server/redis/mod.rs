@@ -32,9 +32,10 @@
 //! `-EXECABORT Transaction discarded because of: keys on different servers` with nothing run.
 //!
 //! **Files.** This one holds the connection (its I/O loop, parsing, dispatch by the command
-//! table); `redis_keyed.rs` the keyed commands (route, split, fan-out), `redis_pending.rs` the
-//! replies on their way, `redis_local.rs` the commands answered here, `redis_pinned.rs`
-//! transactions, blocking commands and pub/sub, `redis_hot.rs` hot keys, `policy.rs` the
+//! table); `keyed.rs` the keyed commands (route, split, fan-out), `leaf.rs` Redis as a
+//! route-tree leaf (and replica failover), `context.rs` the per-worker context, `pending.rs` the
+//! replies on their way, `local.rs` the commands answered here, `pinned.rs`
+//! transactions, blocking commands and pub/sub, `hot.rs` hot keys, `policy.rs` the
 //! command policy (refused commands, `allow_commands`, `scripts`) checked before any routing.
 //!
 //! **RESP3 is not offered**: `HELLO 3` gets `-NOPROTO`. Replies are passed through from RESP2
