@@ -15,19 +15,20 @@ use std::time::{Duration, Instant};
 use common::{free_port, kvrouter, text, Frame, Proc, RedisCluster, Resp, TempDir};
 use kvrouter::routing::slots::key_slot;
 
-/// kvrouter with a cluster pool `c` (read_from primary) on one listener and a pool `r`
-/// (`read_from`) on a second one.
-fn proxy(cluster: &RedisCluster, read_from: &str) -> (TempDir, Proc, SocketAddr) {
+/// kvrouter with a cluster pool `c` (read_from primary) on one listener, a pool `r`
+/// (`read_from`) on a second one, and `c` as the leaves of a route tree on a third one.
+fn proxy(cluster: &RedisCluster, read_from: &str) -> (TempDir, Proc, SocketAddr, SocketAddr) {
     let dir = TempDir::new();
-    let (p1, p2) = (free_port(), free_port());
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
     let seed = cluster.seed();
     let yaml = format!(
-        "workers: 2\npools:\n  c:\n    protocol: redis\n    timeout: 2s\n    cluster: {{ seeds: [\"{seed}\"] }}\n  r:\n    protocol: redis\n    timeout: 2s\n    cluster: {{ seeds: [\"127.0.0.1:1\", \"{seed}\"], read_from: {read_from} }}\nlisteners:\n  - {{ listen: 127.0.0.1:{p1}, protocol: redis, route: c }}\n  - {{ listen: 127.0.0.1:{p2}, protocol: redis, route: r }}\n"
+        "workers: 2\npools:\n  c:\n    protocol: redis\n    timeout: 2s\n    cluster: {{ seeds: [\"{seed}\"] }}\n  r:\n    protocol: redis\n    timeout: 2s\n    cluster: {{ seeds: [\"127.0.0.1:1\", \"{seed}\"], read_from: {read_from} }}\nlisteners:\n  - {{ listen: 127.0.0.1:{p1}, protocol: redis, route: c }}\n  - {{ listen: 127.0.0.1:{p2}, protocol: redis, route: r }}\n  - {{ listen: 127.0.0.1:{p3}, protocol: redis, route: {{ prefix: {{ \"t:\": c, default: {{ failover: [c] }} }} }} }}\n"
     );
     let addr: SocketAddr = format!("127.0.0.1:{p1}").parse().unwrap();
     let proc_ = kvrouter(&dir, &yaml, addr);
     let second: SocketAddr = format!("127.0.0.1:{p2}").parse().unwrap();
-    (dir, proc_, second)
+    let tree: SocketAddr = format!("127.0.0.1:{p3}").parse().unwrap();
+    (dir, proc_, second, tree)
 }
 
 fn info_stat(addr: SocketAddr, section: &str, field: &str) -> u64 {
@@ -50,7 +51,7 @@ fn info_stat(addr: SocketAddr, section: &str, field: &str) -> u64 {
 #[test]
 fn cluster_routing_multikey_and_replica_reads() {
     let cluster = RedisCluster::start(5000);
-    let (dir, proxy, replica_listener) = proxy(&cluster, "replica");
+    let (dir, proxy, replica_listener, tree_listener) = proxy(&cluster, "replica");
     let mut c = Resp::connect(proxy.addr);
 
     // keymap: the slot, and its owner as a seed tells.
@@ -125,6 +126,24 @@ fn cluster_routing_multikey_and_replica_reads() {
     for i in 0..n {
         assert_eq!(text(&c.read()), format!("value:{i}"));
     }
+
+    // A route tree whose leaves are the cluster pool: keys reach their slot's owner too, and
+    // multi-key commands across slots are split per slot and merged.
+    let mut t = Resp::connect(tree_listener);
+    for i in 0..200 {
+        assert_eq!(t.cmd(&format!("SET t:{i} tree:{i}")), "OK");
+        assert_eq!(c.cmd(&format!("GET t:{i}")), format!("tree:{i}"));
+        assert_eq!(t.cmd(&format!("GET key:{i}")), format!("value:{i}"));
+    }
+    let tkeys: Vec<String> = (0..20).map(|i| format!("t:{i}")).collect();
+    let want: Vec<String> = (0..20).map(|i| format!("tree:{i}")).collect();
+    assert_eq!(
+        t.cmd(&format!("MGET {}", tkeys.join(" "))),
+        format!("[{}]", want.join(", "))
+    );
+    assert_eq!(t.cmd(&format!("DEL {}", tkeys.join(" "))), ":20");
+    assert_eq!(t.cmd("GET t:1"), "(nil)");
+    assert!(t.cmd("SUNIONSTORE t:dst t:a t:b").starts_with("-CROSSSLOT"));
 
     // Multi-key commands across slots are split per slot and merged.
     let keys: Vec<String> = (0..50).map(|i| format!("m{i}")).collect();
@@ -353,7 +372,7 @@ impl Traffic {
 #[test]
 fn cluster_slot_migration_under_traffic() {
     let cluster = RedisCluster::start(5000);
-    let (_dir, proxy, _) = proxy(&cluster, "primary");
+    let (_dir, proxy, _, _) = proxy(&cluster, "primary");
     let tag = "mig";
     let slot = key_slot(tag.as_bytes());
     let (src, _) = cluster.owner(cluster.seed(), slot);
@@ -578,7 +597,7 @@ fn errorstat(addr: SocketAddr, kind: &str) -> u64 {
 #[test]
 fn cluster_failover_under_traffic() {
     let cluster = RedisCluster::start(2000);
-    let (_dir, proxy, _) = proxy(&cluster, "primary");
+    let (_dir, proxy, _, _) = proxy(&cluster, "primary");
     let tag = "fo";
     let slot = key_slot(tag.as_bytes());
     let (victim, replicas) = cluster.owner(cluster.seed(), slot);

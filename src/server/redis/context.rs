@@ -14,12 +14,13 @@ use crate::server::hot::HotCtx;
 use crate::server::pool::PoolRuntime;
 use crate::server::ListenerRuntime;
 
-/// Does a redis listener need a tree (a route beyond one pool, or a pool with replicas)? A
-/// plain pool (sharded or cluster) is served by the connection's own keyed paths.
-fn needs_tree(route: &Route, first: &PoolRuntime) -> bool {
+/// Is the route one pool without replicas? Its keyed commands then take the connection's own
+/// paths (`keyed.rs`: straight onto a server's connection, no task, hot keys, cluster
+/// redirections), not the tree.
+fn is_direct(route: &Route, first: &PoolRuntime) -> bool {
     match route {
-        Route::Pool { .. } => first.replicas.iter().any(|r| !r.is_empty()),
-        _ => true,
+        Route::Pool { .. } => first.replicas.iter().all(|r| r.is_empty()),
+        _ => false,
     }
 }
 
@@ -46,25 +47,24 @@ impl RedisContext {
             };
             HotCtx::new(&h.keys, previous.and_then(|p| p.hot.as_ref()), tag)
         });
-        let routing = needs_tree(&lc.route, first).then(|| {
-            let route_metrics = pools.families.route(&l.name);
-            let target = |n: &str| {
-                let p = pools.index(n);
-                RTarget {
-                    pool: pools.pool(p).clone(),
-                    backends: pools.servers[&p].clone(),
-                    replicas: pools.replicas[&p].clone(),
-                }
-            };
-            route::build::<Redis>(
-                &lc.route,
-                &Build {
-                    target: &target,
-                    failovers: route_metrics.failovers.clone(),
-                    gutter_used: &|p| route_metrics.gutter(p),
-                },
-            )
-        });
+        let route_metrics = pools.families.route(&l.name);
+        let target = |n: &str| {
+            let p = pools.index(n);
+            RTarget {
+                pool: pools.pool(p).clone(),
+                backends: pools.servers[&p].clone(),
+                replicas: pools.replicas[&p].clone(),
+                cluster: pools.cluster(pools.pool(p)),
+            }
+        };
+        let routing = route::build::<Redis>(
+            &lc.route,
+            &Build {
+                target: &target,
+                failovers: route_metrics.failovers.clone(),
+                gutter_used: &|p| route_metrics.gutter(p),
+            },
+        );
         RedisContext {
             hot,
             pool: first.clone(),
@@ -80,6 +80,7 @@ impl RedisContext {
             listener: l.name.clone(),
             reach: lc.route.pools().into_iter().map(String::from).collect(),
             idle_timeout: lc.client_idle_timeout,
+            direct: is_direct(&lc.route, first),
             routing,
             follow,
         }

@@ -32,10 +32,10 @@ fn send_key(
     req: RespRequest,
     read: bool,
 ) -> Option<Rx> {
-    if let Some(root) = &ctx.routing {
+    if !ctx.direct {
         let info = lookup(&req.args[0])?;
         let stats = ctx.stats.clone();
-        let task = super::leaf::dispatch(root, info, req, false, client_id, stats);
+        let task = super::leaf::dispatch(&ctx.routing, info, req, false, client_id, stats);
         return task.ok().map(Rx::Routed);
     }
     let server = place(ctx, key)?;

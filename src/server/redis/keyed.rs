@@ -16,8 +16,8 @@ impl Conn {
         let keys = key_indices(info, args).map_err(|e| format!("ERR {e}"))?;
         let mut server = None;
         for k in keys {
-            if let Some(root) = &self.ctx.routing {
-                super::leaf::check_home(root, &self.ctx.pool, info, &args[k])?;
+            if !self.ctx.direct {
+                super::leaf::check_home(&self.ctx.routing, &self.ctx.pool, info, &args[k])?;
             }
             let s = self.place(&args[k]).ok_or_else(|| {
                 format!(

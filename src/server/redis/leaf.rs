@@ -12,6 +12,7 @@
 //! applies to persistent keys too, and never lengthens a shorter TTL). `warm_up` fills cold
 //! with `SET NX`, so a newer write to cold is never overwritten.
 
+use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,8 +25,10 @@ use crate::failover::policy::{Failure, OpClass};
 use crate::protocol::redis_commands::{self as rc, key_indices, CommandInfo, Merge};
 use crate::protocol::resp::merge::{self, bulk_payload, error};
 use crate::protocol::resp::{encode_request, RespRequest};
-use crate::routing::route::{self, Failed, Leaf, Node, Pending};
+use crate::routing::route::{self, Failed, Leaf, Node, Outcome, Pending};
+use crate::routing::slots;
 use crate::routing::split::Split;
+use crate::server::cluster::ClusterWorker;
 use crate::server::pool::PoolRuntime;
 use crate::server::stats::{bump, Stats};
 
@@ -42,6 +45,9 @@ pub struct RTarget {
     pub backends: Rc<Vec<Vec<BackendHandle>>>,
     /// `replicas[server][replica][connection]` (empty when the pool has none).
     pub replicas: Rc<Vec<Vec<Vec<BackendHandle>>>>,
+    /// A Redis Cluster pool: this worker's node connections and the slot map (a key's
+    /// "server" is then its slot, and `backends` is empty).
+    pub cluster: Option<Rc<ClusterWorker>>,
 }
 
 /// The route grammar's operation classes (docs/architecture.md) for Redis commands.
@@ -175,8 +181,11 @@ impl RTarget {
     /// Send `op` to its server(s) in this pool now; the future yields the outcome.
     fn send(&self, op: Rc<RedisOp>) -> Pending {
         let keys = (0..op.keys.len()).map(|i| op.key(i));
-        let Some(Split { servers, part_of }) = Split::by_server(keys, |k| self.pool.server_for(k))
-        else {
+        let place = |k: &[u8]| match &self.cluster {
+            Some(_) => Some(slots::key_slot(k) as usize),
+            None => self.pool.server_for(k),
+        };
+        let Some(Split { servers, part_of }) = Split::by_server(keys, place) else {
             let why = format!("no server available in pool {}", self.pool.config.name);
             return route::ready(Err(Failed::new(Failure::ServerError, why)));
         };
@@ -185,6 +194,10 @@ impl RTarget {
             return self.send_server(servers[0], op.req.raw.clone(), readonly, op.client_id);
         }
         if !op.split {
+            if self.cluster.is_some() {
+                let msg = "CROSSSLOT Keys in request don't hash to the same slot";
+                return route::ready(Ok(error(msg)));
+            }
             return route::ready(Ok(error(&self.crossslot())));
         }
         let part_args =
@@ -205,7 +218,8 @@ impl RTarget {
         .boxed_local()
     }
 
-    /// Send one request to `server`; a read whose primary fails goes to its replicas in turn.
+    /// Send one request to `server` (a cluster pool: to the owner of slot `server`, following
+    /// redirections); a read whose primary fails goes to its replicas in turn.
     fn send_server(
         &self,
         server: usize,
@@ -213,6 +227,10 @@ impl RTarget {
         readonly: bool,
         client_id: usize,
     ) -> Pending {
+        if let Some(c) = &self.cluster {
+            let mut rx = c.send(server as u16, bytes, readonly, client_id);
+            return async move { cluster_outcome(poll_fn(|cx| rx.poll(cx)).await) }.boxed_local();
+        }
         let conns = &self.backends[server];
         let rx = conns[client_id % conns.len()].send(bytes.clone(), ReplyKind::Resp);
         let spec = self.pool.specs[server].clone();
@@ -261,6 +279,16 @@ impl RTarget {
         }
         .boxed_local()
     }
+}
+
+/// A cluster reply as an outcome: the node that could not be reached (kvrouter's own `-ERR
+/// backend ...`) is a failure a failover may act on; anything a node answered is a reply.
+fn cluster_outcome(b: Bytes) -> Outcome {
+    if b.starts_with(b"-ERR backend ") {
+        let text = String::from_utf8_lossy(&b[5..b.len().saturating_sub(2)]).into_owned();
+        return Err(Failed::new(Failure::ServerError, text));
+    }
+    Ok(b)
 }
 
 /// Route one keyed command (a "route" or "split" command) through `root`: the task's result

@@ -115,10 +115,11 @@ pub struct RedisContext {
     pub listener: String,
     /// `hot_keys`: this worker's sampler and the listener's shared machinery.
     pub hot: Option<super::hot::HotCtx>,
-    /// The route tree keyed commands take (`leaf`), when the route is more than one
-    /// pool or the pool has replicas; `pool` and `backends` are then the tree's first pool,
-    /// which keyless, fan-out and dedicated-connection commands use.
-    pub routing: Option<Node<leaf::Redis>>,
+    /// The listener's route (a pool leaf, or a tree of them: `leaf`); `pool` and `backends` are
+    /// its first pool, which keyless, fan-out and dedicated-connection commands use.
+    pub routing: Node<leaf::Redis>,
+    /// The route is one pool without replicas: keyed commands skip the tree (see `keyed.rs`).
+    pub direct: bool,
     /// Every pool the listener's route reaches (computed once from the config).
     pub reach: Vec<String>,
     /// The listener's `client_idle_timeout`: like redis-server's `timeout`, it closes a client
@@ -515,7 +516,8 @@ impl Conn {
         if self.multi.is_some() {
             return self.queue(info, req);
         }
-        if let Some(root) = self.ctx.routing.clone() {
+        if !self.ctx.direct {
+            let root = self.ctx.routing.clone();
             let keyed = matches!(handling, Handling::Route | Handling::Split);
             // PUBLISH goes where the subscriptions are: the first pool.
             if keyed && !matches!(info.name, "publish" | "spublish") {
