@@ -2,7 +2,7 @@
 //! resumable across reads, for text and meta replies) and taking a retrieval reply apart into
 //! its items (`split_items`).
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::*;
 
@@ -199,6 +199,50 @@ pub struct Item {
     pub key: Bytes,
     /// The whole item as sent: `VALUE key flags bytes [cas]\r\n<data>\r\n`.
     pub raw: Bytes,
+}
+
+/// A multi-get's parts merged into one reply: items in the client's key order under one `END`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct MergedGet {
+    pub reply: Bytes,
+    pub hits: u64,
+    pub misses: u64,
+    /// Keys of failed parts: answered as misses (a miss is always safe for a cache).
+    pub failed: u64,
+}
+
+/// Merge the items of a multi-get's parts (`parts[p]`: the items part `p` returned, or Err when
+/// it failed) for the client's `keys`, `part_of[i]` being the part key `i` went to. memcached
+/// answers a part's keys in the order they were sent, skipping misses, so one cursor per part
+/// pairs items with keys, repeated keys included.
+pub fn merge_items<E>(
+    keys: &[Bytes],
+    part_of: &[usize],
+    parts: &[Result<Vec<Item>, E>],
+) -> MergedGet {
+    let mut cursor = vec![0usize; parts.len()];
+    let mut out = BytesMut::new();
+    let (mut hits, mut misses, mut failed) = (0u64, 0u64, 0u64);
+    for (key, &p) in keys.iter().zip(part_of) {
+        match &parts[p] {
+            Ok(list) => match list.get(cursor[p]) {
+                Some(item) if item.key == key => {
+                    out.extend_from_slice(&item.raw);
+                    cursor[p] += 1;
+                    hits += 1;
+                }
+                _ => misses += 1,
+            },
+            Err(_) => failed += 1,
+        }
+    }
+    out.extend_from_slice(b"END\r\n");
+    MergedGet {
+        reply: out.freeze(),
+        hits,
+        misses,
+        failed,
+    }
 }
 
 /// Split a complete retrieval reply (as found by `scan_reply`) into its items. Err when the reply

@@ -204,23 +204,12 @@ impl MultiGet {
                 return Bytes::from(format!("SERVER_ERROR {why}\r\n"));
             }
         }
-        let mut cursor = vec![0usize; self.parts.len()];
-        let mut out = BytesMut::new();
-        let (mut hits, mut misses, mut failed) = (0u64, 0u64, 0u64);
-        for (key, &p) in self.keys.iter().zip(&self.part_of) {
-            match &items[p] {
-                Ok(list) => match list.get(cursor[p]) {
-                    Some(item) if item.key == key => {
-                        out.extend_from_slice(&item.raw);
-                        cursor[p] += 1;
-                        hits += 1;
-                    }
-                    _ => misses += 1,
-                },
-                Err(_) => failed += 1,
-            }
-        }
-        out.extend_from_slice(b"END\r\n");
+        let memcache::MergedGet {
+            reply,
+            hits,
+            misses,
+            failed,
+        } = memcache::merge_items(&self.keys, &self.part_of, &items);
         bump(&ctx.stats.get_hits, hits);
         bump(&ctx.stats.get_misses, misses + failed);
         bump(&ctx.stats.get_failed_keys, failed);
@@ -231,6 +220,6 @@ impl MultiGet {
             ctx.metrics.failed.inc_by(failed);
             ctx.pool.metrics.get_failed_keys.inc_by(failed);
         }
-        out.freeze()
+        reply
     }
 }
