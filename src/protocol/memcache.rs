@@ -27,7 +27,24 @@ pub struct Limits {
     pub item_size_max: usize,
     /// Longest command line (without data block) before the connection is considered broken.
     pub max_line_len: usize,
+    /// Longest command line forwarded, `\r` included and `\n` excluded, for everything but
+    /// `get`/`gets` (see [`MEMCACHED_LINE_MAX`]); longer ones get `CLIENT_ERROR line too long`.
+    pub max_forward_line: usize,
 }
+
+/// memcached 1.6 closes a connection whose read buffer holds more than 2048 bytes of one command
+/// line with no `\n` yet (`try_read_command_ascii`), unless the line starts, after at most 100
+/// spaces, with `get ` or `gets `. Whether a 3000-byte line arrives in one read is up to TCP, so
+/// forwarding one on a backend connection shared by many clients could drop all of their
+/// requests in flight.
+pub const MEMCACHED_LINE_MAX: usize = 2048;
+
+/// Leading spaces memcached tolerates before a long `get`/`gets` line.
+const MEMCACHED_GET_SPACES_MAX: usize = 100;
+
+/// What routes may add to a line they rewrite (a gutter's capped exptime, a meta `T<ttl>`
+/// flag): client lines are held this far under [`MEMCACHED_LINE_MAX`].
+pub const LINE_REWRITE_HEADROOM: usize = 128;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -35,6 +52,7 @@ impl Default for Limits {
             max_key_len: 250,
             item_size_max: 1024 * 1024,
             max_line_len: 1024 * 1024,
+            max_forward_line: MEMCACHED_LINE_MAX - LINE_REWRITE_HEADROOM,
         }
     }
 }
@@ -261,6 +279,28 @@ const MAX_ARGS: usize = 7;
 
 /// Parse one request from the front of `buf`. Ok(None): need more bytes (nothing is consumed).
 pub fn parse_request(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Parsed>, Fatal> {
+    let parsed = parse_line(buf, limits)?;
+    match parsed {
+        Some(Parsed::Request(r)) if !forwardable(&r.raw, limits) => {
+            // Already consumed whole, data block included: nothing to swallow.
+            Ok(Some(error_reply(LINE_TOO_LONG, 0, r.noreply)))
+        }
+        other => Ok(other),
+    }
+}
+
+/// Whether a request's command line is one memcached reads without closing the connection.
+fn forwardable(raw: &[u8], limits: &Limits) -> bool {
+    let line = memchr(b'\n', raw).unwrap_or(raw.len());
+    if line <= limits.max_forward_line {
+        return true;
+    }
+    let spaces = raw.iter().take_while(|&&c| c == b' ').count();
+    let word = &raw[spaces..];
+    spaces <= MEMCACHED_GET_SPACES_MAX && (word.starts_with(b"get ") || word.starts_with(b"gets "))
+}
+
+fn parse_line(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Parsed>, Fatal> {
     let (line_len, content_end) = match find_line(buf, limits.max_line_len) {
         LineEnd::Found { len, content_end } => (len, content_end),
         LineEnd::Incomplete => return Ok(None),

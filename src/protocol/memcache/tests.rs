@@ -1135,9 +1135,15 @@ proptest! {
         max_line in 1usize..64,
         max_key in 0usize..8,
         item_max in 0usize..32,
+        max_forward in 0usize..48,
     ) {
         let input: Vec<u8> = chunks.concat();
-        let limits = Limits { max_key_len: max_key, item_size_max: item_max, max_line_len: max_line };
+        let limits = Limits {
+            max_key_len: max_key,
+            item_size_max: item_max,
+            max_line_len: max_line,
+            max_forward_line: max_forward,
+        };
         let mut d = Driver::default();
         for c in &chunks {
             d.feed(c, &limits);
@@ -1601,4 +1607,77 @@ proptest! {
         }
         prop_assert_eq!(next, replies.len());
     }
+}
+
+// ---- lines memcached would close the connection on ----
+
+fn line_of(prefix: &[u8], len: usize, end: &[u8]) -> Vec<u8> {
+    let mut v = prefix.to_vec();
+    v.resize(len, b'z');
+    v.extend_from_slice(end);
+    v
+}
+
+#[test]
+fn long_lines_are_refused_not_forwarded() {
+    let max = lim().max_forward_line;
+    assert!(max + LINE_REWRITE_HEADROOM <= MEMCACHED_LINE_MAX);
+    // `incr k 1 zzz...`: memcached accepts (and ignores) the last token, but closes the
+    // connection when more than 2048 bytes of the line arrive before its `\n`.
+    let ok = line_of(b"incr k 1 ", max, b"\n");
+    assert_eq!(req(&ok).keys.len(), 1);
+    let ok = line_of(b"incr k 1 ", max - 1, b"\r\n");
+    assert_eq!(req(&ok).keys.len(), 1);
+    for (len, end) in [(max + 1, &b"\n"[..]), (max, b"\r\n"), (17000, b"\r\n")] {
+        let long = line_of(b"incr k 1 ", len, end);
+        assert_eq!(
+            err(&long),
+            (b"CLIENT_ERROR line too long\r\n".to_vec(), 0, long.len())
+        );
+    }
+    // The same refusal for gat, meta commands and even mn: only get/gets may be long. (A
+    // malformed long line keeps its own error: it is not forwarded either.)
+    let gat = format!("gat 0{}", " k".repeat(1500));
+    for prefix in [gat.as_bytes(), b"mg k O", b"mn ", b"version ", b"touch k 1 "] {
+        let long = line_of(prefix, 3000, b"\r\n");
+        assert_eq!(err(&long).0, b"CLIENT_ERROR line too long\r\n", "{prefix:.10?}");
+    }
+    let keys: Vec<u8> = (0..1000).flat_map(|i| format!(" k{i}").into_bytes()).collect();
+    for (cmd, spaces) in [("get", 0), ("gets", 0), ("get", 100)] {
+        let mut line = vec![b' '; spaces];
+        line.extend_from_slice(cmd.as_bytes());
+        line.extend_from_slice(&keys);
+        line.extend_from_slice(b"\r\n");
+        assert_eq!(req(&line).keys.len(), 1000, "{cmd} after {spaces} spaces");
+    }
+    // memcached closes on more than 100 leading spaces before a long get.
+    let mut line = vec![b' '; 101];
+    line.extend_from_slice(b"get");
+    line.extend_from_slice(&keys);
+    line.extend_from_slice(b"\r\n");
+    assert_eq!(err(&line).0, b"CLIENT_ERROR line too long\r\n");
+}
+
+#[test]
+fn long_storage_line_swallows_its_data_block() {
+    // A set whose line is too long but well formed: refused with its data block consumed, so
+    // the data is never read as a command; the next request parses.
+    let mut input = line_of(b"set k 0 0 5", 2500, b"");
+    for b in &mut input[11..] {
+        *b = b' ';
+    }
+    input.extend_from_slice(b"\r\nhello\r\nget k\r\n");
+    let mut d = Driver::default();
+    d.feed(&input, &lim());
+    assert!(!d.fatal);
+    assert_eq!(d.out.len(), 2, "{:?}", d.out);
+    assert!(matches!(&d.out[0].0, Parsed::Error { reply, .. } if &reply[..] == b"CLIENT_ERROR line too long\r\n"));
+    assert!(matches!(&d.out[1].0, Parsed::Request(r) if r.command == Command::Get));
+    // With noreply the refusal is silent, as memcached's errors are.
+    let mut input = line_of(b"set k 0 0 5 noreply", 2500, b"");
+    for b in &mut input[19..] {
+        *b = b' ';
+    }
+    input.extend_from_slice(b"\r\nhello\r\n");
+    assert_eq!(err(&input), (Vec::new(), 0, input.len()));
 }
