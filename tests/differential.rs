@@ -65,6 +65,8 @@ struct Report {
     refused: usize,
     /// (reason, example request) per kind of mismatch, with counts.
     mismatches: BTreeMap<String, (usize, String)>,
+    /// Mismatches of [`KNOWN_ISSUES`], reported but not failing the run.
+    known: BTreeMap<String, (usize, String)>,
     /// The requests just before the first mismatch (a desync shows where it started).
     first: Option<Vec<String>>,
     recent: Vec<String>,
@@ -79,6 +81,14 @@ impl Report {
     }
 
     fn mismatch(&mut self, kind: String, example: String) {
+        if let Some((_, issue)) = KNOWN_ISSUES.iter().find(|(k, _)| kind.contains(k)) {
+            let e = self
+                .known
+                .entry(format!("{kind} [known: {issue}]"))
+                .or_insert((0, example));
+            e.0 += 1;
+            return;
+        }
         if self.first.is_none() {
             self.first = Some(self.recent.clone());
         }
@@ -97,11 +107,28 @@ impl Report {
         for (kind, (n, example)) in &self.mismatches {
             eprintln!("  {n:5} x {kind}\n          e.g. {example}");
         }
+        for (kind, (n, example)) in &self.known {
+            eprintln!("  {n:5} x {kind}\n          e.g. {example}");
+        }
         if let Some(first) = &self.first {
             eprintln!("  the first mismatch came at the last of: {first:?}");
         }
     }
 }
+
+/// Mismatches already known, each fixed by another change (the one place that checks Redis
+/// arities and key specs before routing): reported by every run, failing none, and asserted by
+/// `known_issues_are_fixed` so the merge of that change shows them fixed.
+const KNOWN_ISSUES: &[(&str, &str)] = &[
+    (
+        "proxy closed the connection, redis-server answers: mset",
+        "MSET with an odd argument count panics a worker",
+    ),
+    (
+        "pfmerge: proxy error (ERR syntax error)",
+        "PFMERGE with only a destination key: the key spec walk says syntax error",
+    ),
+];
 
 // ---------------------------------------------------------------- Redis
 
@@ -686,6 +713,31 @@ fn check(what: &str, seed: u64, report: &Report) {
     );
 }
 
+/// The known issues above, asserted directly: fails until the arity/key-spec change is merged.
+#[test]
+fn known_issues_are_fixed() {
+    let setup = redis_setup();
+    let mut proxy = Conn::open(setup.proxy.addr);
+    let mut direct = Conn::open(setup.direct.addr);
+    let mut failures = Vec::new();
+    for args in [&["MSET", "a", "1", "b"][..], &["PFMERGE", "k1"]] {
+        let raw = encode_request(args).raw;
+        let want = match direct.call(&raw) {
+            Got::Reply(f) => kind(&f),
+            _ => panic!("redis-server dropped {args:?}"),
+        };
+        match proxy.call(&raw) {
+            Got::Reply(f) if kind(&f) == want => {}
+            Got::Reply(f) => failures.push(format!("{args:?}: proxy {f:?}, redis-server {want}")),
+            _ => {
+                failures.push(format!("{args:?}: the proxy dropped the connection"));
+                proxy.reopen();
+            }
+        }
+    }
+    assert!(failures.is_empty(), "known issues still there: {failures:?}");
+}
+
 #[test]
 fn redis_short_run() {
     let seed = env_or("FUZZ_SEED", 1);
@@ -717,4 +769,100 @@ fn memcache_long_run() {
     let count = env_or("FUZZ_COUNT", 100_000) as usize;
     let budget = Duration::from_secs(env_or("FUZZ_SECONDS", 600));
     check("memcache", seed, &mc_fuzz(seed, count, budget));
+}
+
+// ---------------------------------------------------------------- what closes a connection
+
+/// Bytes, then whatever comes back until the peer closes or is quiet for 500 ms.
+fn exchange(addr: SocketAddr, bytes: &[u8], pause_after: Option<usize>) -> (Vec<u8>, bool) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    match pause_after {
+        // Split the bytes the way TCP may: memcached judges a line by what one read holds.
+        Some(n) => {
+            s.write_all(&bytes[..n]).unwrap();
+            std::thread::sleep(Duration::from_millis(150));
+            let _ = s.write_all(&bytes[n..]);
+        }
+        None => s.write_all(bytes).unwrap(),
+    }
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => return (out, true),
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return (out, false)
+            }
+            Err(_) => return (out, true),
+        }
+    }
+}
+
+#[test]
+fn memcache_long_line_is_refused_where_memcached_closes() {
+    let setup = mc_setup();
+    let line = format!("incr k 1 {}\r\n", "z".repeat(17_000));
+    // memcached itself drops the connection (more than 2048 bytes of a line with no newline),
+    // and a 3000-byte line split by TCP is dropped too.
+    let (_, closed) = exchange(setup.direct.addr, line.as_bytes(), None);
+    assert!(closed, "memcached keeps a 17 kB line: the limit is moot");
+    let mid = format!("incr k 1 {}\r\nversion\r\n", "z".repeat(3000));
+    let (_, closed) = exchange(setup.direct.addr, mid.as_bytes(), Some(2500));
+    assert!(closed, "memcached keeps a split 3000-byte line");
+    // kvrouter refuses both itself and keeps the client in sync.
+    for (bytes, pause) in [(line.as_bytes(), None), (mid.as_bytes(), Some(2500))] {
+        let mut req = bytes.to_vec();
+        req.extend_from_slice(b"mn\r\n");
+        let (out, closed) = exchange(setup.proxy.addr, &req, pause);
+        let text = String::from_utf8_lossy(&out);
+        assert!(!closed, "kvrouter closed: {text}");
+        assert!(
+            text.starts_with("CLIENT_ERROR line too long\r\n") && text.ends_with("MN\r\n"),
+            "{text}"
+        );
+    }
+    // A client with requests in flight on the same backend connections is not disturbed:
+    // nothing reached memcached (no backend connection was dropped).
+    let mut other = McConn::open(setup.proxy.addr);
+    for i in 0..20 {
+        let req = format!("set k{i} 0 0 1\r\nx\r\n");
+        assert!(matches!(other.call(req.as_bytes()), McGot::Lines(l) if l == ["STORED"]));
+    }
+}
+
+#[test]
+fn redis_protocol_limits_match_redis_server() {
+    let setup = redis_setup();
+    let big_inline = "a".repeat(70 * 1024);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("inline over 64 KiB", big_inline.into_bytes()),
+        ("bulk over proto-max-bulk-len", b"*2\r\n$3\r\nGET\r\n$536870913\r\n".to_vec()),
+        ("negative bulk", b"*1\r\n$-5\r\n".to_vec()),
+        ("not a bulk", b"*1\r\n:5\r\n".to_vec()),
+        ("unbalanced quotes", b"GET \"k\r\n".to_vec()),
+    ];
+    for (what, bytes) in cases {
+        let (direct, direct_closed) = exchange(setup.direct.addr, &bytes, None);
+        let (proxy, proxy_closed) = exchange(setup.proxy.addr, &bytes, None);
+        assert_eq!(
+            (String::from_utf8_lossy(&proxy), proxy_closed),
+            (String::from_utf8_lossy(&direct), direct_closed),
+            "{what}: kvrouter vs redis-server"
+        );
+    }
+    // One deliberate difference: redis 7 takes up to INT_MAX arguments (and waits for them);
+    // kvrouter caps a request at 1M arguments, with redis's own error for a bad count.
+    let (proxy, closed) = exchange(setup.proxy.addr, b"*1048577\r\n", None);
+    assert_eq!(
+        (String::from_utf8_lossy(&proxy), closed),
+        ("-ERR Protocol error: invalid multibulk length\r\n".into(), true)
+    );
+    // None of it reached a backend: other clients' connections through the proxy still work.
+    let mut c = Conn::open(setup.proxy.addr);
+    for i in 0..20 {
+        let raw = encode_request(&["SET", &format!("k{i}"), "v"]).raw;
+        assert!(matches!(c.call(&raw), Got::Reply(Frame::Simple(_))));
+    }
 }
