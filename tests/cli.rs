@@ -380,3 +380,69 @@ fn admin_token_protects_everything_but_healthz() {
         "{config}"
     );
 }
+
+/// `kvrouter -t` on a config whose listener `tls` names `cert`: (exit ok, stderr, seconds).
+fn test_conf_with_cert(dir: &TempDir, cert: &str) -> (bool, String, f64) {
+    let key = dir.write("key.pem", "not a key\n");
+    let conf = dir.write(
+        "tls.yml",
+        &format!(
+            "pools:\n  p: {{ protocol: memcache, servers: [\"127.0.0.1:1:1\"] }}\nlisteners:\n  - listen: 127.0.0.1:1\n    protocol: memcache\n    route: p\n    tls:\n      key: {}\n      cert: {cert}\n",
+            key.display()
+        ),
+    );
+    let start = Instant::now();
+    let mut child = Command::new(kvrouter_bin())
+        .arg("-t")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Bounded: a kvrouter that reads /dev/zero would never exit on its own.
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("kvrouter -t did not finish within 10 s on cert {cert}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let prefix = format!("{}:9:13: ", conf.display());
+    assert!(err.starts_with(&prefix), "want {prefix}...: {err}");
+    (status.success(), err, start.elapsed().as_secs_f64())
+}
+
+#[test]
+fn test_conf_refuses_tls_files_that_are_not_small_regular_files() {
+    let dir = TempDir::new();
+    let (ok, err, secs) = test_conf_with_cert(&dir, "/dev/zero");
+    assert!(!ok && err.contains("/dev/zero") && err.contains("not a regular file"), "{err}");
+    assert!(secs < 1.0, "/dev/zero took {secs:.2} s to refuse");
+
+    let fifo = dir.0.join("cert.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let (ok, err, secs) = test_conf_with_cert(&dir, fifo.to_str().unwrap());
+    assert!(!ok && err.contains("a FIFO"), "{err}");
+    assert!(secs < 1.0, "a FIFO took {secs:.2} s to refuse");
+
+    let big = dir.0.join("big.pem");
+    std::fs::write(&big, vec![b'A'; 2 * 1024 * 1024]).unwrap();
+    let (ok, err, _) = test_conf_with_cert(&dir, big.to_str().unwrap());
+    assert!(!ok && err.contains("larger than 1048576"), "{err}");
+
+    let (ok, err, _) = test_conf_with_cert(&dir, dir.0.to_str().unwrap());
+    assert!(!ok && err.contains("a directory"), "{err}");
+
+    // A small regular file gets as far as its contents.
+    let junk = dir.write("junk.pem", "not a certificate\n");
+    let (ok, err, _) = test_conf_with_cert(&dir, junk.to_str().unwrap());
+    assert!(!ok && err.contains("no certificate"), "{err}");
+}
