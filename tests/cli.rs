@@ -446,3 +446,80 @@ fn test_conf_refuses_tls_files_that_are_not_small_regular_files() {
     let (ok, err, _) = test_conf_with_cert(&dir, junk.to_str().unwrap());
     assert!(!ok && err.contains("no certificate"), "{err}");
 }
+
+/// Read until the peer closes; how long it took (None: still open after `limit`).
+fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let mut buf = [0u8; 1024];
+    while start.elapsed() < limit {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(start.elapsed()),
+            Ok(_) => {} // e.g. a 408 before the close
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return Some(start.elapsed()),
+        }
+    }
+    None
+}
+
+#[test]
+fn admin_connections_are_bounded_in_time_and_number() {
+    use kvrouter::admin::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS};
+    let b = memcached();
+    let dir = TempDir::new();
+    let port = free_port();
+    let conf = dir.write(
+        "a.yml",
+        &format!("alpha:\n  listen: 127.0.0.1:{port}\n  servers:\n    - {}:1\n", b.addr),
+    );
+    let (_proxy, admin) = common::kvrouter_conf(
+        &conf,
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        &[],
+    );
+    let partial = b"GET /metrics HTTP/1.1\r\nHost: x\r\n";
+
+    // Half a request is closed once the header timeout has passed, not kept for long.
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.write_all(partial).unwrap();
+    let took = closed_within(&mut s, HEADER_READ_TIMEOUT + Duration::from_secs(3))
+        .expect("a half request kept the admin connection open");
+    assert!(took + Duration::from_millis(300) >= HEADER_READ_TIMEOUT, "closed after {took:?}");
+
+    // The cap: MAX_CONNECTIONS half requests hold every slot; one more is closed at once.
+    let mut held: Vec<TcpStream> = (0..MAX_CONNECTIONS)
+        .map(|_| {
+            let mut s = TcpStream::connect(admin).unwrap();
+            s.write_all(partial).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra = TcpStream::connect(admin).unwrap();
+    let _ = extra.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    let took = closed_within(&mut extra, Duration::from_secs(1))
+        .expect("a connection over the cap was served or kept waiting");
+    assert!(took < HEADER_READ_TIMEOUT, "closed after {took:?}");
+    // The held ones are still open (they were not the ones closed).
+    held[0].set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let mut buf = [0u8; 16];
+    assert!(held[0].read(&mut buf).is_err(), "a held connection was closed");
+
+    // Once they are closed, /metrics answers again.
+    held.clear();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut s = TcpStream::connect(admin).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        if out.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/metrics did not answer after the cap: {out:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
