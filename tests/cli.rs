@@ -413,7 +413,12 @@ fn test_conf_with_cert(dir: &TempDir, cert: &str) -> (bool, String, f64) {
         std::thread::sleep(Duration::from_millis(10));
     };
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     let prefix = format!("{}:9:13: ", conf.display());
     assert!(err.starts_with(&prefix), "want {prefix}...: {err}");
     (status.success(), err, start.elapsed().as_secs_f64())
@@ -423,7 +428,10 @@ fn test_conf_with_cert(dir: &TempDir, cert: &str) -> (bool, String, f64) {
 fn test_conf_refuses_tls_files_that_are_not_small_regular_files() {
     let dir = TempDir::new();
     let (ok, err, secs) = test_conf_with_cert(&dir, "/dev/zero");
-    assert!(!ok && err.contains("/dev/zero") && err.contains("not a regular file"), "{err}");
+    assert!(
+        !ok && err.contains("/dev/zero") && err.contains("not a regular file"),
+        "{err}"
+    );
     assert!(secs < 1.0, "/dev/zero took {secs:.2} s to refuse");
 
     let fifo = dir.0.join("cert.fifo");
@@ -450,7 +458,8 @@ fn test_conf_refuses_tls_files_that_are_not_small_regular_files() {
 /// Read until the peer closes; how long it took (None: still open after `limit`).
 fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
     let start = Instant::now();
-    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     let mut buf = [0u8; 1024];
     while start.elapsed() < limit {
         match s.read(&mut buf) {
@@ -472,13 +481,13 @@ fn admin_connections_are_bounded_in_time_and_number() {
     let port = free_port();
     let conf = dir.write(
         "a.yml",
-        &format!("alpha:\n  listen: 127.0.0.1:{port}\n  servers:\n    - {}:1\n", b.addr),
+        &format!(
+            "alpha:\n  listen: 127.0.0.1:{port}\n  servers:\n    - {}:1\n",
+            b.addr
+        ),
     );
-    let (_proxy, admin) = common::kvrouter_conf(
-        &conf,
-        format!("127.0.0.1:{port}").parse().unwrap(),
-        &[],
-    );
+    let (_proxy, admin) =
+        common::kvrouter_conf(&conf, format!("127.0.0.1:{port}").parse().unwrap(), &[]);
     let partial = b"GET /metrics HTTP/1.1\r\nHost: x\r\n";
 
     // Half a request is closed once the header timeout has passed, not kept for long.
@@ -486,7 +495,10 @@ fn admin_connections_are_bounded_in_time_and_number() {
     s.write_all(partial).unwrap();
     let took = closed_within(&mut s, HEADER_READ_TIMEOUT + Duration::from_secs(3))
         .expect("a half request kept the admin connection open");
-    assert!(took + Duration::from_millis(300) >= HEADER_READ_TIMEOUT, "closed after {took:?}");
+    assert!(
+        took + Duration::from_millis(300) >= HEADER_READ_TIMEOUT,
+        "closed after {took:?}"
+    );
 
     // The cap: MAX_CONNECTIONS half requests hold every slot; one more is closed at once.
     let mut held: Vec<TcpStream> = (0..MAX_CONNECTIONS)
@@ -503,9 +515,14 @@ fn admin_connections_are_bounded_in_time_and_number() {
         .expect("a connection over the cap was served or kept waiting");
     assert!(took < HEADER_READ_TIMEOUT, "closed after {took:?}");
     // The held ones are still open (they were not the ones closed).
-    held[0].set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    held[0]
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
     let mut buf = [0u8; 16];
-    assert!(held[0].read(&mut buf).is_err(), "a held connection was closed");
+    assert!(
+        held[0].read(&mut buf).is_err(),
+        "a held connection was closed"
+    );
 
     // Once they are closed, /metrics answers again.
     held.clear();
@@ -519,7 +536,10 @@ fn admin_connections_are_bounded_in_time_and_number() {
         if out.starts_with("HTTP/1.1 200") {
             break;
         }
-        assert!(Instant::now() < deadline, "/metrics did not answer after the cap: {out:?}");
+        assert!(
+            Instant::now() < deadline,
+            "/metrics did not answer after the cap: {out:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

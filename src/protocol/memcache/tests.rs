@@ -1652,11 +1652,23 @@ fn long_lines_are_refused_not_forwarded() {
     // The same refusal for gat, meta commands and even mn: only get/gets may be long. (A
     // malformed long line keeps its own error: it is not forwarded either.)
     let gat = format!("gat 0{}", " k".repeat(1500));
-    for prefix in [gat.as_bytes(), b"mg k O", b"mn ", b"version ", b"touch k 1 "] {
+    for prefix in [
+        gat.as_bytes(),
+        b"mg k O",
+        b"mn ",
+        b"version ",
+        b"touch k 1 ",
+    ] {
         let long = line_of(prefix, 3000, b"\r\n");
-        assert_eq!(err(&long).0, b"CLIENT_ERROR line too long\r\n", "{prefix:.10?}");
+        assert_eq!(
+            err(&long).0,
+            b"CLIENT_ERROR line too long\r\n",
+            "{prefix:.10?}"
+        );
     }
-    let keys: Vec<u8> = (0..1000).flat_map(|i| format!(" k{i}").into_bytes()).collect();
+    let keys: Vec<u8> = (0..1000)
+        .flat_map(|i| format!(" k{i}").into_bytes())
+        .collect();
     for (cmd, spaces) in [("get", 0), ("gets", 0), ("get", 100)] {
         let mut line = vec![b' '; spaces];
         line.extend_from_slice(cmd.as_bytes());
@@ -1685,7 +1697,9 @@ fn long_storage_line_swallows_its_data_block() {
     d.feed(&input, &lim());
     assert!(!d.fatal);
     assert_eq!(d.out.len(), 2, "{:?}", d.out);
-    assert!(matches!(&d.out[0].0, Parsed::Error { reply, .. } if &reply[..] == b"CLIENT_ERROR line too long\r\n"));
+    assert!(
+        matches!(&d.out[0].0, Parsed::Error { reply, .. } if &reply[..] == b"CLIENT_ERROR line too long\r\n")
+    );
     assert!(matches!(&d.out[1].0, Parsed::Request(r) if r.command == Command::Get));
     // With noreply the refusal is silent, as memcached's errors are.
     let mut input = line_of(b"set k 0 0 5 noreply", 2500, b"");
