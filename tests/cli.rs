@@ -380,3 +380,166 @@ fn admin_token_protects_everything_but_healthz() {
         "{config}"
     );
 }
+
+/// `kvrouter -t` on a config whose listener `tls` names `cert`: (exit ok, stderr, seconds).
+fn test_conf_with_cert(dir: &TempDir, cert: &str) -> (bool, String, f64) {
+    let key = dir.write("key.pem", "not a key\n");
+    let conf = dir.write(
+        "tls.yml",
+        &format!(
+            "pools:\n  p: {{ protocol: memcache, servers: [\"127.0.0.1:1:1\"] }}\nlisteners:\n  - listen: 127.0.0.1:1\n    protocol: memcache\n    route: p\n    tls:\n      key: {}\n      cert: {cert}\n",
+            key.display()
+        ),
+    );
+    let start = Instant::now();
+    let mut child = Command::new(kvrouter_bin())
+        .arg("-t")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Bounded: a kvrouter that reads /dev/zero would never exit on its own.
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("kvrouter -t did not finish within 10 s on cert {cert}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let prefix = format!("{}:9:13: ", conf.display());
+    assert!(err.starts_with(&prefix), "want {prefix}...: {err}");
+    (status.success(), err, start.elapsed().as_secs_f64())
+}
+
+#[test]
+fn test_conf_refuses_tls_files_that_are_not_small_regular_files() {
+    let dir = TempDir::new();
+    let (ok, err, secs) = test_conf_with_cert(&dir, "/dev/zero");
+    assert!(
+        !ok && err.contains("/dev/zero") && err.contains("not a regular file"),
+        "{err}"
+    );
+    assert!(secs < 1.0, "/dev/zero took {secs:.2} s to refuse");
+
+    let fifo = dir.0.join("cert.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let (ok, err, secs) = test_conf_with_cert(&dir, fifo.to_str().unwrap());
+    assert!(!ok && err.contains("a FIFO"), "{err}");
+    assert!(secs < 1.0, "a FIFO took {secs:.2} s to refuse");
+
+    let big = dir.0.join("big.pem");
+    std::fs::write(&big, vec![b'A'; 2 * 1024 * 1024]).unwrap();
+    let (ok, err, _) = test_conf_with_cert(&dir, big.to_str().unwrap());
+    assert!(!ok && err.contains("larger than 1048576"), "{err}");
+
+    let (ok, err, _) = test_conf_with_cert(&dir, dir.0.to_str().unwrap());
+    assert!(!ok && err.contains("a directory"), "{err}");
+
+    // A small regular file gets as far as its contents.
+    let junk = dir.write("junk.pem", "not a certificate\n");
+    let (ok, err, _) = test_conf_with_cert(&dir, junk.to_str().unwrap());
+    assert!(!ok && err.contains("no certificate"), "{err}");
+}
+
+/// Read until the peer closes; how long it took (None: still open after `limit`).
+fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    while start.elapsed() < limit {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(start.elapsed()),
+            Ok(_) => {} // e.g. a 408 before the close
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return Some(start.elapsed()),
+        }
+    }
+    None
+}
+
+#[test]
+fn admin_connections_are_bounded_in_time_and_number() {
+    use kvrouter::admin::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS};
+    let b = memcached();
+    let dir = TempDir::new();
+    let port = free_port();
+    let conf = dir.write(
+        "a.yml",
+        &format!(
+            "alpha:\n  listen: 127.0.0.1:{port}\n  servers:\n    - {}:1\n",
+            b.addr
+        ),
+    );
+    let (_proxy, admin) =
+        common::kvrouter_conf(&conf, format!("127.0.0.1:{port}").parse().unwrap(), &[]);
+    let partial = b"GET /metrics HTTP/1.1\r\nHost: x\r\n";
+
+    // Half a request is closed once the header timeout has passed, not kept for long.
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.write_all(partial).unwrap();
+    let took = closed_within(&mut s, HEADER_READ_TIMEOUT + Duration::from_secs(3))
+        .expect("a half request kept the admin connection open");
+    assert!(
+        took + Duration::from_millis(300) >= HEADER_READ_TIMEOUT,
+        "closed after {took:?}"
+    );
+
+    // The cap: MAX_CONNECTIONS half requests hold every slot; one more is closed at once.
+    let mut held: Vec<TcpStream> = (0..MAX_CONNECTIONS)
+        .map(|_| {
+            let mut s = TcpStream::connect(admin).unwrap();
+            s.write_all(partial).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra = TcpStream::connect(admin).unwrap();
+    let _ = extra.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    let took = closed_within(&mut extra, Duration::from_secs(1))
+        .expect("a connection over the cap was served or kept waiting");
+    assert!(took < HEADER_READ_TIMEOUT, "closed after {took:?}");
+    // The held ones are still open (they were not the ones closed).
+    held[0]
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    assert!(
+        held[0].read(&mut buf).is_err(),
+        "a held connection was closed"
+    );
+
+    // Once they are closed, /metrics answers again.
+    held.clear();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut s = TcpStream::connect(admin).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        if out.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/metrics did not answer after the cap: {out:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

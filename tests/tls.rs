@@ -165,8 +165,9 @@ fn bad_tls_files_are_refused_with_a_location() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
+    // The location of the `cert` value that names the missing file.
     assert!(
-        err.starts_with(&format!("{}:7:10:", conf.display())),
+        err.starts_with(&format!("{}:7:18:", conf.display())),
         "{err}"
     );
     assert!(err.contains("nope.pem"), "{err}");

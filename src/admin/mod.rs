@@ -3,19 +3,34 @@
 //!
 //! It knows nothing of pools or listeners: the caller hands it closures (`AdminApi`) that
 //! produce each answer, so this module imports nothing of the proxy.
+//!
+//! Bounds, so that slow or idle clients cannot pile up: a request's headers must arrive within
+//! [`HEADER_READ_TIMEOUT`] (hyper's header timer, restarted for each request on a kept-alive
+//! connection), a connection lives at most [`CONNECTION_LIFETIME`] (which also bounds one that
+//! never sends a byte), and at most [`MAX_CONNECTIONS`] are open at once: one more is closed as
+//! soon as it is accepted. Prometheus reconnects on its next scrape either way.
 
 pub mod metrics;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// The time a client has to send a request's headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(3);
+/// The longest an admin connection stays open, requests or not.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+/// Admin connections open at once; more are closed when accepted.
+pub const MAX_CONNECTIONS: usize = 32;
 
 /// Returns Ok when healthy, or the reason it is not.
 pub type HealthCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
@@ -66,9 +81,17 @@ fn authorized(req: &Request<Incoming>, api: &AdminApi) -> bool {
 pub async fn spawn(addr: SocketAddr, api: AdminApi) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let Ok((stream, peer)) = listener.accept().await else {
+                // E.g. out of file descriptors: do not spin.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "admin connection refused: {MAX_CONNECTIONS} already open");
+                drop(stream);
                 continue;
             };
             let api = api.clone();
@@ -77,9 +100,12 @@ pub async fn spawn(addr: SocketAddr, api: AdminApi) -> std::io::Result<SocketAdd
                     let api = api.clone();
                     async move { Ok::<_, Infallible>(handle(req, &api)) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), svc);
+                let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+                drop(slot);
             });
         }
     });

@@ -6,7 +6,6 @@
 //! end of a local socket pair, and the connection drives the other end like any socket. One
 //! extra copy per byte, in exchange for one code path for every transport.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use rustls_pki_types::pem::PemObject;
@@ -20,28 +19,29 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read certificates from {}: {e}", path.display()))?
+/// The certificates in a PEM text (read by the caller, which knows where it came from).
+pub fn certs_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
+        .map_err(|e| format!("bad certificate: {e}"))?;
     if certs.is_empty() {
-        return Err(format!("no certificate in {}", path.display()));
+        return Err("no certificate in it".into());
     }
     Ok(certs)
 }
 
-pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_file(path)
-        .map_err(|e| format!("cannot read a private key from {}: {e}", path.display()))
+/// The private key in a PEM text.
+pub fn key_from_pem(pem: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| format!("no usable private key: {e}"))
 }
 
-pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
+/// The CA certificates in a PEM text, as a root store.
+pub fn roots_from_pem(pem: &[u8]) -> Result<rustls::RootCertStore, String> {
     let mut roots = rustls::RootCertStore::empty();
-    for c in load_certs(path)? {
+    for c in certs_from_pem(pem)? {
         roots
             .add(c)
-            .map_err(|e| format!("bad CA certificate in {}: {e}", path.display()))?;
+            .map_err(|e| format!("bad CA certificate: {e}"))?;
     }
     Ok(roots)
 }
@@ -63,19 +63,20 @@ impl std::fmt::Debug for TlsClient {
 }
 
 impl TlsClient {
+    /// A client trusting `roots`, presenting `cert_key` when given.
     pub fn new(
-        ca: &Path,
-        cert_key: Option<(&Path, &Path)>,
+        roots: rustls::RootCertStore,
+        cert_key: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
         server_name: Option<&str>,
     ) -> Result<TlsClient, String> {
         let builder = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
-            .with_root_certificates(load_roots(ca)?);
+            .with_root_certificates(roots);
         let config = match cert_key {
             None => builder.with_no_client_auth(),
             Some((cert, key)) => builder
-                .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
+                .with_client_auth_cert(cert, key)
                 .map_err(|e| format!("bad client certificate or key: {e}"))?,
         };
         let server_name = server_name

@@ -9,6 +9,7 @@
 //! their `Spanned` location until validation is done, then become the plain types below.
 
 mod export;
+pub mod files;
 mod native;
 mod route;
 mod syntax;
@@ -146,6 +147,11 @@ pub struct TlsConfig {
     pub ca: Option<PathBuf>,
     pub server_name: Option<String>,
     pub location: Location,
+    /// Where `cert`, `key` and `ca` are written (the `tls` key's location when absent), for
+    /// errors about the files they name.
+    pub cert_at: Location,
+    pub key_at: Location,
+    pub ca_at: Location,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -481,11 +487,13 @@ pub struct Config {
 impl Config {
     /// Read, parse and validate a config file (either format, told apart by a top-level `pools:`).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let error = |why: String| ConfigError {
             file: path.to_path_buf(),
             location: Location { line: 0, col: 0 },
-            reason: format!("cannot read config: {e}"),
-        })?;
+            reason: format!("cannot read config: {why}"),
+        };
+        let bytes = files::read_limited(path, files::MAX_CONFIG_FILE).map_err(error)?;
+        let text = String::from_utf8(bytes).map_err(|e| error(e.to_string()))?;
         Config::parse(path, &text)
     }
 

@@ -256,9 +256,9 @@ fn hot_keys(h: &Option<Spanned<NativeHotKeys>>) -> Res<Option<super::HotKeysConf
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NativeTls {
-    cert: Option<String>,
-    key: Option<String>,
-    ca: Option<String>,
+    cert: Text,
+    key: Text,
+    ca: Text,
     server_name: Option<String>,
 }
 
@@ -281,12 +281,17 @@ fn tls(t: &Option<Spanned<NativeTls>>, listener: bool) -> Res<Option<super::TlsC
             "a pool's `tls` needs `ca`: the file of the CA that signed the servers' certificates",
         );
     }
+    let path = |f: &Text| f.as_ref().map(|s| s.value.clone().into());
+    let at = |f: &Text| f.as_ref().map_or(loc(t), loc);
     Ok(Some(super::TlsConfig {
-        cert: v.cert.as_ref().map(Into::into),
-        key: v.key.as_ref().map(Into::into),
-        ca: v.ca.as_ref().map(Into::into),
+        cert: path(&v.cert),
+        key: path(&v.key),
+        ca: path(&v.ca),
         server_name: v.server_name.clone(),
         location: loc(t),
+        cert_at: at(&v.cert),
+        key_at: at(&v.key),
+        ca_at: at(&v.ca),
     }))
 }
 

@@ -11,9 +11,13 @@
 //!
 //! Compatibility follows memcached 1.6 (`proto_text.c`): tokens are separated by one or more
 //! spaces, a line ends with `\n` optionally preceded by `\r`, command names are lowercase, and the
-//! error texts are memcached's own. Where memcached would read a refused data block as commands,
-//! we swallow it instead (a shared backend stream must never see it). Errors for a request that
-//! ends in `noreply` are silent, as in memcached: `Parsed::Error::reply` is then empty.
+//! error texts are memcached's own: a wrong number of tokens is `ERROR`, a bad token
+//! `CLIENT_ERROR ...`. Where memcached refuses a storage command before reading its data block
+//! (wrong token count, bad number, key too long), it reads that block as commands; so does the
+//! proxy, which keeps the client's replies in step with memcached's, and is safe because each
+//! of those lines is parsed like any request (never forwarded blindly). Where memcached swallows
+//! the block (object too large), so does the proxy. Errors for a request that ends in `noreply`
+//! are silent, as in memcached: `Parsed::Error::reply` is then empty.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use memchr::memchr;
@@ -27,7 +31,24 @@ pub struct Limits {
     pub item_size_max: usize,
     /// Longest command line (without data block) before the connection is considered broken.
     pub max_line_len: usize,
+    /// Longest command line forwarded, `\r` included and `\n` excluded, for everything but
+    /// `get`/`gets` (see [`MEMCACHED_LINE_MAX`]); longer ones get `CLIENT_ERROR line too long`.
+    pub max_forward_line: usize,
 }
+
+/// memcached 1.6 closes a connection whose read buffer holds more than 2048 bytes of one command
+/// line with no `\n` yet (`try_read_command_ascii`), unless the line starts, after at most 100
+/// spaces, with `get ` or `gets `. Whether a 3000-byte line arrives in one read is up to TCP, so
+/// forwarding one on a backend connection shared by many clients could drop all of their
+/// requests in flight.
+pub const MEMCACHED_LINE_MAX: usize = 2048;
+
+/// Leading spaces memcached tolerates before a long `get`/`gets` line.
+const MEMCACHED_GET_SPACES_MAX: usize = 100;
+
+/// What routes may add to a line they rewrite (a gutter's capped exptime, a meta `T<ttl>`
+/// flag): client lines are held this far under [`MEMCACHED_LINE_MAX`].
+pub const LINE_REWRITE_HEADROOM: usize = 128;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -35,6 +56,7 @@ impl Default for Limits {
             max_key_len: 250,
             item_size_max: 1024 * 1024,
             max_line_len: 1024 * 1024,
+            max_forward_line: MEMCACHED_LINE_MAX - LINE_REWRITE_HEADROOM,
         }
     }
 }
@@ -254,6 +276,8 @@ const LINE_TOO_LONG: &[u8] = b"CLIENT_ERROR line too long\r\n";
 // check for control characters (we refuse them: they would corrupt the lines we compose).
 const KEY_TOO_LONG: &[u8] = BAD_FORMAT;
 const BAD_KEY: &[u8] = b"CLIENT_ERROR bad key\r\n";
+/// What memcached answers a `gat <exptime>` without keys (not an error, but answered here).
+const EMPTY_RETRIEVAL: &[u8] = b"END\r\n";
 
 /// Most argument tokens any non-retrieval command takes (cas: 5, plus `noreply`), plus one so
 /// that "too many" is detectable.
@@ -261,6 +285,28 @@ const MAX_ARGS: usize = 7;
 
 /// Parse one request from the front of `buf`. Ok(None): need more bytes (nothing is consumed).
 pub fn parse_request(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Parsed>, Fatal> {
+    let parsed = parse_line(buf, limits)?;
+    match parsed {
+        Some(Parsed::Request(r)) if !forwardable(&r.raw, limits) => {
+            // Already consumed whole, data block included: nothing to swallow.
+            Ok(Some(error_reply(LINE_TOO_LONG, 0, r.noreply)))
+        }
+        other => Ok(other),
+    }
+}
+
+/// Whether a request's command line is one memcached reads without closing the connection.
+fn forwardable(raw: &[u8], limits: &Limits) -> bool {
+    let line = memchr(b'\n', raw).unwrap_or(raw.len());
+    if line <= limits.max_forward_line {
+        return true;
+    }
+    let spaces = raw.iter().take_while(|&&c| c == b' ').count();
+    let word = &raw[spaces..];
+    spaces <= MEMCACHED_GET_SPACES_MAX && (word.starts_with(b"get ") || word.starts_with(b"gets "))
+}
+
+fn parse_line(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Parsed>, Fatal> {
     let (line_len, content_end) = match find_line(buf, limits.max_line_len) {
         LineEnd::Found { len, content_end } => (len, content_end),
         LineEnd::Incomplete => return Ok(None),
@@ -303,9 +349,9 @@ pub fn parse_request(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Parse
         nargs += 1;
     }
     let arg = |i: usize| &line[args[i].0..args[i].1];
-    // memcached: an optional last token is accepted whatever it is, and means noreply only when
-    // it is exactly `noreply`.
-    let noreply_at = |required: usize| nargs == required + 1 && arg(required) == b"noreply";
+    // memcached (`set_noreply_maybe`): the last token, whatever the count, means noreply when it
+    // is exactly `noreply`; an optional last token is accepted whatever it is.
+    let last_is_noreply = |nargs: usize| nargs > 0 && arg(nargs - 1) == b"noreply";
 
     if command.is_storage() {
         return Ok(parse_storage(
@@ -334,16 +380,16 @@ pub fn parse_request(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Parse
     match command {
         Command::Incr | Command::Decr | Command::Touch => {
             if nargs != 2 && nargs != 3 {
-                return Ok(Some(error(buf, line_len, BAD_FORMAT, 0, false)));
+                return Ok(Some(error(buf, line_len, ERROR, 0, false)));
             }
-            let noreply = noreply_at(2);
+            let noreply = last_is_noreply(nargs);
             if let Err(reply) = check_key(arg(0), limits) {
                 return Ok(Some(error(buf, line_len, reply, 0, noreply)));
             }
             let valid = if command == Command::Touch {
                 parse_i64(arg(1)).is_some()
             } else {
-                parse_u64(arg(1)).is_some()
+                strtoull(arg(1)).is_some()
             };
             if !valid {
                 let reply = if command == Command::Touch {
@@ -357,7 +403,7 @@ pub fn parse_request(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Parse
         }
         Command::Delete => {
             if !(1..=3).contains(&nargs) {
-                return Ok(Some(error(buf, line_len, BAD_FORMAT, 0, false)));
+                return Ok(Some(error(buf, line_len, ERROR, 0, false)));
             }
             // Valid: `delete k`, `delete k 0`, `delete k noreply`, `delete k 0 noreply`.
             let noreply = nargs > 1 && arg(nargs - 1) == b"noreply";
@@ -374,17 +420,17 @@ pub fn parse_request(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Parse
         }
         Command::Verbosity => {
             if nargs != 1 && nargs != 2 {
-                return Ok(Some(error(buf, line_len, BAD_FORMAT, 0, false)));
+                return Ok(Some(error(buf, line_len, ERROR, 0, false)));
             }
-            let noreply = noreply_at(1);
-            if parse_u32(arg(0)).is_none() {
+            let noreply = last_is_noreply(nargs);
+            if strtoull(arg(0)).is_none() {
                 return Ok(Some(error(buf, line_len, BAD_FORMAT, 0, noreply)));
             }
             Ok(ok(buf, None, noreply))
         }
         Command::FlushAll => {
             if nargs > 2 {
-                return Ok(Some(error(buf, line_len, BAD_FORMAT, 0, false)));
+                return Ok(Some(error(buf, line_len, ERROR, 0, false)));
             }
             let noreply = nargs > 0 && arg(nargs - 1) == b"noreply";
             // `flush_all noreply` has no delay; otherwise the first argument is the delay (a
@@ -420,7 +466,7 @@ fn parse_retrieval(
     let mut gat_exptime = None;
     if gat {
         let Some((s, e)) = toks.next() else {
-            return error_reply(BAD_FORMAT, 0, false);
+            return error_reply(ERROR, 0, false);
         };
         if parse_i64(&raw[s..e]).is_none() {
             return error_reply(BAD_EXPTIME, 0, false);
@@ -435,7 +481,8 @@ fn parse_retrieval(
         keys.push(raw.slice(s..e));
     }
     if keys.is_empty() {
-        return error_reply(BAD_FORMAT, 0, false);
+        // memcached: `get` alone is `ERROR`; `gat 10` (no key) is an empty answer.
+        return error_reply(if gat { EMPTY_RETRIEVAL } else { ERROR }, 0, false);
     }
     Parsed::Request(Request {
         command,
@@ -461,32 +508,23 @@ fn parse_storage(
     let arg = |i: usize| &buf[args[i].0..args[i].1];
     // The data length, when its token is there and sane; memcached reads it as an int32 and then
     // adds 2 for the `\r\n`.
-    let bytes = if nargs > 3 {
-        parse_u64(arg(3))
-            .filter(|&n| n <= i32::MAX as u64 - 2)
-            .map(|n| n as usize)
-    } else {
-        None
-    };
+    let bytes = if nargs > 3 { data_length(arg(3)) } else { None };
+    // Refused before the data block, like memcached: the block is then read as commands.
     if nargs != required && nargs != required + 1 {
-        // Wrong token count: still swallow the data block if we can tell its length, so that
-        // it is never read as commands.
-        let swallow = bytes.map_or(0, |n| n + 2);
-        return Some(error(buf, line_len, BAD_FORMAT, swallow, false));
+        return Some(error(buf, line_len, ERROR, 0, false));
     }
-    let noreply = nargs == required + 1 && arg(required) == b"noreply";
-    let Some(bytes) = bytes else {
-        return Some(error(buf, line_len, BAD_FORMAT, 0, noreply));
+    let noreply = arg(nargs - 1) == b"noreply";
+    let numbers_ok = strtoull(arg(1)).is_some()
+        && parse_i64(arg(2)).is_some()
+        && (command != Command::Cas || strtoull(arg(4)).is_some());
+    let bytes = match bytes {
+        Some(b) if numbers_ok && arg(0).len() <= limits.max_key_len => b,
+        _ => return Some(error(buf, line_len, BAD_FORMAT, 0, noreply)),
     };
+    // From here on memcached would read the data block: it is swallowed with the error.
     let swallow = bytes + 2;
     if let Err(reply) = check_key(arg(0), limits) {
         return Some(error(buf, line_len, reply, swallow, noreply));
-    }
-    let numbers_ok = parse_u32(arg(1)).is_some()
-        && parse_i64(arg(2)).is_some()
-        && (command != Command::Cas || parse_u64(arg(4)).is_some());
-    if !numbers_ok {
-        return Some(error(buf, line_len, BAD_FORMAT, swallow, noreply));
     }
     if bytes > limits.item_size_max {
         return Some(error(buf, line_len, TOO_LARGE, swallow, noreply));
@@ -560,12 +598,9 @@ fn parse_meta(
     };
     let mut data_len = None;
     if command == Command::MetaSet {
-        let n = toks
-            .next()
-            .and_then(|(s, e)| parse_i64(&line[s..e]))
-            .filter(|&n| (0..=i64::from(i32::MAX) - 2).contains(&n));
+        let n = toks.next().and_then(|(s, e)| data_length(&line[s..e]));
         match n {
-            Some(n) => data_len = Some(n as usize),
+            Some(n) => data_len = Some(n),
             // memcached cannot tell the data block's length either: nothing to swallow.
             None => return Some(error(buf, line_len, BAD_FORMAT, 0, false)),
         }
@@ -582,6 +617,9 @@ fn parse_meta(
     let swallow = data_len.map_or(0, |n| n + 2);
     let key_bytes = &line[key.0..key.1];
     if let Err(reply) = check_key(key_bytes, limits) {
+        // memcached refuses a long key before the data block (then read as commands); a
+        // control character is the proxy's own refusal: the block goes with it.
+        let swallow = if reply == KEY_TOO_LONG { 0 } else { swallow };
         return Some(error(buf, line_len, reply, swallow, false));
     }
     let decoded = if base64 {
@@ -593,7 +631,8 @@ fn parse_meta(
         None => line_len,
         Some(n) => {
             if nflags > META_MAX_FLAGS {
-                return Some(error(buf, line_len, META_FLAGS_TOO_LONG, swallow, false));
+                // Refused before the data block, which memcached then reads as commands.
+                return Some(error(buf, line_len, META_FLAGS_TOO_LONG, 0, false));
             }
             if n > limits.item_size_max {
                 return Some(error(buf, line_len, TOO_LARGE, swallow, false));
@@ -835,6 +874,27 @@ fn parse_u64(t: &[u8]) -> Option<u64> {
 
 fn parse_u32(t: &[u8]) -> Option<u32> {
     parse_u64(t).and_then(|n| u32::try_from(n).ok())
+}
+
+/// memcached's `safe_strtoul`/`safe_strtoull` (flags, cas unique, delta, verbosity): strtoul's
+/// syntax (optional sign), any value up to u64 (flags are then truncated to 32 bits), and a
+/// minus sign only where the negated value still reads as non-negative (e.g. `-0`).
+fn strtoull(t: &[u8]) -> Option<u64> {
+    match t.strip_prefix(b"-") {
+        Some(rest) if !rest.starts_with(b"+") => {
+            let v = parse_u64(rest)?.wrapping_neg();
+            (v as i64 >= 0).then_some(v)
+        }
+        Some(_) => None,
+        None => parse_u64(t),
+    }
+}
+
+/// A data block length as memcached reads it: `safe_strtol` into an int32 (so 4294967301 is 5),
+/// then 0 ..= INT_MAX - 2.
+fn data_length(t: &[u8]) -> Option<usize> {
+    let n = parse_i64(t)? as i32;
+    (0..=i32::MAX - 2).contains(&n).then_some(n as usize)
 }
 
 /// Signed decimal (exptime: negative means "already expired").

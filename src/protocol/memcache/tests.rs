@@ -87,10 +87,11 @@ fn gat_and_gats() {
 
 #[test]
 fn retrieval_errors() {
-    assert_eq!(err(b"get\r\n"), (BAD_FORMAT.to_vec(), 0, 5));
-    assert_eq!(err(b"gets   \r\n"), (BAD_FORMAT.to_vec(), 0, 9));
-    assert_eq!(err(b"gat 10\r\n"), (BAD_FORMAT.to_vec(), 0, 8));
-    assert_eq!(err(b"gat\r\n"), (BAD_FORMAT.to_vec(), 0, 5));
+    // memcached: no argument at all is `ERROR`; `gat 10` without keys is an empty answer.
+    assert_eq!(err(b"get\r\n"), (ERROR.to_vec(), 0, 5));
+    assert_eq!(err(b"gets   \r\n"), (ERROR.to_vec(), 0, 9));
+    assert_eq!(err(b"gat 10\r\n"), (EMPTY_RETRIEVAL.to_vec(), 0, 8));
+    assert_eq!(err(b"gat\r\n"), (ERROR.to_vec(), 0, 5));
     assert_eq!(err(b"gat x k\r\n"), (BAD_EXPTIME.to_vec(), 0, 9));
     let long = format!("get a {}\r\nget b\r\n", "k".repeat(251));
     assert_eq!(err(long.as_bytes()), (BAD_FORMAT.to_vec(), 0, 6 + 251 + 2));
@@ -218,16 +219,24 @@ fn storage_errors() {
         err(b"set k 0 0 1\nx\nget a\n"),
         (BAD_CHUNK.to_vec(), 0, 12 + 3)
     );
-    // Bad numbers: the line is consumed and the data block swallowed.
-    assert_eq!(err(b"set k x 0 2\r\nab\r\n"), (BAD_FORMAT.to_vec(), 4, 13));
-    assert_eq!(err(b"set k -1 0 2\r\n"), (BAD_FORMAT.to_vec(), 4, 14));
-    assert_eq!(
-        err(b"set k 4294967296 0 2\r\n"),
-        (BAD_FORMAT.to_vec(), 4, 22)
-    );
-    assert_eq!(err(b"set k 0 x1 2\r\n"), (BAD_FORMAT.to_vec(), 4, 14));
-    assert_eq!(err(b"cas k 0 0 2 -5\r\n"), (BAD_FORMAT.to_vec(), 4, 16));
-    assert_eq!(err(b"cas k 0 0 2 x\r\n"), (BAD_FORMAT.to_vec(), 4, 15));
+    // Bad numbers: memcached refuses the line before reading the data block, which it then
+    // reads as commands: only the line is consumed.
+    assert_eq!(err(b"set k x 0 2\r\nab\r\n"), (BAD_FORMAT.to_vec(), 0, 13));
+    assert_eq!(err(b"set k -1 0 2\r\n"), (BAD_FORMAT.to_vec(), 0, 14));
+    assert_eq!(err(b"set k 0 x1 2\r\n"), (BAD_FORMAT.to_vec(), 0, 14));
+    assert_eq!(err(b"cas k 0 0 2 -5\r\n"), (BAD_FORMAT.to_vec(), 0, 16));
+    assert_eq!(err(b"cas k 0 0 2 x\r\n"), (BAD_FORMAT.to_vec(), 0, 15));
+    // memcached's strtoul/strtol readings: flags up to 2^64-1 (kept modulo 2^32), `-0`, and a
+    // length read into an int32 (4294967298 is 2).
+    for ok in [
+        &b"set k 4294967296 0 2\r\nab\r\n"[..],
+        b"set k 18446744073709551615 0 2\r\nab\r\n",
+        b"set k -0 0 2\r\nab\r\n",
+        b"set k 0 0 4294967298\r\nab\r\n",
+        b"cas k 0 0 2 -0\r\nab\r\n",
+    ] {
+        assert_eq!(req(ok).raw.len(), ok.len());
+    }
     // Bad length: nothing to swallow.
     assert_eq!(err(b"set k 0 0 -1\r\n"), (BAD_FORMAT.to_vec(), 0, 14));
     assert_eq!(err(b"set k 0 0 abc\r\n"), (BAD_FORMAT.to_vec(), 0, 15));
@@ -235,23 +244,24 @@ fn storage_errors() {
         err(b"set k 0 0 2147483646\r\n"),
         (BAD_FORMAT.to_vec(), 0, 22)
     );
-    // Wrong token counts.
-    assert_eq!(err(b"set k 0 0\r\n"), (BAD_FORMAT.to_vec(), 0, 11));
-    assert_eq!(err(b"set\r\n"), (BAD_FORMAT.to_vec(), 0, 5));
-    assert_eq!(err(b"cas k 0 0 2\r\nab\r\n"), (BAD_FORMAT.to_vec(), 4, 13));
+    // Wrong token counts: `ERROR`, and the data block is read as commands.
+    assert_eq!(err(b"set k 0 0\r\n"), (ERROR.to_vec(), 0, 11));
+    assert_eq!(err(b"set\r\n"), (ERROR.to_vec(), 0, 5));
+    assert_eq!(err(b"cas k 0 0 2\r\nab\r\n"), (ERROR.to_vec(), 0, 13));
     assert_eq!(
         err(b"set k 0 0 1 noreply extra\r\nx\r\n"),
-        (BAD_FORMAT.to_vec(), 3, 27)
+        (ERROR.to_vec(), 0, 27)
     );
     assert_eq!(
         err(b"set k 0 0 1 a b c d e f\r\nx\r\n"),
-        (BAD_FORMAT.to_vec(), 3, 25)
+        (ERROR.to_vec(), 0, 25)
     );
-    // Keys.
+    // Keys: too long is refused before the block; a control character (the proxy's own
+    // refusal, memcached would store it) takes its block along.
     let long = format!("set {} 0 0 2\r\nab\r\n", "k".repeat(251));
     assert_eq!(
         err(long.as_bytes()),
-        (KEY_TOO_LONG.to_vec(), 4, 4 + 251 + 8)
+        (KEY_TOO_LONG.to_vec(), 0, 4 + 251 + 8)
     );
     assert_eq!(err(b"set a\x01b 0 0 1\r\nx\r\n"), (BAD_KEY.to_vec(), 3, 15));
     // Too large: the reply comes at once, without waiting for the data.
@@ -286,7 +296,11 @@ fn storage_bad_chunk_waits_for_the_block() {
 
 #[test]
 fn noreply_errors_are_silent() {
-    assert_eq!(err(b"set k x 0 2 noreply\r\nab\r\n"), (vec![], 4, 21));
+    assert_eq!(err(b"set k x 0 2 noreply\r\nab\r\n"), (vec![], 0, 21));
+    // memcached reads noreply from the last token whatever the count: `decr k noreply` is a
+    // (silent) bad delta, `cas k 0 0 2 noreply` a silent bad cas unique.
+    assert_eq!(err(b"decr k noreply\r\n"), (vec![], 0, 16));
+    assert_eq!(err(b"cas k 0 0 2 noreply\r\nab\r\n"), (vec![], 0, 21));
     assert_eq!(err(b"set k 0 0 2 noreply\r\nabcd\r\n"), (vec![], 0, 25));
     assert_eq!(
         err(b"set k 0 0 2000000 noreply\r\n"),
@@ -297,12 +311,11 @@ fn noreply_errors_are_silent() {
     assert_eq!(err(b"verbosity x noreply\r\n"), (vec![], 0, 21));
     assert_eq!(err(b"delete a b noreply\r\n"), (vec![], 0, 20));
     assert_eq!(err(b"flush_all x noreply\r\n"), (vec![], 0, 21));
-    // Unknown commands and wrong arity are not silenced (memcached does not know noreply yet).
+    // Unknown commands and wrong arity are not silenced (memcached does not know noreply yet),
+    // but a last `noreply` silences even the error about the token it stands in for.
     assert_eq!(err(b"foo noreply\r\n"), (ERROR.to_vec(), 0, 13));
-    assert_eq!(
-        err(b"touch a noreply\r\n").0,
-        b"CLIENT_ERROR invalid exptime argument\r\n"
-    );
+    assert_eq!(err(b"touch a noreply\r\n"), (vec![], 0, 17));
+    assert_eq!(err(b"incr a 1 2 noreply\r\n"), (ERROR.to_vec(), 0, 20));
 }
 
 #[test]
@@ -350,9 +363,10 @@ fn incr_decr() {
     assert!(!req(b"incr c 1 2\r\n").noreply);
     assert_eq!(err(b"incr c x\r\n"), (BAD_DELTA.to_vec(), 0, 10));
     assert_eq!(err(b"incr c -1\r\n"), (BAD_DELTA.to_vec(), 0, 11));
+    assert_eq!(req(b"incr c -0\r\n").keys.len(), 1);
     assert_eq!(err(b"decr c 18446744073709551616\r\n").0, BAD_DELTA);
-    assert_eq!(err(b"incr c\r\n"), (BAD_FORMAT.to_vec(), 0, 8));
-    assert_eq!(err(b"incr c 1 noreply x\r\n"), (BAD_FORMAT.to_vec(), 0, 20));
+    assert_eq!(err(b"incr c\r\n"), (ERROR.to_vec(), 0, 8));
+    assert_eq!(err(b"incr c 1 noreply x\r\n"), (ERROR.to_vec(), 0, 20));
     assert_eq!(err(b"incr \x01 1\r\n").0, BAD_KEY);
 }
 
@@ -364,7 +378,7 @@ fn touch() {
     assert!(r.noreply);
     assert_eq!(&r.to_backend()[..], b"touch k -10\r\n");
     assert_eq!(err(b"touch k x\r\n"), (BAD_EXPTIME.to_vec(), 0, 11));
-    assert_eq!(err(b"touch k\r\n"), (BAD_FORMAT.to_vec(), 0, 9));
+    assert_eq!(err(b"touch k\r\n"), (ERROR.to_vec(), 0, 9));
 }
 
 #[test]
@@ -383,11 +397,8 @@ fn delete() {
     assert_eq!(&r.to_backend()[..], b"delete k 0\r\n");
     assert_eq!(err(b"delete k 5\r\n"), (BAD_DELETE.to_vec(), 0, 12));
     assert_eq!(err(b"delete k 0 0\r\n"), (BAD_DELETE.to_vec(), 0, 14));
-    assert_eq!(err(b"delete\r\n"), (BAD_FORMAT.to_vec(), 0, 8));
-    assert_eq!(
-        err(b"delete k 0 noreply x\r\n"),
-        (BAD_FORMAT.to_vec(), 0, 22)
-    );
+    assert_eq!(err(b"delete\r\n"), (ERROR.to_vec(), 0, 8));
+    assert_eq!(err(b"delete k 0 noreply x\r\n"), (ERROR.to_vec(), 0, 22));
     let long = format!("delete {}\r\n", "k".repeat(251));
     assert_eq!(err(long.as_bytes()).0, KEY_TOO_LONG);
 }
@@ -433,11 +444,11 @@ fn keyless_commands() {
 
 #[test]
 fn keyless_errors() {
-    assert_eq!(err(b"verbosity\r\n"), (BAD_FORMAT.to_vec(), 0, 11));
+    assert_eq!(err(b"verbosity\r\n"), (ERROR.to_vec(), 0, 11));
     assert_eq!(err(b"verbosity x\r\n"), (BAD_FORMAT.to_vec(), 0, 13));
-    assert_eq!(err(b"verbosity 1 2 3\r\n"), (BAD_FORMAT.to_vec(), 0, 17));
+    assert_eq!(err(b"verbosity 1 2 3\r\n"), (ERROR.to_vec(), 0, 17));
     assert_eq!(err(b"flush_all x\r\n"), (BAD_EXPTIME.to_vec(), 0, 13));
-    assert_eq!(err(b"flush_all 1 2 3\r\n"), (BAD_FORMAT.to_vec(), 0, 17));
+    assert_eq!(err(b"flush_all 1 2 3\r\n"), (ERROR.to_vec(), 0, 17));
 }
 
 #[test]
@@ -867,13 +878,14 @@ fn gen_request() -> impl Strategy<Value = Gen> {
         .prop_map(|(kind, v)| {
             let n = v.len();
             let (line, data, reply, swallow): (String, Vec<u8>, &[u8], usize) = match kind {
+                // Refused before the data block: none is sent (it would be read as commands).
                 0 => (
                     format!("set {} 0 0 {n}\r\n", "k".repeat(251)),
-                    v,
+                    vec![],
                     KEY_TOO_LONG,
-                    n + 2,
+                    0,
                 ),
-                1 => (format!("set k x 0 {n}\r\n"), v, BAD_FORMAT, n + 2),
+                1 => (format!("set k x 0 {n}\r\n"), vec![], BAD_FORMAT, 0),
                 2 => (
                     format!("set k 0 0 {}\r\n", 2_000_000 + n),
                     vec![b'z'; 2_000_000 + n],
@@ -891,7 +903,7 @@ fn gen_request() -> impl Strategy<Value = Gen> {
             };
             let mut b = line.into_bytes();
             b.extend_from_slice(&data);
-            if kind < 3 {
+            if kind == 2 {
                 b.extend_from_slice(b"\r\n");
             }
             Gen {
@@ -964,9 +976,9 @@ fn gen_request() -> impl Strategy<Value = Gen> {
                     let flags: Vec<String> = (0..17).map(|i| format!("O{i}")).collect();
                     (
                         format!("ms k {n} {}\r\n", flags.join(" ")),
-                        v,
+                        vec![],
                         META_FLAGS_TOO_LONG,
-                        n + 2,
+                        0,
                     )
                 }
                 1 => {
@@ -978,9 +990,6 @@ fn gen_request() -> impl Strategy<Value = Gen> {
             };
             let mut b = line.into_bytes();
             b.extend_from_slice(&data);
-            if kind == 0 {
-                b.extend_from_slice(b"\r\n");
-            }
             Gen {
                 bytes: b,
                 command: None,
@@ -1135,9 +1144,15 @@ proptest! {
         max_line in 1usize..64,
         max_key in 0usize..8,
         item_max in 0usize..32,
+        max_forward in 0usize..48,
     ) {
         let input: Vec<u8> = chunks.concat();
-        let limits = Limits { max_key_len: max_key, item_size_max: item_max, max_line_len: max_line };
+        let limits = Limits {
+            max_key_len: max_key,
+            item_size_max: item_max,
+            max_line_len: max_line,
+            max_forward_line: max_forward,
+        };
         let mut d = Driver::default();
         for c in &chunks {
             d.feed(c, &limits);
@@ -1352,12 +1367,17 @@ fn meta_set_frames_its_data_block() {
     assert_eq!(err(b"ms k S2 T1\r\n"), (BAD_FORMAT.to_vec(), 0, 12));
     assert_eq!(err(b"ms k -1\r\n"), (BAD_FORMAT.to_vec(), 0, 9));
     assert_eq!(err(b"ms k 2147483646\r\n").1, 0);
-    // Errors memcached would answer without swallowing the block: the proxy swallows it.
+    // Errors memcached answers without reading the block (then read as commands): the same.
     let flags: Vec<String> = (0..17).map(|i| format!("O{i}")).collect();
     let line = format!("ms k 2 {}\r\n", flags.join(" "));
     assert_eq!(
         err(format!("{line}hi\r\n").as_bytes()),
-        (META_FLAGS_TOO_LONG.to_vec(), 4, line.len())
+        (META_FLAGS_TOO_LONG.to_vec(), 0, line.len())
+    );
+    let line = format!("ms {} 2\r\n", "k".repeat(251));
+    assert_eq!(
+        err(format!("{line}hi\r\n").as_bytes()),
+        (KEY_TOO_LONG.to_vec(), 0, line.len())
     );
     let line = format!("ms k 2 {}\r\n", flags[..16].join(" "));
     assert_eq!(
@@ -1367,7 +1387,7 @@ fn meta_set_frames_its_data_block() {
     let long = format!("ms {} 2\r\nhi\r\n", "k".repeat(251));
     assert_eq!(
         err(long.as_bytes()),
-        (KEY_TOO_LONG.to_vec(), 4, long.len() - 4)
+        (KEY_TOO_LONG.to_vec(), 0, long.len() - 4)
     );
     let limits = Limits {
         item_size_max: 4,
@@ -1601,4 +1621,91 @@ proptest! {
         }
         prop_assert_eq!(next, replies.len());
     }
+}
+
+// ---- lines memcached would close the connection on ----
+
+fn line_of(prefix: &[u8], len: usize, end: &[u8]) -> Vec<u8> {
+    let mut v = prefix.to_vec();
+    v.resize(len, b'z');
+    v.extend_from_slice(end);
+    v
+}
+
+#[test]
+fn long_lines_are_refused_not_forwarded() {
+    let max = lim().max_forward_line;
+    assert!(max + LINE_REWRITE_HEADROOM <= MEMCACHED_LINE_MAX);
+    // `incr k 1 zzz...`: memcached accepts (and ignores) the last token, but closes the
+    // connection when more than 2048 bytes of the line arrive before its `\n`.
+    let ok = line_of(b"incr k 1 ", max, b"\n");
+    assert_eq!(req(&ok).keys.len(), 1);
+    let ok = line_of(b"incr k 1 ", max - 1, b"\r\n");
+    assert_eq!(req(&ok).keys.len(), 1);
+    for (len, end) in [(max + 1, &b"\n"[..]), (max, b"\r\n"), (17000, b"\r\n")] {
+        let long = line_of(b"incr k 1 ", len, end);
+        assert_eq!(
+            err(&long),
+            (b"CLIENT_ERROR line too long\r\n".to_vec(), 0, long.len())
+        );
+    }
+    // The same refusal for gat, meta commands and even mn: only get/gets may be long. (A
+    // malformed long line keeps its own error: it is not forwarded either.)
+    let gat = format!("gat 0{}", " k".repeat(1500));
+    for prefix in [
+        gat.as_bytes(),
+        b"mg k O",
+        b"mn ",
+        b"version ",
+        b"touch k 1 ",
+    ] {
+        let long = line_of(prefix, 3000, b"\r\n");
+        assert_eq!(
+            err(&long).0,
+            b"CLIENT_ERROR line too long\r\n",
+            "{prefix:.10?}"
+        );
+    }
+    let keys: Vec<u8> = (0..1000)
+        .flat_map(|i| format!(" k{i}").into_bytes())
+        .collect();
+    for (cmd, spaces) in [("get", 0), ("gets", 0), ("get", 100)] {
+        let mut line = vec![b' '; spaces];
+        line.extend_from_slice(cmd.as_bytes());
+        line.extend_from_slice(&keys);
+        line.extend_from_slice(b"\r\n");
+        assert_eq!(req(&line).keys.len(), 1000, "{cmd} after {spaces} spaces");
+    }
+    // memcached closes on more than 100 leading spaces before a long get.
+    let mut line = vec![b' '; 101];
+    line.extend_from_slice(b"get");
+    line.extend_from_slice(&keys);
+    line.extend_from_slice(b"\r\n");
+    assert_eq!(err(&line).0, b"CLIENT_ERROR line too long\r\n");
+}
+
+#[test]
+fn long_storage_line_swallows_its_data_block() {
+    // A set whose line is too long but well formed: refused with its data block consumed, so
+    // the data is never read as a command; the next request parses.
+    let mut input = line_of(b"set k 0 0 5", 2500, b"");
+    for b in &mut input[11..] {
+        *b = b' ';
+    }
+    input.extend_from_slice(b"\r\nhello\r\nget k\r\n");
+    let mut d = Driver::default();
+    d.feed(&input, &lim());
+    assert!(!d.fatal);
+    assert_eq!(d.out.len(), 2, "{:?}", d.out);
+    assert!(
+        matches!(&d.out[0].0, Parsed::Error { reply, .. } if &reply[..] == b"CLIENT_ERROR line too long\r\n")
+    );
+    assert!(matches!(&d.out[1].0, Parsed::Request(r) if r.command == Command::Get));
+    // With noreply the refusal is silent, as memcached's errors are.
+    let mut input = line_of(b"set k 0 0 5 noreply", 2500, b"");
+    for b in &mut input[19..] {
+        *b = b' ';
+    }
+    input.extend_from_slice(b"\r\nhello\r\n");
+    assert_eq!(err(&input), (Vec::new(), 0, input.len()));
 }
