@@ -136,6 +136,18 @@ fn merge_inner(how: Merge, replies: &[Bytes], part_of: &[usize]) -> Result<Bytes
     Ok(out.freeze())
 }
 
+/// A SCAN cursor as redis-server reads it (`strtoull`: a leading `-` wraps around, so `SCAN -1`
+/// is a valid, huge cursor); None when it is not a number.
+pub fn parse_cursor(arg: &[u8]) -> Option<u64> {
+    let s = std::str::from_utf8(arg).ok()?;
+    match s.strip_prefix('-') {
+        Some(rest) if !rest.starts_with(['-', '+']) => {
+            rest.parse::<u64>().ok().map(u64::wrapping_neg)
+        }
+        _ => s.parse::<u64>().ok(),
+    }
+}
+
 /// The proxy's SCAN cursor: `backend_cursor * n_servers + server_index`. Cursor 0 starts on
 /// server 0; when a server's own scan ends, the walk continues at cursor 0 of the next server
 /// (proxy cursor `server + 1`), and proxy cursor 0 is returned after the last server.
@@ -186,6 +198,25 @@ pub fn scan_reply(reply: &Bytes, server: usize, n_servers: usize) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cursors_read_as_redis_reads_them() {
+        assert_eq!(parse_cursor(b"0"), Some(0));
+        assert_eq!(parse_cursor(b"+7"), Some(7));
+        assert_eq!(parse_cursor(b"-1"), Some(u64::MAX));
+        assert_eq!(parse_cursor(b"-0"), Some(0));
+        for bad in [
+            &b"--1"[..],
+            b"-+1",
+            b"-",
+            b"",
+            b" 1",
+            b"1x",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(parse_cursor(bad), None, "{bad:?}");
+        }
+    }
 
     fn b(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())

@@ -130,9 +130,7 @@ impl Conn {
         }
         let n = self.ctx.pool.specs.len();
         if info.name == "scan" {
-            let cursor = std::str::from_utf8(&req.args[1])
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok());
+            let cursor = merge::parse_cursor(&req.args[1]);
             let Some(cursor) = cursor else {
                 return self.reject("ERR invalid cursor");
             };
@@ -264,9 +262,7 @@ impl Conn {
         }
         let n = primaries.len();
         if info.name == "scan" {
-            let cursor = std::str::from_utf8(&req.args[1])
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok());
+            let cursor = merge::parse_cursor(&req.args[1]);
             let Some(cursor) = cursor else {
                 return self.reject("ERR invalid cursor");
             };
