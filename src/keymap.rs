@@ -1,7 +1,7 @@
 //! `kvrouter keymap`: where keys live, and how many move between two configs, without sending
 //! any traffic to memcached pools.
 
-use crate::config::{Config, ListenAddr, Route};
+use crate::config::{Config, ListenAddr};
 use crate::routing::slots::ClusterMap;
 use crate::routing::{Node, Placement};
 
@@ -78,8 +78,10 @@ pub fn keymap(config: &Config, listener: Option<&str>, keys: &[String]) -> Resul
     // Cluster pools: the slot map, asked once per pool from the first seed that answers.
     let mut maps: std::collections::HashMap<String, Option<ClusterMap>> = Default::default();
     for key in keys {
-        let pool_name =
-            get_pool(&l.route, key.as_bytes()).ok_or_else(|| format!("no route for key {key}"))?;
+        let pool_name = l
+            .route
+            .get_pool(key.as_bytes())
+            .ok_or_else(|| format!("no route for key {key}"))?;
         let pool = config
             .pool(pool_name)
             .ok_or_else(|| format!("unknown pool {pool_name}"))?;
@@ -103,34 +105,6 @@ pub fn keymap(config: &Config, listener: Option<&str>, keys: &[String]) -> Resul
         out.push_str(&format!("{key}\t{}\t{name}\t{}\n", pool.name, s.address()));
     }
     Ok(out)
-}
-
-/// The pool a healthy `get` of `key` reaches: the first child of a failover, the matching
-/// prefix, the get branch of an operation route, the first of all_sync, the main route of a
-/// shadow, the cold route of a warm_up.
-fn get_pool<'a>(route: &'a Route, key: &[u8]) -> Option<&'a str> {
-    match route {
-        Route::Pool { name, .. } => Some(name),
-        Route::Gutter { pool, .. } => Some(pool),
-        Route::Failover { children, .. } | Route::AllSync { children, .. } => {
-            get_pool(children.first()?, key)
-        }
-        Route::Prefix {
-            prefixes, default, ..
-        } => {
-            let best = prefixes
-                .iter()
-                .filter(|(p, _)| key.starts_with(p.as_bytes()))
-                .max_by_key(|(p, _)| p.len())
-                .map(|(_, r)| r);
-            get_pool(best.or(default.as_deref())?, key)
-        }
-        Route::Operation { get, default, .. } => {
-            get_pool(get.as_deref().or(default.as_deref())?, key)
-        }
-        Route::Shadow { route, .. } => get_pool(route, key),
-        Route::WarmUp { cold, .. } => get_pool(cold, key),
-    }
 }
 
 /// Per pool present in both configs: the fraction of `sample` random keys whose server

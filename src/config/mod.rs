@@ -356,6 +356,34 @@ impl Route {
         out
     }
 
+    /// The pool a healthy `get` of `key` reaches: the first child of a failover, the matching
+    /// prefix, the get branch of an operation route, the first of all_sync, the main route of a
+    /// shadow, the cold route of a warm_up.
+    pub fn get_pool(&self, key: &[u8]) -> Option<&str> {
+        match self {
+            Route::Pool { name, .. } => Some(name),
+            Route::Gutter { pool, .. } => Some(pool),
+            Route::Failover { children, .. } | Route::AllSync { children, .. } => {
+                children.first()?.get_pool(key)
+            }
+            Route::Prefix {
+                prefixes, default, ..
+            } => {
+                let best = prefixes
+                    .iter()
+                    .filter(|(p, _)| key.starts_with(p.as_bytes()))
+                    .max_by_key(|(p, _)| p.len())
+                    .map(|(_, r)| r);
+                best.or(default.as_deref())?.get_pool(key)
+            }
+            Route::Operation { get, default, .. } => {
+                get.as_deref().or(default.as_deref())?.get_pool(key)
+            }
+            Route::Shadow { route, .. } => route.get_pool(key),
+            Route::WarmUp { cold, .. } => cold.get_pool(key),
+        }
+    }
+
     /// Every pool this route can send to, each once, in first-seen order.
     pub fn pools(&self) -> Vec<&str> {
         let mut out: Vec<&str> = Vec::new();
