@@ -148,6 +148,16 @@ pub fn parse_cursor(arg: &[u8]) -> Option<u64> {
     }
 }
 
+/// One step of the proxy's SCAN over `n_servers`: the server it runs on and the request to send
+/// there (the client's, with that server's own cursor); None when the cursor is not a number.
+pub fn scan_step(args: &[Bytes], n_servers: usize) -> Option<(usize, Bytes)> {
+    let (server, backend_cursor) = split_cursor(parse_cursor(args.get(1)?)?, n_servers);
+    let cursor = backend_cursor.to_string();
+    let mut words: Vec<&[u8]> = args.iter().map(|a| a.as_ref()).collect();
+    words[1] = cursor.as_bytes();
+    Some((server, super::encode_request(&words).raw))
+}
+
 /// The proxy's SCAN cursor: `backend_cursor * n_servers + server_index`. Cursor 0 starts on
 /// server 0; when a server's own scan ends, the walk continues at cursor 0 of the next server
 /// (proxy cursor `server + 1`), and proxy cursor 0 is returned after the last server.

@@ -130,18 +130,10 @@ impl Conn {
         }
         let n = self.ctx.pool.specs.len();
         if info.name == "scan" {
-            let cursor = merge::parse_cursor(&req.args[1]);
-            let Some(cursor) = cursor else {
+            let Some((server, raw)) = merge::scan_step(&req.args, n) else {
                 return self.reject("ERR invalid cursor");
             };
-            let (server, backend_cursor) = merge::split_cursor(cursor, n);
-            let c = backend_cursor.to_string();
-            let mut args: Vec<&[u8]> = req.args.iter().map(|a| a.as_ref()).collect();
-            args[1] = c.as_bytes();
-            let rx = self
-                .backend(server)
-                .send(encode_request(&args).raw, ReplyKind::Resp)
-                .into();
+            let rx = self.backend(server).send(raw, ReplyKind::Resp).into();
             return self.pending.push_back(Pending::Scan { rx, server, n });
         }
         let how = rc::merge(info).unwrap_or(Merge::AllEqual);
@@ -262,15 +254,9 @@ impl Conn {
         }
         let n = primaries.len();
         if info.name == "scan" {
-            let cursor = merge::parse_cursor(&req.args[1]);
-            let Some(cursor) = cursor else {
+            let Some((server, raw)) = merge::scan_step(&req.args, n) else {
                 return self.reject("ERR invalid cursor");
             };
-            let (server, backend_cursor) = merge::split_cursor(cursor, n);
-            let cur = backend_cursor.to_string();
-            let mut args: Vec<&[u8]> = req.args.iter().map(|a| a.as_ref()).collect();
-            args[1] = cur.as_bytes();
-            let raw = encode_request(&args).raw;
             let rx = Rx::Cluster(c.send_to(&primaries[server], raw, self.client_id));
             return self.pending.push_back(Pending::Scan { rx, server, n });
         }
