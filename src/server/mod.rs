@@ -10,6 +10,7 @@
 //! reload (see `reload`). Each worker builds its per-listener contexts from the generation and
 //! rebuilds them when a new one appears, keeping the backend connections of unchanged servers.
 
+pub mod client;
 pub mod cluster;
 pub mod hot;
 pub mod inspect;

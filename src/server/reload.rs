@@ -460,7 +460,7 @@ impl WorkerRouting {
                         users: Arc::new(lc.users.clone()),
                         listener: l.name.clone(),
                         reach: lc.route.pools().into_iter().map(String::from).collect(),
-                        idle_timeout: lc.client_idle_timeout,
+                        client: super::client::ClientLimits::of(lc),
                         routing: redis_route::needs_tree(&lc.route, &|n| {
                             generation.pools[pool_index(n)].clone()
                         })
@@ -507,7 +507,7 @@ impl WorkerRouting {
                     },
                     flush_targets: lc.route.pools().into_iter().map(&target).collect(),
                     limits,
-                    idle_timeout: lc.client_idle_timeout,
+                    client: super::client::ClientLimits::of(lc),
                     tls: l.tls.clone(),
                     coalesce: lc.coalesce_misses.then(Default::default),
                     hot,
