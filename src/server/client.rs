@@ -29,7 +29,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::io::Interest;
 use tokio::sync::watch;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::{sleep_until, Instant, Sleep};
 
 use super::metrics::{ListenerMetrics, CLOSE_IDLE, CLOSE_OUTPUT, CLOSE_REQUEST_TIMEOUT};
 use crate::backend::io::{write_all, write_some, Io};
@@ -163,6 +163,8 @@ pub(super) async fn run<C: Session, S: Io>(
     }
     // One registration for the connection's life, not one per loop turn.
     let mut stopping = std::pin::pin!(shutdown.changed());
+    // Made on first use and reset after: a connection that never needs a timer carries none.
+    let mut sleep: Option<std::pin::Pin<Box<Sleep>>> = None;
     let mut c = Client {
         rbuf: BytesMut::new(),
         wbuf: BytesMut::new(),
@@ -239,6 +241,12 @@ pub(super) async fn run<C: Session, S: Io>(
                 _ => (at, Closed::RequestTimeout),
             }),
         };
+        if let Some((at, _)) = timer {
+            match sleep.as_mut() {
+                Some(s) => s.as_mut().reset(at),
+                None => sleep = Some(Box::pin(sleep_until(at))),
+            }
+        }
         let waiting = conn.queued() > 0 || conn.subscribed();
         c.release();
         tokio::select! {
@@ -278,7 +286,7 @@ pub(super) async fn run<C: Session, S: Io>(
                     return Ok(());
                 }
             }
-            _ = async { sleep_until(timer.as_ref().expect("guarded").0).await }, if timer.is_some() => {
+            _ = async { sleep.as_mut().expect("guarded").await }, if timer.is_some() => {
                 let (metric, what) = match timer.expect("guarded").1 {
                     Closed::Idle => (CLOSE_IDLE, "closing an idle client"),
                     Closed::RequestTimeout => (CLOSE_REQUEST_TIMEOUT, "closing a client whose request did not arrive within client_request_timeout"),

@@ -94,9 +94,42 @@ impl Ctx {
         id: usize,
         shutdown: watch::Receiver<bool>,
     ) {
+        // Boxed (once per connection): a client's task holds only its own protocol's state.
         match self {
-            Ctx::Mc(c) => memcache::serve(stream, c, id, shutdown).await,
-            Ctx::Redis(c) => redis::serve(stream, c, id, shutdown).await,
+            Ctx::Mc(c) => {
+                let conn = Box::pin(memcache::serve(stream, c, id, shutdown));
+                conn.await
+            }
+            Ctx::Redis(c) => {
+                let conn = Box::pin(redis::serve(stream, c, id, shutdown));
+                conn.await
+            }
+        }
+    }
+}
+
+/// A TLS client's handshake, bridged to a plain socket. Boxed by the caller: a TLS session is
+/// large, and every client's task would otherwise be as large.
+async fn tls_handshake(
+    acceptor: tokio_rustls::TlsAcceptor,
+    s: tokio::net::TcpStream,
+) -> Option<tokio::net::UnixStream> {
+    let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(s));
+    match handshake.await {
+        Ok(Ok(tls)) => match crate::backend::tls::bridge(tls) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot bridge a TLS client");
+                None
+            }
+        },
+        Ok(Err(e)) => {
+            tracing::info!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::info!("TLS handshake timed out");
+            None
         }
     }
 }
@@ -307,14 +340,9 @@ fn worker(
                             Accepted::Tcp(s) => match (tokio::net::TcpStream::from_std(s), acceptor) {
                                 (Ok(s), None) => ctx.serve(s, id, sd).await,
                                 (Ok(s), Some(acceptor)) => {
-                                    let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(s));
-                                    match handshake.await {
-                                        Ok(Ok(tls)) => match crate::backend::tls::bridge(tls) {
-                                            Ok(s) => ctx.serve(s, id, sd).await,
-                                            Err(e) => tracing::warn!(error = %e, "cannot bridge a TLS client"),
-                                        },
-                                        Ok(Err(e)) => tracing::info!(error = %e, "TLS handshake failed"),
-                                        Err(_) => tracing::info!("TLS handshake timed out"),
+                                    let handshake = Box::pin(tls_handshake(acceptor, s));
+                                    if let Some(s) = handshake.await {
+                                        ctx.serve(s, id, sd).await
                                     }
                                 }
                                 (Err(e), _) => tracing::warn!(error = %e, "cannot register client"),

@@ -220,7 +220,8 @@ struct Conn {
     watch_moved: Rc<std::cell::Cell<bool>>,
     /// The connection the last blocking command used (reused while alive, same server).
     blocker: Option<(usize, Dedicated)>,
-    pubsub: Option<PubSub>,
+    /// Boxed: most clients never subscribe, and every connection's task carries this struct.
+    pubsub: Option<Box<PubSub>>,
 }
 
 /// The client loop (`server::client`) drives the connection; this is what it asks.
