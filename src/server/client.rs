@@ -181,7 +181,7 @@ pub(super) async fn run<C: Session, S: Io>(
         let mut closing = false;
         {
             let mut cx = Context::from_waker(Waker::noop());
-            while conn.queued() > 0 {
+            while conn.queued() > 0 && c.wbuf.len() <= limits.max_output {
                 match conn.poll_front(&mut cx) {
                     Poll::Ready(Some(b)) => c.out(&b),
                     Poll::Ready(None) => {
