@@ -144,7 +144,10 @@ struct Multi {
     abort: Option<&'static str>,
 }
 
-/// Subscribed mode: one push connection per server subscribed on.
+/// Subscribed mode: one push connection per server subscribed on. Their channel is emptied into
+/// the client's queue whenever the client's task runs (`poll_events`), where `max_client_output`
+/// bounds it, and a push connection reads at most `READ_TURN` (1 MiB) per turn: the channel never
+/// holds more than that per connection.
 struct PubSub {
     /// By server (cluster pools: by slot for SSUBSCRIBE, `slots::SLOTS` for the rest).
     conns: std::collections::HashMap<usize, Dedicated>,
