@@ -193,6 +193,9 @@ fn answer_err(spec: &ServerSpec, reply: oneshot::Sender<Reply>, err: &BackendErr
 
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 const WRITE_HIGH_WATER: usize = 4 << 20;
+/// Bytes read from a connection before letting the worker's other tasks run: a stream of big
+/// replies cannot starve the clients and connections sharing the worker.
+pub(super) const READ_TURN: usize = 1 << 20;
 
 async fn run(spec: Arc<ServerSpec>, mut rx: mpsc::UnboundedReceiver<Queued>, preconnect: bool) {
     let mut backoff = Duration::ZERO;
@@ -404,12 +407,20 @@ async fn serve<S: Io>(
                 biased;
                 ready = stream.ready(interest) => {
                     let ready = ready.map_err(|e| BackendError::Closed(e.to_string()))?;
-                    if ready.is_readable() && read_replies(spec, stream, &mut rbuf, &mut scanner, &mut inflight, &mut latency)? > 0 {
-                        spec.health.record_success();
-                        spec.health.tko_success();
+                    let mut more = false;
+                    if ready.is_readable() {
+                        let (replies, unread) = read_replies(spec, stream, &mut rbuf, &mut scanner, &mut inflight, &mut latency)?;
+                        more = unread;
+                        if replies > 0 {
+                            spec.health.record_success();
+                            spec.health.tko_success();
+                        }
                     }
                     if ready.is_writable() && !wbuf.is_empty() {
                         flush(stream, &mut wbuf)?;
+                    }
+                    if more {
+                        tokio::task::yield_now().await;
                     }
                 }
                 q = rx.recv(), if !closed && wbuf.len() < WRITE_HIGH_WATER => {
@@ -460,9 +471,12 @@ pub(super) fn flush<S: Io>(stream: &S, wbuf: &mut BytesMut) -> Result<(), Backen
     super::io::write_some(stream, wbuf).map_err(|e| BackendError::Closed(e.to_string()))
 }
 
-/// Read and hand out every complete reply; the number handed out. Latencies are observed into
-/// this connection's local histogram and published (with the in-flight count) once per call,
-/// so a pipelined batch costs a few atomic operations, not a few per reply.
+/// Read and hand out every complete reply, up to `READ_TURN` bytes: the number handed out, and
+/// whether more may be waiting. Replies go out whether or not their client still wants them,
+/// so one client that does not read never stops the connection it shares with others.
+/// Latencies are observed into this connection's local histogram and published (with the
+/// in-flight count) once per call, so a pipelined batch costs a few atomic operations, not a
+/// few per reply.
 fn read_replies<S: Io>(
     spec: &ServerSpec,
     stream: &S,
@@ -470,14 +484,14 @@ fn read_replies<S: Io>(
     scanner: &mut Scanner,
     inflight: &mut VecDeque<InFlight>,
     latency: &mut LocalHistogram,
-) -> Result<usize, BackendError> {
+) -> Result<(usize, bool), BackendError> {
     let mut replies = 0;
     let result = scan_replies(stream, rbuf, scanner, inflight, latency, &mut replies);
     if replies > 0 {
         spec.metrics.inflight.sub(replies as i64);
         latency.flush();
     }
-    result.map(|()| replies)
+    result.map(|more| (replies, more))
 }
 
 fn scan_replies<S: Io>(
@@ -487,15 +501,19 @@ fn scan_replies<S: Io>(
     inflight: &mut VecDeque<InFlight>,
     latency: &mut LocalHistogram,
     replies: &mut usize,
-) -> Result<(), BackendError> {
+) -> Result<bool, BackendError> {
+    let mut turn = 0;
     loop {
         if rbuf.capacity() - rbuf.len() < 4096 {
             rbuf.reserve(16 * 1024);
         }
         let drained = match stream.try_read_drain(rbuf) {
             Ok(0) => return Err(BackendError::Closed("server closed the connection".into())),
-            Ok(n) => n < rbuf.capacity() - (rbuf.len() - n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Ok(n) => {
+                turn += n;
+                n < rbuf.capacity() - (rbuf.len() - n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
             Err(e) => return Err(BackendError::Closed(e.to_string())),
         };
         let now = Instant::now();
@@ -519,7 +537,10 @@ fn scan_replies<S: Io>(
             )));
         }
         if drained {
-            return Ok(()); // a short read cleared the readiness: wait for the next edge
+            return Ok(false); // a short read cleared the readiness: wait for the next edge
+        }
+        if turn >= READ_TURN {
+            return Ok(true); // the socket stays readable: read on after the others had a turn
         }
     }
 }

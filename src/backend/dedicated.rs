@@ -20,7 +20,7 @@ use tokio::io::Interest;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
 
-use super::connection::{flush, open, BackendError, Reply, ServerSpec, Stream};
+use super::connection::{flush, open, BackendError, Reply, ServerSpec, Stream, READ_TURN};
 use super::io::Io;
 use crate::protocol::resp::ReplyScanner;
 
@@ -161,7 +161,11 @@ async fn serve<S: Io>(
                         return fail(e, inflight);
                     }
                 }
+                let mut more = false;
                 if ready.is_readable() {
+                    // At most a turn's worth: a fast publisher cannot starve the worker, nor
+                    // pile more than that into the push channel before the client takes it.
+                    let mut turn = 0;
                     loop {
                         if rbuf.capacity() - rbuf.len() < 4096 {
                             rbuf.reserve(16 * 1024);
@@ -171,9 +175,13 @@ async fn serve<S: Io>(
                                 let e = BackendError::Closed("server closed the connection".into());
                                 return fail(e, inflight);
                             }
-                            Ok(_) => {}
+                            Ok(n) => turn += n,
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                             Err(e) => return fail(BackendError::Closed(e.to_string()), inflight),
+                        }
+                        if turn >= READ_TURN {
+                            more = true;
+                            break;
                         }
                     }
                     loop {
@@ -194,6 +202,9 @@ async fn serve<S: Io>(
                             return fail(e, inflight);
                         }
                     }
+                }
+                if more {
+                    tokio::task::yield_now().await;
                 }
             }
             _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {

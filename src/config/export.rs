@@ -81,6 +81,8 @@ impl Config {
                     })).collect::<Vec<_>>(),
                     "backlog": l.backlog,
                     "max_clients": l.max_clients,
+                    "max_client_output": l.max_client_output,
+                    "client_request_timeout_ms": l.client_request_timeout.map(|t| t.as_millis() as u64),
                     "reuseport": l.reuseport,
                     "hot_keys": l.hot_keys.as_ref().map(|h| json!({
                         "threshold_per_second": h.threshold,

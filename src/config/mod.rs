@@ -427,6 +427,11 @@ pub enum AllSyncReply {
 /// Default `max_ttl` of a gutter route (mcrouter's FailoverWithExptime uses 10 s too).
 pub const DEFAULT_GUTTER_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Default `max_client_output` (redis's hard output limit for subscribers).
+pub const DEFAULT_MAX_CLIENT_OUTPUT: usize = 32 << 20;
+/// Default `client_request_timeout`.
+pub const DEFAULT_CLIENT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct ListenerConfig {
     pub listen: ListenAddr,
@@ -442,6 +447,10 @@ pub struct ListenerConfig {
     pub max_request_bytes: Option<usize>,
     /// Close a client that sends nothing for this long while it has nothing in flight.
     pub client_idle_timeout: Option<std::time::Duration>,
+    /// A request must arrive whole within this of its first byte (None: `0s`, no bound).
+    pub client_request_timeout: Option<std::time::Duration>,
+    /// Most bytes of replies held for one client; a client over it is disconnected.
+    pub max_client_output: usize,
     /// TLS for clients.
     pub tls: Option<TlsConfig>,
     /// `coalesce_misses: true` (memcached listeners): concurrent plain single-key `get`s of one

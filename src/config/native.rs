@@ -127,6 +127,8 @@ struct NativeListener {
     users: Option<Spanned<Vec<Spanned<NativeUser>>>>,
     max_request_bytes: Option<Spanned<usize>>,
     client_idle_timeout: Text,
+    client_request_timeout: Text,
+    max_client_output: Option<Spanned<usize>>,
     coalesce_misses: Option<Spanned<bool>>,
 }
 
@@ -641,6 +643,19 @@ fn convert_listener(
             n => n.as_ref().map(|n| n.value),
         },
         client_idle_timeout: opt(&l.client_idle_timeout, syntax::parse_duration)?,
+        client_request_timeout: match opt(&l.client_request_timeout, syntax::parse_duration)? {
+            None => Some(super::DEFAULT_CLIENT_REQUEST_TIMEOUT),
+            Some(d) if d.is_zero() => None,
+            d => d,
+        },
+        max_client_output: match &l.max_client_output {
+            Some(n) if n.value < 65536 => {
+                return problem(loc(n), "`max_client_output` must be at least 65536")
+            }
+            n => n
+                .as_ref()
+                .map_or(super::DEFAULT_MAX_CLIENT_OUTPUT, |n| n.value),
+        },
         tls: tls(&l.tls, true)?,
         coalesce_misses: l.coalesce_misses.as_ref().is_some_and(|c| c.value),
         users: users(&l.users, protocol, pools)?,

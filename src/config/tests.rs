@@ -930,6 +930,44 @@ fn coalesce_misses_per_listener() {
 }
 
 #[test]
+fn client_output_and_request_limits_per_listener() {
+    for c in [ok(NATIVE), ok(TW)] {
+        assert_eq!(c.listeners[0].max_client_output, 32 << 20);
+        assert_eq!(
+            c.listeners[0].client_request_timeout,
+            Some(std::time::Duration::from_secs(30))
+        );
+    }
+    let set = NATIVE.replace(
+        "    route: users",
+        "    route: users\n    max_client_output: 1048576\n    client_request_timeout: 2s",
+    );
+    let l = &ok(&set).listeners[0];
+    assert_eq!(l.max_client_output, 1 << 20);
+    assert_eq!(
+        l.client_request_timeout,
+        Some(std::time::Duration::from_secs(2))
+    );
+    let v = ok(&set).to_json_redacted();
+    assert_eq!(v["listeners"][0]["max_client_output"], 1 << 20);
+    assert_eq!(v["listeners"][0]["client_request_timeout_ms"], 2000);
+    let off = NATIVE.replace(
+        "    route: users",
+        "    route: users\n    client_request_timeout: 0s",
+    );
+    assert_eq!(ok(&off).listeners[0].client_request_timeout, None);
+    let small = NATIVE.replace(
+        "    route: users",
+        "    route: users\n    max_client_output: 1000",
+    );
+    assert!(
+        err(&small).contains("`max_client_output` must be at least 65536"),
+        "{}",
+        err(&small)
+    );
+}
+
+#[test]
 fn native_allow_commands() {
     let redis = "\
 pools:

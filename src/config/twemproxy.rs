@@ -186,6 +186,8 @@ fn convert(
         reuseport: boolean(&p.reuseport, "reuseport")?.unwrap_or(false),
         max_request_bytes: None,
         client_idle_timeout: None,
+        client_request_timeout: Some(super::DEFAULT_CLIENT_REQUEST_TIMEOUT),
+        max_client_output: super::DEFAULT_MAX_CLIENT_OUTPUT,
         tls: None,
         coalesce_misses: false,
         users: Vec::new(),

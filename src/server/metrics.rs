@@ -188,6 +188,12 @@ impl Outcome {
     }
 }
 
+/// The `reason` label of `kvrouter_clients_dropped_total`, indexed by the `CLOSE_*` constants.
+const CLOSE_REASONS: [&str; 3] = ["output_limit", "request_timeout", "idle_timeout"];
+pub const CLOSE_OUTPUT: usize = 0;
+pub const CLOSE_REQUEST_TIMEOUT: usize = 1;
+pub const CLOSE_IDLE: usize = 2;
+
 /// Seconds; from 50 us (loopback) to 2.5 s (a slow or timing-out server).
 const LATENCY_BUCKETS: [f64; 15] = [
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -200,6 +206,7 @@ pub struct Families {
     client_connections: IntGaugeVec,
     client_connections_total: IntCounterVec,
     auth_failures: IntCounterVec,
+    clients_dropped: IntCounterVec,
     requests: IntCounterVec,
     get_keys: IntCounterVec,
     server_requests: IntCounterVec,
@@ -248,6 +255,11 @@ impl Families {
                 "kvrouter_auth_failures_total",
                 "Failed client authentications (AUTH/HELLO with a wrong password or user), per listener.",
                 &["listener"],
+            ),
+            clients_dropped: counter(
+                "kvrouter_clients_dropped_total",
+                "Client connections kvrouter closed, by reason: output_limit (max_client_output), request_timeout (client_request_timeout), idle_timeout (client_idle_timeout).",
+                &["listener", "reason"],
             ),
             requests: counter(
                 "kvrouter_requests_total",
@@ -362,6 +374,7 @@ impl Families {
                 Box::new(f.client_connections.clone()),
                 Box::new(f.client_connections_total.clone()),
                 Box::new(f.auth_failures.clone()),
+                Box::new(f.clients_dropped.clone()),
                 Box::new(f.requests.clone()),
                 Box::new(f.get_keys.clone()),
                 Box::new(f.server_requests.clone()),
@@ -422,6 +435,7 @@ impl Families {
             clients: self.client_connections.with_label_values(&[listener]),
             clients_total: self.client_connections_total.with_label_values(&[listener]),
             auth_failures: self.auth_failures.with_label_values(&[listener]),
+            closed: CLOSE_REASONS.map(|r| self.clients_dropped.with_label_values(&[listener, r])),
             requests,
             hits: keys("hit"),
             misses: keys("miss"),
@@ -437,6 +451,9 @@ impl Families {
         let _ = self.auth_failures.remove_label_values(&[listener]);
         self.remove_requests(listener, Protocol::Memcache);
         self.remove_requests(listener, Protocol::Redis);
+        for r in CLOSE_REASONS {
+            let _ = self.clients_dropped.remove_label_values(&[listener, r]);
+        }
         for r in ["hit", "miss", "failed"] {
             let _ = self.get_keys.remove_label_values(&[listener, r]);
         }
@@ -548,6 +565,8 @@ pub struct ListenerMetrics {
     pub clients: IntGauge,
     pub clients_total: IntCounter,
     pub auth_failures: IntCounter,
+    /// `kvrouter_clients_dropped_total`, by `CLOSE_*` index.
+    pub closed: [IntCounter; 3],
     requests: Requests,
     pub hits: IntCounter,
     pub misses: IntCounter,

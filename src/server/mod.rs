@@ -10,6 +10,7 @@
 //! reload (see `reload`). Each worker builds its per-listener contexts from the generation and
 //! rebuilds them when a new one appears, keeping the backend connections of unchanged servers.
 
+pub mod client;
 pub mod cluster;
 pub mod conns;
 pub mod follow;
@@ -93,9 +94,16 @@ impl Ctx {
         id: usize,
         shutdown: watch::Receiver<bool>,
     ) {
+        // Boxed (once per connection): a client's task holds only its own protocol's state.
         match self {
-            Ctx::Mc(c) => memcache::serve(stream, c, id, shutdown).await,
-            Ctx::Redis(c) => redis::serve(stream, c, id, shutdown).await,
+            Ctx::Mc(c) => {
+                let conn = Box::pin(memcache::serve(stream, c, id, shutdown));
+                conn.await
+            }
+            Ctx::Redis(c) => {
+                let conn = Box::pin(redis::serve(stream, c, id, shutdown));
+                conn.await
+            }
         }
     }
 }

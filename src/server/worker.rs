@@ -264,18 +264,9 @@ pub(super) fn run(
                             Accepted::Tcp(s) => match (tokio::net::TcpStream::from_std(s), acceptor) {
                                 (Ok(s), None) => ctx.serve(s, id, sd).await,
                                 (Ok(s), Some(acceptor)) => {
-                                    let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(s));
-                                    match handshake.await {
-                                        Ok(Ok(tls)) => match crate::backend::tls::bridge(tls) {
-                                            Ok(s) => ctx.serve(s, id, sd).await,
-                                            Err(e) => tracing::warn!(error = %e, "cannot bridge a TLS client"),
-                                        },
-                                        Ok(Err(e)) => if let Some(suppressed) = TLS_FAILURE_LOG.check() {
-                                            tracing::info!(error = %e, suppressed, "TLS handshake failed")
-                                        },
-                                        Err(_) => if let Some(suppressed) = TLS_FAILURE_LOG.check() {
-                                            tracing::info!(suppressed, "TLS handshake timed out")
-                                        },
+                                    let handshake = Box::pin(tls_handshake(acceptor, s));
+                                    if let Some(s) = handshake.await {
+                                        ctx.serve(s, id, sd).await
                                     }
                                 }
                                 (Err(e), _) => tracing::warn!(error = %e, "cannot register client"),
@@ -300,4 +291,34 @@ pub(super) fn run(
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     });
+}
+
+/// A TLS client's handshake, bridged to a plain socket. Boxed by the caller: a TLS session is
+/// large, and every client's task would otherwise be as large.
+async fn tls_handshake(
+    acceptor: tokio_rustls::TlsAcceptor,
+    s: tokio::net::TcpStream,
+) -> Option<tokio::net::UnixStream> {
+    let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(s));
+    match handshake.await {
+        Ok(Ok(tls)) => match crate::backend::tls::bridge(tls) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot bridge a TLS client");
+                None
+            }
+        },
+        Ok(Err(e)) => {
+            if let Some(suppressed) = TLS_FAILURE_LOG.check() {
+                tracing::info!(error = %e, suppressed, "TLS handshake failed")
+            }
+            None
+        }
+        Err(_) => {
+            if let Some(suppressed) = TLS_FAILURE_LOG.check() {
+                tracing::info!(suppressed, "TLS handshake timed out")
+            }
+            None
+        }
+    }
 }

@@ -48,7 +48,7 @@ impl McContext {
             ),
             flush_targets: lc.route.pools().into_iter().map(target).collect(),
             limits,
-            idle_timeout: lc.client_idle_timeout,
+            client: crate::server::client::ClientLimits::of(lc),
             tls: l.tls.clone(),
             coalesce: lc.coalesce_misses.then(Default::default),
             hot: l.hot.as_ref().map(|h| {

@@ -8,23 +8,22 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
-use std::future::{poll_fn, Future};
-use std::io;
+use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::Interest;
 use tokio::sync::{oneshot, watch};
 
+use super::client::{self, ClientLimits, Session};
 use super::follow::Follow;
 use super::hot::HotCtx;
 use super::metrics::{command_index, ListenerMetrics, Outcome, INVALID};
 use super::pool::PoolRuntime;
 use super::stats::{bump, Stats};
-use crate::backend::io::{write_all, write_some, Io};
+use crate::backend::io::Io;
 use crate::backend::{BackendError, BackendHandle, Reply, ReplyKind};
 use crate::protocol::memcache::{self, Command, Parsed, Request};
 use crate::routing::route::Node;
@@ -37,11 +36,6 @@ pub mod leaf;
 mod pending;
 
 use pending::{flatten, trim_crlf, MultiGet, Part, Pending};
-
-/// Stop reading from a client that has this many replies outstanding, or this much unsent
-/// output: a client that pipelines without reading is throttled instead of growing memory.
-const MAX_PENDING: usize = 1024;
-const MAX_OUTPUT: usize = 8 << 20;
 
 /// What a client connection needs from its worker.
 pub struct McContext {
@@ -57,8 +51,8 @@ pub struct McContext {
     pub flush_targets: Vec<leaf::Target>,
     /// Parser limits: the pool's, tightened by the listener's `max_request_bytes`.
     pub limits: memcache::Limits,
-    /// The listener's `client_idle_timeout`.
-    pub idle_timeout: Option<std::time::Duration>,
+    /// The listener's per-client limits (idle and request timeouts, output).
+    pub client: ClientLimits,
     /// The listener's TLS acceptor (used when a client connects).
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub metrics: Arc<ListenerMetrics>,
@@ -97,12 +91,10 @@ pub async fn serve<S: Io>(
         older: VecDeque::new(),
         client_id,
         pending: VecDeque::new(),
-        rbuf: BytesMut::with_capacity(16 * 1024),
-        wbuf: BytesMut::with_capacity(16 * 1024),
         swallow: 0,
         reading: true,
     };
-    if let Err(e) = conn.run(&stream, &mut shutdown).await {
+    if let Err(e) = client::run(&mut conn, &stream, &mut shutdown, client_id).await {
         tracing::debug!(error = %e, "client connection ended");
     }
 }
@@ -114,102 +106,61 @@ struct Conn {
     older: VecDeque<(Rc<McContext>, usize)>,
     client_id: usize,
     pending: VecDeque<Pending>,
-    rbuf: BytesMut,
-    wbuf: BytesMut,
     swallow: usize,
-    /// False after EOF, quit, a fatal parse error, or shutdown: finish what is pending, then close.
+    /// False after quit or a fatal parse error: finish what is pending, then close.
     reading: bool,
 }
 
+/// The client loop (`server::client`) drives the connection; this is what it asks.
+impl Session for Conn {
+    /// Replies one client may owe before kvrouter stops reading from it.
+    const MAX_PENDING: usize = 1024;
+
+    fn limits(&self) -> &ClientLimits {
+        &self.ctx.client
+    }
+
+    fn metrics(&self) -> &ListenerMetrics {
+        &self.ctx.metrics
+    }
+
+    fn queued(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn poll_front(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        // The context the front request was sent with.
+        let ctx = self.older.front().map_or(&self.ctx, |(c, _)| c);
+        let front = self.pending.front_mut().expect("queued");
+        match front.poll(cx, ctx) {
+            Poll::Ready(Some(b)) => {
+                self.pop_front();
+                Poll::Ready(Some(b))
+            }
+            Poll::Ready(None) => {
+                self.pending.clear();
+                self.older.clear();
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn parse(&mut self, rbuf: &mut BytesMut, max: usize) -> usize {
+        self.follow_reload();
+        self.parse_all(rbuf, max)
+    }
+
+    fn parsing(&self) -> bool {
+        self.reading
+    }
+
+    fn mid_request(&self) -> bool {
+        self.swallow > 0
+    }
+}
+
 impl Conn {
-    async fn run<S: Io>(
-        &mut self,
-        stream: &S,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> io::Result<()> {
-        if *shutdown.borrow() {
-            return Ok(());
-        }
-        // One registration for the connection's life, not one per loop turn.
-        let mut stopping = std::pin::pin!(shutdown.changed());
-        loop {
-            // Move every completed reply at the front into the output buffer.
-            let mut closing = false;
-            {
-                let mut cx = Context::from_waker(std::task::Waker::noop());
-                while !self.pending.is_empty() {
-                    let ctx = self.front_ctx();
-                    let front = self.pending.front_mut().expect("not empty");
-                    match front.poll(&mut cx, &ctx) {
-                        Poll::Ready(Some(b)) => {
-                            self.wbuf.extend_from_slice(&b);
-                            self.pop_front();
-                        }
-                        Poll::Ready(None) => {
-                            self.pending.clear();
-                            self.older.clear();
-                            closing = true;
-                        }
-                        Poll::Pending => break,
-                    }
-                }
-            }
-            if !self.wbuf.is_empty() {
-                self.flush(stream)?;
-            }
-            if closing || (!self.reading && self.pending.is_empty()) {
-                return self.drain(stream).await;
-            }
-            let can_read =
-                self.reading && self.pending.len() < MAX_PENDING && self.wbuf.len() < MAX_OUTPUT;
-            let interest = match (can_read, !self.wbuf.is_empty()) {
-                (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
-                (true, false) => Some(Interest::READABLE),
-                (false, true) => Some(Interest::WRITABLE),
-                (false, false) => None,
-            };
-            let ctx = self.front_ctx();
-            let idle = match self.ctx.idle_timeout {
-                Some(t) if self.pending.is_empty() && self.wbuf.is_empty() => Some(t),
-                _ => None,
-            };
-            tokio::select! {
-                biased;
-                ready = async { stream.ready(interest.expect("guarded")).await }, if interest.is_some() => {
-                    let ready = ready?;
-                    if ready.is_readable() && can_read {
-                        self.read(stream)?;
-                    }
-                }
-                done = poll_fn(|cx| self.pending.front_mut().expect("guarded").poll(cx, &ctx)), if !self.pending.is_empty() => {
-                    match done {
-                        Some(b) => {
-                            self.wbuf.extend_from_slice(&b);
-                            self.pop_front();
-                        }
-                        None => {
-                            self.pending.clear();
-                            self.older.clear();
-                            return self.drain(stream).await;
-                        }
-                    }
-                }
-                _ = &mut stopping, if self.reading => {
-                    self.reading = false;
-                }
-                _ = async { tokio::time::sleep(idle.expect("guarded")).await }, if idle.is_some() => {
-                    tracing::debug!(client = self.client_id, "closing an idle client");
-                    return Ok(());
-                }
-            }
-        }
-    }
-
-    /// The context the front pending request was sent with.
-    fn front_ctx(&self) -> Rc<McContext> {
-        self.older.front().map_or(&self.ctx, |(c, _)| c).clone()
-    }
-
     fn pop_front(&mut self) {
         self.pending.pop_front();
         if let Some((_, n)) = self.older.front_mut() {
@@ -231,50 +182,25 @@ impl Conn {
         }
     }
 
-    /// Write whatever can be written now without waiting.
-    fn flush<S: Io>(&mut self, stream: &S) -> io::Result<()> {
-        write_some(stream, &mut self.wbuf)
-    }
-
-    /// Write out everything left, then return (the connection closes when dropped).
-    async fn drain<S: Io>(&mut self, stream: &S) -> io::Result<()> {
-        write_all(stream, &mut self.wbuf).await
-    }
-
-    fn read<S: Io>(&mut self, stream: &S) -> io::Result<()> {
-        if self.rbuf.capacity() - self.rbuf.len() < 4096 {
-            self.rbuf.reserve(16 * 1024);
-        }
-        match stream.try_read_buf(&mut self.rbuf) {
-            Ok(0) => {
-                self.reading = false;
-                return Ok(());
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) => return Err(e),
-        }
-        self.follow_reload();
-        self.parse_all();
-        Ok(())
-    }
-
-    fn parse_all(&mut self) {
+    /// Parse and dispatch at most `max` requests; how many were.
+    fn parse_all(&mut self, rbuf: &mut BytesMut, max: usize) -> usize {
         let limits = self.ctx.limits;
-        while self.reading {
+        let mut n = 0;
+        while self.reading && n < max {
             if self.swallow > 0 {
-                let n = self.swallow.min(self.rbuf.len());
-                let _ = self.rbuf.split_to(n);
-                self.swallow -= n;
+                let k = self.swallow.min(rbuf.len());
+                let _ = rbuf.split_to(k);
+                self.swallow -= k;
                 if self.swallow > 0 {
-                    return;
+                    return n;
                 }
             }
-            if self.rbuf.is_empty() {
-                return;
+            if rbuf.is_empty() {
+                return n;
             }
-            match memcache::parse_request(&mut self.rbuf, &limits) {
-                Ok(None) => return,
+            n += 1;
+            match memcache::parse_request(rbuf, &limits) {
+                Ok(None) => return n - 1,
                 Ok(Some(Parsed::Request(req))) => self.dispatch(req),
                 Ok(Some(Parsed::Error { reply, swallow })) => {
                     bump(&self.ctx.stats.client_errors, 1);
@@ -293,6 +219,7 @@ impl Conn {
                 }
             }
         }
+        n
     }
 
     fn backend(&self, server: usize) -> &BackendHandle {

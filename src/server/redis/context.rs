@@ -79,7 +79,7 @@ impl RedisContext {
             users: Arc::new(lc.users.clone()),
             listener: l.name.clone(),
             reach: lc.route.pools().into_iter().map(String::from).collect(),
-            idle_timeout: lc.client_idle_timeout,
+            client: crate::server::client::ClientLimits::of(lc),
             direct: is_direct(&lc.route, first),
             routing,
             follow,

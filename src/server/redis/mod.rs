@@ -45,7 +45,6 @@
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
-use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,13 +52,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::Interest;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::client::{self, ClientLimits, Session};
 use super::cluster::{ClusterRx, ClusterWorker};
 use super::pool::PoolRuntime;
 use super::stats::{bump, Stats};
-use crate::backend::io::{write_all, write_some, Io};
+use crate::backend::io::Io;
 use crate::backend::{BackendError, BackendHandle, Dedicated, Reply, ReplyKind, ServerSpec};
 use crate::protocol::redis_commands::{
     self as rc, flags, handling_for, key_indices, CommandInfo, Handling, Merge,
@@ -81,14 +80,6 @@ mod policy;
 use super::metrics::{redis_command_index, redis_invalid, redis_other};
 use keyed::{place, send, NO_MAP};
 use pending::{backend_error, flatten, Blocking, Merged, Part, Pending, Queue, Rx};
-
-/// Stop reading from a client that has this many replies outstanding, or this much unsent
-/// output: a client that pipelines without reading is throttled instead of growing memory.
-const MAX_PENDING: usize = 4096;
-const MAX_OUTPUT: usize = 8 << 20;
-/// While a barrier command waits, input is read but not parsed (so a client that goes away is
-/// noticed); at most this much is buffered meanwhile.
-const MAX_UNPARSED: usize = 1 << 20;
 
 /// CLIENT ID: unique across workers.
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
@@ -122,9 +113,10 @@ pub struct RedisContext {
     pub direct: bool,
     /// Every pool the listener's route reaches (computed once from the config).
     pub reach: Vec<String>,
-    /// The listener's `client_idle_timeout`: like redis-server's `timeout`, it closes a client
-    /// with nothing in flight, but never a subscriber or a client blocked in a command.
-    pub idle_timeout: Option<std::time::Duration>,
+    /// The listener's per-client limits. `client_idle_timeout` is like redis-server's
+    /// `timeout`: it closes a client with nothing in flight, but never a subscriber or a client
+    /// blocked in a command.
+    pub client: ClientLimits,
     /// Finds this listener's context in a newer config generation after a reload.
     pub follow: super::follow::Follow<RedisContext>,
 }
@@ -159,7 +151,10 @@ struct Multi {
     abort: Option<&'static str>,
 }
 
-/// Subscribed mode: one push connection per server subscribed on.
+/// Subscribed mode: one push connection per server subscribed on. Their channel is emptied into
+/// the client's queue whenever the client's task runs (`poll_events`), where `max_client_output`
+/// bounds it, and a push connection reads at most `READ_TURN` (1 MiB) per turn: the channel never
+/// holds more than that per connection.
 struct PubSub {
     /// By server (cluster pools: by slot for SSUBSCRIBE, `slots::SLOTS` for the rest).
     conns: std::collections::HashMap<usize, Dedicated>,
@@ -194,9 +189,6 @@ pub async fn serve<S: Io>(
         id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
         name: None,
         pending: Queue::default(),
-        rbuf: BytesMut::with_capacity(16 * 1024),
-        wbuf: BytesMut::with_capacity(16 * 1024),
-        reading: true,
         parsing: true,
         barrier: false,
         blocking: false,
@@ -207,7 +199,7 @@ pub async fn serve<S: Io>(
         blocker: None,
         pubsub: None,
     };
-    if let Err(e) = conn.run(&stream, &mut shutdown).await {
+    if let Err(e) = client::run(&mut conn, &stream, &mut shutdown, client_id).await {
         tracing::debug!(error = %e, "client connection ended");
     }
 }
@@ -223,10 +215,6 @@ struct Conn {
     /// The `users` entry this client authenticated as.
     user: Option<usize>,
     pending: Queue,
-    rbuf: BytesMut,
-    wbuf: BytesMut,
-    /// False after EOF or shutdown.
-    reading: bool,
     /// False after QUIT or a protocol error: nothing more is parsed.
     parsing: bool,
     /// A barrier command is outstanding: parse nothing until the queue is empty.
@@ -242,150 +230,98 @@ struct Conn {
     watch_moved: Rc<std::cell::Cell<bool>>,
     /// The connection the last blocking command used (reused while alive, same server).
     blocker: Option<(usize, Dedicated)>,
-    pubsub: Option<PubSub>,
+    /// Boxed: most clients never subscribe, and every connection's task carries this struct.
+    pubsub: Option<Box<PubSub>>,
+}
+
+/// The client loop (`server::client`) drives the connection; this is what it asks.
+impl Session for Conn {
+    /// Replies one client may owe before kvrouter stops reading from it.
+    const MAX_PENDING: usize = 4096;
+
+    fn limits(&self) -> &ClientLimits {
+        &self.ctx.client
+    }
+
+    fn metrics(&self) -> &super::metrics::ListenerMetrics {
+        &self.ctx.metrics
+    }
+
+    fn queued(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn poll_front(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let front = self.pending.front_mut().expect("queued");
+        match front.poll(cx, &self.ctx) {
+            Poll::Ready(Some(b)) => {
+                self.pending.pop_front();
+                Poll::Ready(Some(b))
+            }
+            Poll::Ready(None) => {
+                self.pending.clear();
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Subscription pushes: all that arrived is queued at once (the client's output limit
+    /// bounds them), so the channel holds no more than one read of the push connections.
+    fn poll_events(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut got = false;
+        while let Some(ps) = self.pubsub.as_mut() {
+            let Poll::Ready(Some((server, reply))) = ps.rx.poll_recv(cx) else {
+                break;
+            };
+            got = true;
+            if !self.pushed(server, reply) {
+                self.parsing = false;
+            }
+        }
+        if got {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn parse(&mut self, rbuf: &mut BytesMut, max: usize) -> usize {
+        self.follow_reload();
+        self.parse_all(rbuf, max)
+    }
+
+    fn parsing(&self) -> bool {
+        self.parsing
+    }
+
+    fn paused(&self) -> bool {
+        self.barrier || self.deferred.is_some()
+    }
+
+    /// The barrier is done (or may start now): run the deferred command.
+    fn resume(&mut self) -> bool {
+        if !self.paused() {
+            return false;
+        }
+        self.barrier = false;
+        self.blocking = false;
+        if let Some(req) = self.deferred.take() {
+            self.handle(req);
+        }
+        true
+    }
+
+    fn blocked(&self) -> bool {
+        self.blocking
+    }
+
+    fn subscribed(&self) -> bool {
+        self.pubsub.is_some()
+    }
 }
 
 impl Conn {
-    async fn run<S: Io>(
-        &mut self,
-        stream: &S,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> io::Result<()> {
-        if *shutdown.borrow() {
-            return Ok(());
-        }
-        // One registration for the connection's life, not one per loop turn.
-        let mut stopping = std::pin::pin!(shutdown.changed());
-        loop {
-            // Move every completed reply at the front into the output buffer.
-            let mut closing = false;
-            {
-                let mut cx = Context::from_waker(std::task::Waker::noop());
-                while let Some(front) = self.pending.front_mut() {
-                    match front.poll(&mut cx, &self.ctx) {
-                        Poll::Ready(Some(b)) => {
-                            self.wbuf.extend_from_slice(&b);
-                            self.pending.pop_front();
-                        }
-                        Poll::Ready(None) => {
-                            self.pending.clear();
-                            closing = true;
-                        }
-                        Poll::Pending => break,
-                    }
-                }
-            }
-            if !closing && self.pending.is_empty() && (self.barrier || self.deferred.is_some()) {
-                // The barrier is done (or may start now): carry on with the input.
-                self.barrier = false;
-                self.blocking = false;
-                if let Some(req) = self.deferred.take() {
-                    self.handle(req);
-                }
-                self.parse_all();
-                continue;
-            }
-            if !self.wbuf.is_empty() {
-                self.flush(stream)?;
-            }
-            if closing || (!self.reading && self.pending.is_empty() && self.deferred.is_none()) {
-                return self.drain(stream).await;
-            }
-            let paused = self.barrier || self.deferred.is_some();
-            let can_read = self.reading
-                && self.pending.len() < MAX_PENDING
-                && self.wbuf.len() < MAX_OUTPUT
-                && !(paused && self.rbuf.len() >= MAX_UNPARSED);
-            let interest = match (can_read, !self.wbuf.is_empty()) {
-                (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
-                (true, false) => Some(Interest::READABLE),
-                (false, true) => Some(Interest::WRITABLE),
-                (false, false) => None,
-            };
-            let ctx = self.ctx.clone();
-            let idle = match self.ctx.idle_timeout {
-                Some(t)
-                    if self.pending.is_empty() && self.wbuf.is_empty() && self.pubsub.is_none() =>
-                {
-                    Some(t)
-                }
-                _ => None,
-            };
-            let pushes = self.pubsub.as_mut().map(|p| &mut p.rx);
-            // A subscriber that stops reading stops taking messages (its output is bounded).
-            let subscribed = pushes.is_some() && self.wbuf.len() < MAX_OUTPUT;
-            tokio::select! {
-                biased;
-                ready = async { stream.ready(interest.expect("guarded")).await }, if interest.is_some() => {
-                    let ready = ready?;
-                    if ready.is_readable() && can_read && !self.read(stream)? {
-                        return Ok(()); // the client left while blocked: cancel
-                    }
-                }
-                done = poll_fn(|cx| self.pending.front_mut().expect("guarded").poll(cx, &ctx)), if !self.pending.is_empty() => {
-                    match done {
-                        Some(b) => {
-                            self.wbuf.extend_from_slice(&b);
-                            self.pending.pop_front();
-                        }
-                        None => {
-                            self.pending.clear();
-                            return self.drain(stream).await;
-                        }
-                    }
-                }
-                msg = async { pushes.expect("guarded").recv().await }, if subscribed => {
-                    if let Some((server, reply)) = msg {
-                        if !self.pushed(server, reply) {
-                            self.parsing = false;
-                            self.reading = false;
-                        }
-                    }
-                }
-                _ = &mut stopping, if self.reading => {
-                    self.reading = false;
-                    if self.blocking || self.pubsub.is_some() {
-                        return Ok(());
-                    }
-                }
-                _ = async { tokio::time::sleep(idle.expect("guarded")).await }, if idle.is_some() => {
-                    tracing::debug!(client = self.client_id, "closing an idle client");
-                    return Ok(());
-                }
-            }
-        }
-    }
-
-    /// Write whatever can be written now without waiting.
-    fn flush<S: Io>(&mut self, stream: &S) -> io::Result<()> {
-        write_some(stream, &mut self.wbuf)
-    }
-
-    /// Write out everything left, then return (the connection closes when dropped).
-    async fn drain<S: Io>(&mut self, stream: &S) -> io::Result<()> {
-        write_all(stream, &mut self.wbuf).await
-    }
-
-    /// Read and parse what arrived. Returns false when the client left while a blocking command
-    /// was waiting: the caller drops everything, which closes the dedicated connection.
-    fn read<S: Io>(&mut self, stream: &S) -> io::Result<bool> {
-        if self.rbuf.capacity() - self.rbuf.len() < 4096 {
-            self.rbuf.reserve(16 * 1024);
-        }
-        match stream.try_read_drain(&mut self.rbuf) {
-            Ok(0) => {
-                self.reading = false;
-                return Ok(!self.blocking);
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
-            Err(e) => return Err(e),
-        }
-        self.follow_reload();
-        self.parse_all();
-        Ok(true)
-    }
-
     /// After a reload, move to the new routing at the first batch boundary where nothing is in
     /// flight and no connection is pinned (transaction, WATCH, blocking, pub/sub): replies
     /// never mix routing tables, and pinned state stays on the server it was made on.
@@ -424,10 +360,13 @@ impl Conn {
         self.ctx = newer;
     }
 
-    fn parse_all(&mut self) {
-        while self.parsing && !self.barrier && self.deferred.is_none() {
-            match parse_request(&mut self.rbuf, &self.ctx.limits) {
-                Ok(None) => return,
+    /// Parse and handle at most `max` commands; how many were.
+    fn parse_all(&mut self, rbuf: &mut BytesMut, max: usize) -> usize {
+        let mut n = 0;
+        while self.parsing && !self.barrier && self.deferred.is_none() && n < max {
+            n += 1;
+            match parse_request(rbuf, &self.ctx.limits) {
+                Ok(None) => return n - 1,
                 Ok(Some(req)) => self.handle(req),
                 Err(fatal) => {
                     bump(&self.ctx.stats.client_errors, 1);
@@ -438,6 +377,7 @@ impl Conn {
                 }
             }
         }
+        n
     }
 
     fn reply(&mut self, b: Bytes) {

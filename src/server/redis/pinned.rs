@@ -279,7 +279,7 @@ impl Conn {
         let mut specs = std::collections::HashMap::new();
         let ps = self.pubsub.get_or_insert_with(|| {
             let (sink, rx) = mpsc::unbounded_channel();
-            PubSub {
+            Box::new(PubSub {
                 conns: std::collections::HashMap::new(),
                 sink,
                 rx,
@@ -287,7 +287,7 @@ impl Conn {
                 patterns: Vec::new(),
                 shard: Vec::new(),
                 moves: std::collections::HashMap::new(),
-            }
+            })
         });
         let name = info.name;
         let pattern = name.starts_with('p');
