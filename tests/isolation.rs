@@ -203,7 +203,11 @@ fn pipelined_big_gets_without_reading(redis: bool) {
     let before = rss_kib(pid);
     let stop = Arc::new(AtomicBool::new(false));
     let watch = rss_watch(pid, stop.clone());
-    let secs = 3;
+    // ISOLATION_SECS=8 runs the full 8 s (the suite keeps it short).
+    let secs = std::env::var("ISOLATION_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     let (addr, request): (SocketAddr, &'static [u8]) = if redis {
         (f.redis, b"GET big\r\n")
     } else {
