@@ -297,6 +297,12 @@ impl PoolRuntime {
             .collect()
     }
 
+    /// Why a key of this pool has nowhere to go (every server ejected): the one text both
+    /// protocols answer with.
+    pub fn no_server(&self) -> String {
+        format!("no server available in pool {}", self.config.name)
+    }
+
     /// True when at least one server is in service.
     pub fn has_live_server(&self) -> bool {
         if let Some(c) = &self.cluster {

@@ -103,7 +103,7 @@ impl Leaf for Memcache {
 
     fn send(t: &Target, op: &McOp) -> Pending {
         let Some(server) = t.pool.server_for(&op.key) else {
-            let why = format!("no server available in pool {}", t.pool.config.name);
+            let why = t.pool.no_server();
             return route::ready(Err(Failed::new(Failure::ServerError, why)));
         };
         let conns = &t.backends[server];

@@ -592,9 +592,6 @@ impl McContext {
     /// The reply when the pool has no server in service (all ejected).
     fn no_server(&self) -> Bytes {
         bump(&self.stats.server_errors, 1);
-        Bytes::from(format!(
-            "SERVER_ERROR no server available in pool {}\r\n",
-            self.pool.config.name
-        ))
+        Bytes::from(format!("SERVER_ERROR {}\r\n", self.pool.no_server()))
     }
 }

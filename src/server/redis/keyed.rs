@@ -19,12 +19,9 @@ impl Conn {
             if !self.ctx.direct {
                 super::leaf::check_home(&self.ctx.routing, &self.ctx.pool, info, &args[k])?;
             }
-            let s = self.place(&args[k]).ok_or_else(|| {
-                format!(
-                    "ERR no server available in pool {}",
-                    self.ctx.pool.config.name
-                )
-            })?;
+            let s = self
+                .place(&args[k])
+                .ok_or_else(|| format!("ERR {}", self.ctx.pool.no_server()))?;
             match server {
                 None => server = Some(s),
                 Some(x) if x != s => return Err(self.crossslot("Keys in request don't")),
@@ -79,10 +76,7 @@ impl Conn {
         let Some(Split { servers, part_of }) =
             Split::by_server(keys.iter().map(|&k| &args[k][..]), |key| self.place(key))
         else {
-            let msg = format!(
-                "ERR no server available in pool {}",
-                self.ctx.pool.config.name
-            );
+            let msg = format!("ERR {}", self.ctx.pool.no_server());
             return self.reject(&msg);
         };
         let part_args = split_args(info, args, &keys, servers.len(), &part_of);

@@ -186,7 +186,7 @@ impl RTarget {
             None => self.pool.server_for(k),
         };
         let Some(Split { servers, part_of }) = Split::by_server(keys, place) else {
-            let why = format!("no server available in pool {}", self.pool.config.name);
+            let why = self.pool.no_server();
             return route::ready(Err(Failed::new(Failure::ServerError, why)));
         };
         let readonly = op.class == OpClass::Get;

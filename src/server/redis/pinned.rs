@@ -384,8 +384,8 @@ impl Conn {
         }
         if let Some(ch) = failed {
             self.reject(&format!(
-                "ERR no server available in pool {} for channel {}",
-                self.ctx.pool.config.name,
+                "ERR {} for channel {}",
+                self.ctx.pool.no_server(),
                 String::from_utf8_lossy(&ch)
             ));
         }
