@@ -1,6 +1,8 @@
 //! Every panel query of dashboards/kvrouter.json returns data from a real Prometheus that
 //! scrapes a running kvrouter under traffic against real memcached and redis-server; the
-//! request panels show both protocols.
+//! request panels show both protocols, and the failover, gutter, authentication and client-limit
+//! panels show events that really happened (a pool on a dead port failing over to a gutter,
+//! wrong passwords, idle clients closed).
 //!
 //! Needs /usr/bin/prometheus (Debian package `prometheus`; scripts/test and .ci/run install it).
 
@@ -13,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    free_port, http_get, kvrouter_admin, memcached, redis_server, wait_port, Mc, Proc, Resp,
-    TempDir,
+    dead_port, free_port, http_get, kvrouter_admin, memcached, redis_server, wait_port, Mc, Proc,
+    Resp, TempDir,
 };
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
@@ -60,9 +62,27 @@ fn query(prom: SocketAddr, expr: &str) -> Result<Vec<serde_json::Value>, String>
 /// panels a series of each protocol.
 fn shows(expr: &str, result: &[serde_json::Value]) -> bool {
     let has = |p: &str| result.iter().any(|s| s["metric"]["protocol"] == p);
+    // Panels of events that are zero in a healthy fleet: a series that exists is not enough.
+    let nonzero = || {
+        result.iter().any(|s| {
+            s["value"][1]
+                .as_str()
+                .and_then(|v| v.parse::<f64>().ok())
+                .is_some_and(|v| v > 0.0)
+        })
+    };
     !result.is_empty()
         && (!expr.contains("kvrouter_requests_total") || (has("memcache") && has("redis")))
+        && (!EVENT_METRICS.iter().any(|m| expr.contains(m)) || nonzero())
 }
+
+/// Counters the test's traffic makes move, whose panels must show a rate above zero.
+const EVENT_METRICS: [&str; 4] = [
+    "kvrouter_route_failovers_total",
+    "kvrouter_route_gutter_requests_total",
+    "kvrouter_auth_failures_total",
+    "kvrouter_clients_dropped_total",
+];
 
 /// Every (panel title, query) of the dashboard, rows' nested panels included.
 fn panel_queries(dash: &serde_json::Value) -> Vec<(String, String)> {
@@ -99,7 +119,7 @@ fn every_dashboard_panel_has_data_in_a_real_prometheus() {
     .unwrap();
     let dash: serde_json::Value = serde_json::from_str(&text).unwrap();
     let queries = panel_queries(&dash);
-    assert!(queries.len() >= 22, "{} queries", queries.len());
+    assert!(queries.len() >= 26, "{} queries", queries.len());
     // The datasource is a variable, so the dashboard imports into any Grafana.
     let vars = dash["templating"]["list"].as_array().unwrap();
     assert!(vars
@@ -110,13 +130,17 @@ fn every_dashboard_panel_has_data_in_a_real_prometheus() {
     let dir = TempDir::new();
     let (a, b) = (memcached(), memcached());
     let r = redis_server();
-    let (port, rport) = (free_port(), free_port());
+    let (port, rport, fport, aport) = (free_port(), free_port(), free_port(), free_port());
+    // `dead` has nothing listening: every request to it fails over to the `users` gutter. The
+    // failover listener closes clients idle for 1 s; the auth listener wants a password.
     let yaml = format!(
-        "pools:\n  users:\n    protocol: memcache\n    servers: [\"{}:1 mc-a\", \"{}:1 mc-b\"]\n  sessions:\n    protocol: redis\n    servers: [\"{}:1 r-a\"]\nlisteners:\n  - {{ listen: 127.0.0.1:{port}, protocol: memcache, route: users, hot_keys: {{ threshold: 300/s, local_cache: {{ ttl: 100ms, capacity: 100 }}, split: 2 }} }}\n  - {{ listen: 127.0.0.1:{rport}, protocol: redis, route: sessions }}\n",
-        a.addr, b.addr, r.addr
+        "pools:\n  users:\n    protocol: memcache\n    servers: [\"{}:1 mc-a\", \"{}:1 mc-b\"]\n  dead:\n    protocol: memcache\n    servers: [\"127.0.0.1:{}:1 dead-a\"]\n  sessions:\n    protocol: redis\n    servers: [\"{}:1 r-a\"]\nlisteners:\n  - {{ listen: 127.0.0.1:{port}, protocol: memcache, route: users, hot_keys: {{ threshold: 300/s, local_cache: {{ ttl: 100ms, capacity: 100 }}, split: 2 }} }}\n  - {{ listen: 127.0.0.1:{rport}, protocol: redis, route: sessions }}\n  - {{ listen: 127.0.0.1:{fport}, protocol: memcache, route: {{ failover: [dead, {{ gutter: users, max_ttl: 10s }}] }}, client_idle_timeout: 1s }}\n  - {{ listen: 127.0.0.1:{aport}, protocol: redis, route: sessions, users: [{{ name: default, password: dashboard-secret }}] }}\n",
+        a.addr, b.addr, dead_port(), r.addr
     );
     let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let rlisten: SocketAddr = format!("127.0.0.1:{rport}").parse().unwrap();
+    let flisten: SocketAddr = format!("127.0.0.1:{fport}").parse().unwrap();
+    let alisten: SocketAddr = format!("127.0.0.1:{aport}").parse().unwrap();
     let (proxy, admin) = kvrouter_admin(&dir, &yaml, listen);
 
     // Traffic: sets, hits, misses and multi-gets from two clients, until the checks are done.
@@ -127,6 +151,9 @@ fn every_dashboard_panel_has_data_in_a_real_prometheus() {
             let mut c = Mc::connect(listen);
             let mut _other = Mc::connect(listen);
             let mut rc = Resp::connect(rlisten);
+            let mut fc = Mc::connect(flisten);
+            let mut ac = Resp::connect(alisten);
+            let mut idle = Vec::new();
             let deadline = Instant::now() + Duration::from_secs(40);
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
@@ -151,6 +178,14 @@ fn every_dashboard_panel_has_data_in_a_real_prometheus() {
                 rc.cmd(&format!("MGET {k} absent{i}"));
                 if i % 10 == 0 {
                     assert!(rc.cmd("NOSUCHCOMMAND").starts_with("-ERR unknown command"));
+                    assert!(ac.cmd("AUTH wrong-password").starts_with("-WRONGPASS"));
+                }
+                // Failover to the gutter: the write and the read both land there.
+                assert_eq!(fc.set(&k, b"gutter"), "STORED");
+                assert_eq!(fc.get(&k).as_deref(), Some(&b"gutter"[..]));
+                // Clients left idle, closed by client_idle_timeout (a few at a time).
+                if i % 100 == 0 && idle.len() < 20 {
+                    idle.push(Mc::connect(flisten));
                 }
                 i += 1;
                 std::thread::sleep(Duration::from_millis(2));

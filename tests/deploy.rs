@@ -83,7 +83,9 @@ fn exec_form(dockerfile: &str, instruction: &str) -> Vec<String> {
 }
 
 fn version(s: &str) -> (u32, u32) {
-    let mut it = s.split('.').map(|p| p.parse::<u32>().expect("version number"));
+    let mut it = s
+        .split('.')
+        .map(|p| p.parse::<u32>().expect("version number"));
     (it.next().unwrap(), it.next().unwrap())
 }
 
@@ -221,9 +223,18 @@ fn systemd_unit_is_valid_and_hardened() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let score: f64 = stdout
         .lines()
-        .find_map(|l| l.split_once("Overall exposure level for ")?.1.split_once(": "))
+        .find_map(|l| {
+            l.split_once("Overall exposure level for ")?
+                .1
+                .split_once(": ")
+        })
         .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no exposure level: {stdout}{}", String::from_utf8_lossy(&out.stderr)));
+        .unwrap_or_else(|| {
+            panic!(
+                "no exposure level: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
     println!("systemd-analyze security: exposure {score}");
     assert!(score <= 2.0, "exposure {score}\n{stdout}");
     // ExecStartPre checks the config the unit reads; the shipped one passes.
@@ -338,7 +349,10 @@ fn sidecar_manifest_is_consistent() {
     }
     let sc = &kv["securityContext"];
     let docker = read("deploy/Dockerfile");
-    let user = docker.lines().find_map(|l| l.strip_prefix("USER ")).unwrap();
+    let user = docker
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .unwrap();
     assert_eq!(sc["runAsUser"].to_string(), user.split(':').next().unwrap());
     assert_eq!(sc["runAsNonRoot"], true);
     assert_eq!(sc["allowPrivilegeEscalation"], false);
@@ -433,9 +447,7 @@ fn sidecar_config_runs_and_follows_a_configmap_update() {
     let before = generation(admin);
     let one = live
         .lines()
-        .filter(|l| {
-            !l.contains(&m1.addr.to_string()) && !l.contains(&m2.addr.to_string())
-        })
+        .filter(|l| !l.contains(&m1.addr.to_string()) && !l.contains(&m2.addr.to_string()))
         .collect::<Vec<_>>()
         .join("\n");
     kubelet_publish(&mount, "2026_01_01_00_01_00.2", &file, &one);
