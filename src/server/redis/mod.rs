@@ -166,6 +166,23 @@ struct PubSub {
     /// Cluster: shard subscriptions moved per slot since its last message (bounds a MOVED
     /// back-and-forth between nodes that disagree).
     moves: std::collections::HashMap<usize, u32>,
+    /// Cluster: the nodes classic channels subscribe on (connection key `SLOTS + 1 + index`),
+    /// and each channel's connection key, so UNSUBSCRIBE goes where SUBSCRIBE went.
+    nodes: Vec<String>,
+    homes: std::collections::HashMap<Bytes, usize>,
+    /// Confirmations sent to servers and not yet confirmed by them.
+    awaiting: Vec<Await>,
+    /// Subscribe-family commands sent so far (tells one command's names from the next's).
+    commands: u64,
+}
+
+/// A name sent to a server in a (un)subscribe command: `tx` fires when the server confirms it.
+struct Await {
+    server: usize,
+    kind: &'static str,
+    name: Bytes,
+    command: u64,
+    tx: oneshot::Sender<()>,
 }
 
 impl PubSub {
@@ -455,6 +472,11 @@ impl Conn {
         }
         if self.multi.is_some() {
             return self.queue(info, req);
+        }
+        if matches!(handling, Handling::Route | Handling::Dedicated)
+            && rc::to_first_server(info, args)
+        {
+            return self.first_server(req.raw);
         }
         if !self.ctx.direct {
             let root = self.ctx.routing.clone();
