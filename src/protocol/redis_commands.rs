@@ -414,6 +414,9 @@ pub enum Merge {
     AllEqual,
     /// SCRIPT EXISTS: per position, 1 only if every server has it.
     ElementwiseMin,
+    /// PUBSUB NUMPAT: the largest integer (a pattern subscribed through kvrouter is on every
+    /// server of a sharded pool, so a sum would count it once per server).
+    Max,
     /// PUBSUB CHANNELS / SHARDCHANNELS: the arrays' union, each name once, first seen first.
     Union,
     /// PUBSUB NUMSUB / SHARDNUMSUB: `[name, count, ...]` in request order, counts summed.
@@ -648,7 +651,8 @@ pub fn merge(info: &CommandInfo) -> Option<Merge> {
     Some(match info.name {
         "mget" => Merge::KeyOrderArray,
         "mset" | "flushall" | "flushdb" | "script|flush" | "function|flush" => Merge::AllOk,
-        "del" | "unlink" | "exists" | "touch" | "dbsize" | "pubsub|numpat" => Merge::Sum,
+        "del" | "unlink" | "exists" | "touch" | "dbsize" => Merge::Sum,
+        "pubsub|numpat" => Merge::Max,
         "keys" => Merge::Concat,
         "pubsub|channels" | "pubsub|shardchannels" => Merge::Union,
         "pubsub|numsub" | "pubsub|shardnumsub" => Merge::PairSums,

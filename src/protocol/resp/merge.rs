@@ -92,6 +92,13 @@ fn merge_inner(how: Merge, replies: &[Bytes], part_of: &[usize]) -> Result<Bytes
             }
             resp::write_integer(&mut out, sum);
         }
+        Merge::Max => {
+            let mut max = 0i64;
+            for r in replies {
+                max = max.max(integer(r)?);
+            }
+            resp::write_integer(&mut out, max);
+        }
         Merge::Concat => {
             let parts = replies.iter().map(array).collect::<Result<Vec<_>, _>>()?;
             resp::write_array_len(&mut out, Some(parts.iter().map(Vec::len).sum()));
