@@ -48,8 +48,14 @@ fn subscribe_is_confirmed_once_the_server_subscribed() {
                 continue;
             }
             assert_eq!(text(&sub.read()), format!("[message, {ch}, hi]"));
+            // And once the last unsubscribe is confirmed, the subscriber is gone.
+            assert_eq!(text(&sub.call(&["UNSUBSCRIBE"])), format!("[unsubscribe, {ch}, :0]"));
+            if publisher.call(&["PUBLISH", &ch, "late"]) != Frame::Integer(0) {
+                lost += 1;
+            }
+            assert_eq!(sub.cmd("PING"), "PONG");
         }
-        assert_eq!(lost, 0, "{what}: PUBLISH after the confirmation counted 0 subscribers");
+        assert_eq!(lost, 0, "{what}: PUBLISH after the confirmation counted wrong");
     }
     // Several names in one command: one confirmation each, in order, with redis's counts.
     let script: &[&[&str]] = &[

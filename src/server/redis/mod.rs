@@ -174,6 +174,9 @@ struct PubSub {
     awaiting: Vec<Await>,
     /// Subscribe-family commands sent so far (tells one command's names from the next's).
     commands: u64,
+    /// The client unsubscribed from everything: the connections stay until the servers
+    /// confirm (so a PUBLISH after the last confirmation counts 0), and deliver nothing more.
+    closing: bool,
 }
 
 /// A name sent to a server in a (un)subscribe command: `tx` fires when the server confirms it.
@@ -292,6 +295,16 @@ impl Session for Conn {
                 break;
             };
             got = true;
+            if ps.closing {
+                match reply {
+                    Ok(frame) => _ = ps.confirmed(server, &frame),
+                    Err(_) => ps.awaiting.clear(), // gone: nothing left to confirm
+                }
+                if ps.awaiting.is_empty() {
+                    self.pubsub = None;
+                }
+                continue;
+            }
             if !self.pushed(server, reply) {
                 self.parsing = false;
             }
@@ -334,11 +347,16 @@ impl Session for Conn {
     }
 
     fn subscribed(&self) -> bool {
-        self.pubsub.is_some()
+        self.in_pubsub()
     }
 }
 
 impl Conn {
+    /// In subscribed mode (not just waiting for the servers to confirm the last unsubscribe).
+    fn in_pubsub(&self) -> bool {
+        self.pubsub.as_ref().is_some_and(|p| !p.closing)
+    }
+
     /// After a reload, move to the new routing at the first batch boundary where nothing is in
     /// flight and no connection is pinned (transaction, WATCH, blocking, pub/sub): replies
     /// never mix routing tables, and pinned state stays on the server it was made on.
@@ -467,7 +485,7 @@ impl Conn {
         if let Some(msg) = self.refused(info, handling) {
             return self.reject(&msg);
         }
-        if self.pubsub.is_some() {
+        if self.in_pubsub() {
             return self.subscribed(info, req);
         }
         if self.multi.is_some() {

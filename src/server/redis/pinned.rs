@@ -280,8 +280,10 @@ impl Conn {
                 homes: std::collections::HashMap::new(),
                 awaiting: Vec::new(),
                 commands: 0,
+                closing: false,
             })
         });
+        ps.closing = false;
         let name = info.name;
         let pattern = name.starts_with('p');
         let shard = matches!(name, "ssubscribe" | "sunsubscribe");
@@ -432,9 +434,12 @@ impl Conn {
                 Pending::Gated { gates, out }
             });
         }
-        let empty = ps.count() == 0 && ps.shard.is_empty();
-        if empty {
-            self.pubsub = None; // closing the connections ends the subscriptions
+        if ps.count() == 0 && ps.shard.is_empty() {
+            if ps.awaiting.is_empty() {
+                self.pubsub = None; // closing the connections ends the subscriptions
+            } else {
+                ps.closing = true; // closed once the servers confirmed
+            }
         }
         for p in pendings {
             self.pending.push_back(p);
@@ -451,42 +456,6 @@ impl Conn {
         }
     }
 
-    /// A server's own (un)subscribe confirmation (or error) opens the gates waiting for it.
-    /// True when `frame` was one.
-    fn confirmed(&mut self, server: usize, frame: &Bytes) -> bool {
-        let Some(ps) = self.pubsub.as_mut() else {
-            return false;
-        };
-        if frame.first() == Some(&b'-') {
-            // An error answers a whole command: every name of the oldest one on that server.
-            if let Some(cmd) = ps.awaiting.iter().find(|a| a.server == server).map(|a| a.command) {
-                ps.awaiting.retain(|a| !(a.server == server && a.command == cmd));
-            }
-            return false; // forwarded to the client
-        }
-        let Some(kind) = push_kind(frame) else {
-            return false;
-        };
-        if !kind.ends_with(b"subscribe") {
-            return false;
-        }
-        let Ok((resp::Frame::Array(Some(parts)), _)) = resp::parse_frame(frame) else {
-            return true;
-        };
-        let ch = match parts.get(1) {
-            Some(resp::Frame::Bulk(Some(ch))) => ch.clone(),
-            _ => Bytes::new(),
-        };
-        if let Some(i) = ps
-            .awaiting
-            .iter()
-            .position(|a| a.server == server && a.kind.as_bytes() == kind && a.name == ch)
-        {
-            let _ = ps.awaiting.remove(i).tx.send(());
-        }
-        true
-    }
-
     /// Something a subscription connection delivered. Messages are forwarded; the servers'
     /// own confirmations release the proxy's (which carry the client's count, not one
     /// server's).
@@ -497,12 +466,12 @@ impl Conn {
             Ok(frame) => {
                 if server < slots::SLOTS && self.shard_moved(server, &frame) {
                     // A confirmation of a resubscription after a move may still open a gate.
-                    if frame.first() != Some(&b'-') {
-                        self.confirmed(server, &frame);
+                    if let (Some(ps), false) = (self.pubsub.as_mut(), frame.first() == Some(&b'-')) {
+                        ps.confirmed(server, &frame);
                     }
                     return true;
                 }
-                if self.confirmed(server, &frame) {
+                if self.pubsub.as_mut().is_some_and(|ps| ps.confirmed(server, &frame)) {
                     return true;
                 }
                 let kind = push_kind(&frame);
@@ -582,6 +551,42 @@ impl Conn {
         }
         if let Some(conn) = ps.conns.get(&slot) {
             conn.send_raw(encode_request(&[&b"ssubscribe"[..], ch]).raw);
+        }
+        true
+    }
+}
+
+impl PubSub {
+    /// A server's own (un)subscribe confirmation (or error) opens the gates waiting for it.
+    /// True when `frame` was one.
+    pub(super) fn confirmed(&mut self, server: usize, frame: &Bytes) -> bool {
+        let ps = self;
+        if frame.first() == Some(&b'-') {
+            // An error answers a whole command: every name of the oldest one on that server.
+            if let Some(cmd) = ps.awaiting.iter().find(|a| a.server == server).map(|a| a.command) {
+                ps.awaiting.retain(|a| !(a.server == server && a.command == cmd));
+            }
+            return false; // forwarded to the client
+        }
+        let Some(kind) = push_kind(frame) else {
+            return false;
+        };
+        if !kind.ends_with(b"subscribe") {
+            return false;
+        }
+        let Ok((resp::Frame::Array(Some(parts)), _)) = resp::parse_frame(frame) else {
+            return true;
+        };
+        let ch = match parts.get(1) {
+            Some(resp::Frame::Bulk(Some(ch))) => ch.clone(),
+            _ => Bytes::new(),
+        };
+        if let Some(i) = ps
+            .awaiting
+            .iter()
+            .position(|a| a.server == server && a.kind.as_bytes() == kind && a.name == ch)
+        {
+            let _ = ps.awaiting.remove(i).tx.send(());
         }
         true
     }
