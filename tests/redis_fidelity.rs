@@ -41,7 +41,10 @@ fn subscribe_is_confirmed_once_the_server_subscribed() {
         for i in 0..200 {
             let ch = format!("round{i}");
             let mut sub = Resp::connect(addr);
-            assert_eq!(text(&sub.call(&["SUBSCRIBE", &ch])), format!("[subscribe, {ch}, :1]"));
+            assert_eq!(
+                text(&sub.call(&["SUBSCRIBE", &ch])),
+                format!("[subscribe, {ch}, :1]")
+            );
             let n = publisher.call(&["PUBLISH", &ch, "hi"]);
             if n != Frame::Integer(1) {
                 lost += 1;
@@ -49,13 +52,19 @@ fn subscribe_is_confirmed_once_the_server_subscribed() {
             }
             assert_eq!(text(&sub.read()), format!("[message, {ch}, hi]"));
             // And once the last unsubscribe is confirmed, the subscriber is gone.
-            assert_eq!(text(&sub.call(&["UNSUBSCRIBE"])), format!("[unsubscribe, {ch}, :0]"));
+            assert_eq!(
+                text(&sub.call(&["UNSUBSCRIBE"])),
+                format!("[unsubscribe, {ch}, :0]")
+            );
             if publisher.call(&["PUBLISH", &ch, "late"]) != Frame::Integer(0) {
                 lost += 1;
             }
             assert_eq!(sub.cmd("PING"), "PONG");
         }
-        assert_eq!(lost, 0, "{what}: PUBLISH after the confirmation counted wrong");
+        assert_eq!(
+            lost, 0,
+            "{what}: PUBLISH after the confirmation counted wrong"
+        );
     }
     // Several names in one command: one confirmation each, in order, with redis's counts.
     let script: &[&[&str]] = &[
@@ -106,7 +115,10 @@ fn keyless_scripts_run_on_one_server() {
     let off = proxy(&dir2, &[&a], "    scripts: false\n");
     let mut r = Resp::connect(off.addr);
     let e = text(&r.call(&["EVAL", "return 7", "0"]));
-    assert!(e.starts_with("-ERR EVAL is disabled on pool r (scripts: false)"), "{e}");
+    assert!(
+        e.starts_with("-ERR EVAL is disabled on pool r (scripts: false)"),
+        "{e}"
+    );
     let e = r.cmd(&format!("EVALSHA {sha} 0"));
     assert!(e.contains("scripts: false"), "{e}");
 }
@@ -293,7 +305,10 @@ fn backend_restart_is_noticed_quickly() {
             if reply == "OK" {
                 break;
             }
-            assert!(listening.elapsed() < Duration::from_secs(2), "round {round}: {reply}");
+            assert!(
+                listening.elapsed() < Duration::from_secs(2),
+                "round {round}: {reply}"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         worst = worst.max(listening.elapsed());
@@ -311,7 +326,10 @@ fn wrong_backend_password_is_named() {
     let mut r = Resp::connect(kv.addr);
     assert_eq!(r.cmd("AUTH wrong"), "OK");
     let e = r.cmd("GET k");
-    let want = format!("-ERR backend {} authentication failed: WRONGPASS", server.addr);
+    let want = format!(
+        "-ERR backend {} authentication failed: WRONGPASS",
+        server.addr
+    );
     assert!(e.starts_with(&want), "{e}");
 }
 
@@ -340,7 +358,10 @@ fn cluster_publish_counts_subscribers() {
         assert_eq!(publisher.cmd(&format!("PUBLISH {ch} m")), ":1", "{ch}");
         assert_eq!(text(&sub.read()), format!("[message, {ch}, m]"));
     }
-    assert_eq!(publisher.cmd("PUBSUB NUMSUB news1 news7"), "[news1, :1, news7, :1]");
+    assert_eq!(
+        publisher.cmd("PUBSUB NUMSUB news1 news7"),
+        "[news1, :1, news7, :1]"
+    );
     sub.send(&["UNSUBSCRIBE", "news3"]);
     assert_eq!(text(&sub.read()), "[unsubscribe, news3, :29]");
     assert_eq!(publisher.cmd("PUBLISH news3 m"), ":0");

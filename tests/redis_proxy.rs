@@ -567,8 +567,7 @@ fn auth_and_db_on_backends() {
     assert_eq!(c.cmd("AUTH s3cret"), "OK");
     let e = c.cmd("GET k");
     assert!(
-        e.starts_with("-ERR backend 127.0.0.1:")
-            && e.contains(" authentication failed: WRONGPASS"),
+        e.starts_with("-ERR backend 127.0.0.1:") && e.contains(" authentication failed: WRONGPASS"),
         "{e}"
     );
 }

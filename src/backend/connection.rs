@@ -4,7 +4,8 @@
 //! batches, and replies are matched to requests strictly in FIFO order (memcached and Redis both
 //! answer in order on one connection). A request that outlives the pool timeout fails with
 //! `Timeout`, and the connection is closed and reopened, so a late reply can never be handed to
-//! the wrong request. Reconnects back off while the server keeps failing.
+//! the wrong request. Reconnects back off while the server keeps failing (up to 1 s; a server
+//! refusing connections, as while it restarts, is retried at least every 100 ms).
 //!
 //! Redis connections may need per-connection state (AUTH, SELECT): the spec's `init` commands
 //! are sent on every (re)connect and their replies checked before any queued request is

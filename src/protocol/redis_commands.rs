@@ -22,14 +22,16 @@
 //!   the router replies an error otherwise (RENAME, SMOVE, MSETNX, EVAL with keys on two servers).
 //! - **Split**: MGET, MSET, DEL, UNLINK, EXISTS, TOUCH are split per server and merged
 //!   ([`merge`] says how).
-//! - **Local**: PING, ECHO, QUIT, SELECT, HELLO, AUTH, RESET, CLIENT SETNAME/GETNAME/ID, INFO and
-//!   COMMAND are answered by the proxy (the client's "connection" is the proxy).
+//! - **Local**: PING, ECHO, QUIT, SELECT, HELLO, AUTH, RESET, CLIENT SETNAME/GETNAME/ID, INFO,
+//!   COMMAND and TIME are answered by the proxy (the client's "connection" is the proxy).
 //! - **Dedicated**: transactions (MULTI/EXEC/DISCARD/WATCH/UNWATCH), the SUBSCRIBE family and
 //!   blocking commands hold server-side state for the whole connection (or block it), so they
 //!   need a backend connection of their own. XREAD/XREADGROUP only when BLOCK is given
 //!   ([`handling_for`] decides per request).
-//! - **FanOut**: DBSIZE, SCAN, KEYS, RANDOMKEY, FLUSHALL, FLUSHDB and SCRIPT LOAD/EXISTS/FLUSH go
-//!   to every server; [`merge`] says how the replies combine.
+//! - **FanOut**: DBSIZE, SCAN, KEYS, RANDOMKEY, FLUSHALL, FLUSHDB, SCRIPT LOAD/EXISTS/FLUSH and
+//!   the PUBSUB introspection go to every server; [`merge`] says how the replies combine.
+//! - Requests with a key count but no key to place (scripts with numkeys 0, a bad count) go to
+//!   the first server ([`to_first_server`]).
 //! - **Refuse**: commands that reach outside the pool, administer a server, act on other
 //!   clients' connections, set per-connection server state, or name a database (MOVE, SWAPDB,
 //!   COPY ... DB); WAIT (it counts acks of its own connection's writes); keyless reads of one
@@ -741,11 +743,26 @@ mod tests {
         assert_eq!(h("publish ch m"), Handling::Route);
         assert_eq!(h("time"), Handling::Local);
         assert_eq!(h("pubsub numsub a b"), Handling::FanOut);
-        assert!(to_first_server(resolve(&args("eval s 0")).unwrap(), &args("eval s 0")));
-        assert!(to_first_server(resolve(&args("lmpop 0 l left")).unwrap(), &args("lmpop 0 l left")));
-        assert!(to_first_server(resolve(&args("zunion x a")).unwrap(), &args("zunion x a")));
-        assert!(!to_first_server(resolve(&args("lmpop 1 l left")).unwrap(), &args("lmpop 1 l left")));
-        assert!(!to_first_server(resolve(&args("get k")).unwrap(), &args("get k")));
+        assert!(to_first_server(
+            resolve(&args("eval s 0")).unwrap(),
+            &args("eval s 0")
+        ));
+        assert!(to_first_server(
+            resolve(&args("lmpop 0 l left")).unwrap(),
+            &args("lmpop 0 l left")
+        ));
+        assert!(to_first_server(
+            resolve(&args("zunion x a")).unwrap(),
+            &args("zunion x a")
+        ));
+        assert!(!to_first_server(
+            resolve(&args("lmpop 1 l left")).unwrap(),
+            &args("lmpop 1 l left")
+        ));
+        assert!(!to_first_server(
+            resolve(&args("get k")).unwrap(),
+            &args("get k")
+        ));
         assert_eq!(h("copy a b"), Handling::Route);
         assert_eq!(h("copy a b replace"), Handling::Route);
         assert_eq!(h("copy a b DB 5"), Handling::Refuse(why::DATABASE));

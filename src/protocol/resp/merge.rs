@@ -348,13 +348,20 @@ mod tests {
         let b = |s: &str| Bytes::copy_from_slice(s.as_bytes());
         let chans = merge(
             Merge::Union,
-            &[b("*2\r\n$1\r\na\r\n$1\r\nb\r\n"), b("*2\r\n$1\r\nb\r\n$1\r\nc\r\n"), b("*0\r\n")],
+            &[
+                b("*2\r\n$1\r\na\r\n$1\r\nb\r\n"),
+                b("*2\r\n$1\r\nb\r\n$1\r\nc\r\n"),
+                b("*0\r\n"),
+            ],
             &[],
         );
         assert_eq!(chans, b("*3\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n"));
         let numsub = merge(
             Merge::PairSums,
-            &[b("*4\r\n$1\r\nx\r\n:1\r\n$1\r\ny\r\n:0\r\n"), b("*4\r\n$1\r\nx\r\n:2\r\n$1\r\ny\r\n:5\r\n")],
+            &[
+                b("*4\r\n$1\r\nx\r\n:1\r\n$1\r\ny\r\n:0\r\n"),
+                b("*4\r\n$1\r\nx\r\n:2\r\n$1\r\ny\r\n:5\r\n"),
+            ],
             &[],
         );
         assert_eq!(numsub, b("*4\r\n$1\r\nx\r\n:3\r\n$1\r\ny\r\n:5\r\n"));

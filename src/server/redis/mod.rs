@@ -9,16 +9,18 @@
 //!   and the replies are merged (`redis_merge`); a failed server fails the whole command with an
 //!   `-ERR` naming it (no partial answers for Redis).
 //! - **local**: PING, ECHO, QUIT, SELECT 0, HELLO 2, AUTH, RESET, CLIENT SETNAME/GETNAME/ID,
-//!   INFO, COMMAND COUNT are answered here: the client's connection is to the proxy.
+//!   INFO, COMMAND COUNT, TIME are answered here: the client's connection is to the proxy.
+//! - **first server**: scripts with numkeys 0 and bad key counts (redis answers its own error).
 //! - **fan-out**: DBSIZE, SCAN (a cursor walking the servers in turn), RANDOMKEY, SCRIPT
-//!   LOAD/EXISTS/FLUSH, FUNCTION LOAD/DELETE/FLUSH; FLUSHALL, FLUSHDB and KEYS only when the pool
+//!   LOAD/EXISTS/FLUSH, FUNCTION LOAD/DELETE/FLUSH, PUBSUB CHANNELS/NUMSUB/NUMPAT/...; FLUSHALL, FLUSHDB and KEYS only when the pool
 //!   lists them in `allow_commands`.
 //! - **dedicated**: state a shared connection cannot hold for one client gets a connection of
 //!   its own (`backend::Dedicated`): blocking commands (so a BLPOP never stalls the clients
 //!   multiplexed behind it, and no pool timeout cuts it short), WATCH (the watched keys live on
 //!   that connection until EXEC/DISCARD/UNWATCH), EXEC (MULTI, the queued commands and EXEC are
 //!   sent together on the client's own connection), and subscriptions (one connection per
-//!   server the client subscribes on; patterns subscribe on every server).
+//!   server the client subscribes on; patterns subscribe on every server). A (un)subscribe
+//!   confirmation waits for the servers' own, so a PUBLISH after it counts the subscriber.
 //!
 //! **Order.** Replies are queued in request order. A command that goes over a dedicated
 //! connection is a *barrier*: it waits until every earlier reply is in (so it runs after them

@@ -332,13 +332,18 @@ impl Conn {
                     // through the proxy goes, so PUBLISH counts its subscribers (a cluster
                     // delivers the message on every node either way).
                     let home = if subscribe {
-                        let owner = c.shared.map().shard(slots::key_slot(ch)).map(|s| s.primary.clone());
+                        let owner = c
+                            .shared
+                            .map()
+                            .shard(slots::key_slot(ch))
+                            .map(|s| s.primary.clone());
                         let key = match owner {
                             Some(addr) => {
-                                let i = ps.nodes.iter().position(|a| *a == addr).unwrap_or_else(|| {
-                                    ps.nodes.push(addr);
-                                    ps.nodes.len() - 1
-                                });
+                                let i =
+                                    ps.nodes.iter().position(|a| *a == addr).unwrap_or_else(|| {
+                                        ps.nodes.push(addr);
+                                        ps.nodes.len() - 1
+                                    });
                                 slots::SLOTS + 1 + i
                             }
                             None => slots::SLOTS,
@@ -466,12 +471,17 @@ impl Conn {
             Ok(frame) => {
                 if server < slots::SLOTS && self.shard_moved(server, &frame) {
                     // A confirmation of a resubscription after a move may still open a gate.
-                    if let (Some(ps), false) = (self.pubsub.as_mut(), frame.first() == Some(&b'-')) {
+                    if let (Some(ps), false) = (self.pubsub.as_mut(), frame.first() == Some(&b'-'))
+                    {
                         ps.confirmed(server, &frame);
                     }
                     return true;
                 }
-                if self.pubsub.as_mut().is_some_and(|ps| ps.confirmed(server, &frame)) {
+                if self
+                    .pubsub
+                    .as_mut()
+                    .is_some_and(|ps| ps.confirmed(server, &frame))
+                {
                     return true;
                 }
                 let kind = push_kind(&frame);
@@ -563,8 +573,14 @@ impl PubSub {
         let ps = self;
         if frame.first() == Some(&b'-') {
             // An error answers a whole command: every name of the oldest one on that server.
-            if let Some(cmd) = ps.awaiting.iter().find(|a| a.server == server).map(|a| a.command) {
-                ps.awaiting.retain(|a| !(a.server == server && a.command == cmd));
+            if let Some(cmd) = ps
+                .awaiting
+                .iter()
+                .find(|a| a.server == server)
+                .map(|a| a.command)
+            {
+                ps.awaiting
+                    .retain(|a| !(a.server == server && a.command == cmd));
             }
             return false; // forwarded to the client
         }
