@@ -85,6 +85,22 @@ fn subscribe_is_confirmed_once_the_server_subscribed() {
         }
     }
     assert_eq!(via.cmd("PING"), "PONG");
+    // Many names in one command: every confirmation, in order, promptly.
+    let names: Vec<String> = (0..5000).map(|i| format!("many{i}")).collect();
+    let mut cmd = vec!["SUBSCRIBE"];
+    cmd.extend(names.iter().map(String::as_str));
+    let start = Instant::now();
+    via.send(&cmd);
+    for (i, ch) in names.iter().enumerate() {
+        assert_eq!(text(&via.read()), format!("[subscribe, {ch}, :{}]", i + 1));
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    let mut publisher = Resp::connect(kv.addr);
+    assert_eq!(publisher.cmd("PUBLISH many4999 m"), ":1");
 }
 
 /// Scripts with `numkeys 0` run on one server: SCRIPT LOAD (sent to every server) then

@@ -172,8 +172,8 @@ struct PubSub {
     /// and each channel's connection key, so UNSUBSCRIBE goes where SUBSCRIBE went.
     nodes: Vec<String>,
     homes: std::collections::HashMap<Bytes, usize>,
-    /// Confirmations sent to servers and not yet confirmed by them.
-    awaiting: Vec<Await>,
+    /// Per server, the names sent to it and not yet confirmed by it, in the order sent.
+    awaiting: std::collections::HashMap<usize, VecDeque<Await>>,
     /// Subscribe-family commands sent so far (tells one command's names from the next's).
     commands: u64,
     /// The client unsubscribed from everything: the connections stay until the servers
@@ -183,7 +183,6 @@ struct PubSub {
 
 /// A name sent to a server in a (un)subscribe command: `tx` fires when the server confirms it.
 struct Await {
-    server: usize,
     kind: &'static str,
     name: Bytes,
     command: u64,

@@ -278,7 +278,7 @@ impl Conn {
                 moves: std::collections::HashMap::new(),
                 nodes: Vec::new(),
                 homes: std::collections::HashMap::new(),
-                awaiting: Vec::new(),
+                awaiting: std::collections::HashMap::new(),
                 commands: 0,
                 closing: false,
             })
@@ -424,8 +424,7 @@ impl Conn {
             let mut gates = Vec::new();
             for server in servers.into_iter().filter(|s| sent.contains(s)) {
                 let (tx, rx) = oneshot::channel();
-                ps.awaiting.push(Await {
-                    server,
+                ps.awaiting.entry(server).or_default().push_back(Await {
                     kind: name,
                     name: ch.clone(),
                     command,
@@ -570,17 +569,16 @@ impl PubSub {
     /// A server's own (un)subscribe confirmation (or error) opens the gates waiting for it.
     /// True when `frame` was one.
     pub(super) fn confirmed(&mut self, server: usize, frame: &Bytes) -> bool {
-        let ps = self;
+        let Some(queue) = self.awaiting.get_mut(&server) else {
+            return false;
+        };
         if frame.first() == Some(&b'-') {
             // An error answers a whole command: every name of the oldest one on that server.
-            if let Some(cmd) = ps
-                .awaiting
-                .iter()
-                .find(|a| a.server == server)
-                .map(|a| a.command)
-            {
-                ps.awaiting
-                    .retain(|a| !(a.server == server && a.command == cmd));
+            if let Some(cmd) = queue.front().map(|a| a.command) {
+                queue.retain(|a| a.command != cmd);
+            }
+            if queue.is_empty() {
+                self.awaiting.remove(&server);
             }
             return false; // forwarded to the client
         }
@@ -597,12 +595,17 @@ impl PubSub {
             Some(resp::Frame::Bulk(Some(ch))) => ch.clone(),
             _ => Bytes::new(),
         };
-        if let Some(i) = ps
-            .awaiting
+        // A server confirms in the order it was asked: normally the front.
+        if let Some(i) = queue
             .iter()
-            .position(|a| a.server == server && a.kind.as_bytes() == kind && a.name == ch)
+            .position(|a| a.kind.as_bytes() == kind && a.name == ch)
         {
-            let _ = ps.awaiting.remove(i).tx.send(());
+            if let Some(a) = queue.remove(i) {
+                let _ = a.tx.send(());
+            }
+        }
+        if queue.is_empty() {
+            self.awaiting.remove(&server);
         }
         true
     }
