@@ -558,7 +558,7 @@ fn auth_and_db_on_backends() {
     assert_eq!(h.cmd("GET dbkey1"), "v1");
     let mut d = s.client();
     assert_eq!(d.cmd("AUTH default s3cret"), "OK");
-    // A pool with a wrong backend password: a connect failure with the reason.
+    // A pool with a wrong backend password: an authentication failure with the reason.
     let backends: Vec<Proc> = (0..1)
         .map(|_| redis_server_with(&["--requirepass", "other"]))
         .collect();
@@ -567,7 +567,7 @@ fn auth_and_db_on_backends() {
     assert_eq!(c.cmd("AUTH s3cret"), "OK");
     let e = c.cmd("GET k");
     assert!(
-        e.starts_with("-ERR backend 127.0.0.1:") && e.contains("AUTH failed: -WRONGPASS"),
+        e.starts_with("-ERR backend 127.0.0.1:") && e.contains(" authentication failed: WRONGPASS"),
         "{e}"
     );
 }

@@ -4,7 +4,8 @@
 //! batches, and replies are matched to requests strictly in FIFO order (memcached and Redis both
 //! answer in order on one connection). A request that outlives the pool timeout fails with
 //! `Timeout`, and the connection is closed and reopened, so a late reply can never be handed to
-//! the wrong request. Reconnects back off while the server keeps failing.
+//! the wrong request. Reconnects back off while the server keeps failing (up to 1 s; a server
+//! refusing connections, as while it restarts, is retried at least every 100 ms).
 //!
 //! Redis connections may need per-connection state (AUTH, SELECT): the spec's `init` commands
 //! are sent on every (re)connect and their replies checked before any queued request is
@@ -77,6 +78,8 @@ impl Scanner {
 pub enum BackendError {
     Timeout(Duration),
     Connect(String),
+    /// The server refused the connection's `AUTH` (a wrong `redis_auth`): its own error text.
+    Auth(String),
     /// The connection broke while the request was in flight (or before it was sent).
     Closed(String),
     /// The server sent bytes that do not parse as a reply.
@@ -90,6 +93,7 @@ impl std::fmt::Display for BackendError {
         match self {
             BackendError::Timeout(d) => write!(f, "timed out after {}ms", d.as_millis()),
             BackendError::Connect(e) => write!(f, "connect failed: {e}"),
+            BackendError::Auth(e) => write!(f, "authentication failed: {e}"),
             BackendError::Closed(e) => write!(f, "connection closed: {e}"),
             BackendError::Protocol(e) => write!(f, "bad reply: {e}"),
             BackendError::Down => write!(f, "is marked down (TKO)"),
@@ -192,6 +196,8 @@ fn answer_err(spec: &ServerSpec, reply: oneshot::Sender<Reply>, err: &BackendErr
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest a server that refused a connection goes untried while requests want it.
+pub(super) const REFUSED_RETRY: Duration = Duration::from_millis(100);
 const WRITE_HIGH_WATER: usize = 4 << 20;
 /// Bytes read from a connection before letting the worker's other tasks run: a stream of big
 /// replies cannot starve the clients and connections sharing the worker.
@@ -222,7 +228,14 @@ async fn run(spec: Arc<ServerSpec>, mut rx: mpsc::UnboundedReceiver<Queued>, pre
                 }
                 // Fail what queued meanwhile, then back off before trying again: while the
                 // server is down requests fail fast instead of piling up.
-                backoff = (backoff * 2).clamp(Duration::from_millis(50), MAX_BACKOFF);
+                // A refused connect costs nothing: retry it soon, so the first requests after
+                // a restart find the server.
+                let max = if kind == FailureKind::Refused {
+                    REFUSED_RETRY
+                } else {
+                    MAX_BACKOFF
+                };
+                backoff = (backoff * 2).clamp(Duration::from_millis(50), max);
                 let until = Instant::now() + backoff;
                 loop {
                     tokio::select! {
@@ -302,48 +315,65 @@ pub(crate) async fn open(spec: &ServerSpec) -> Result<Stream, (BackendError, Fai
         match spec.timeout {
             Some(t) => tokio::time::timeout(t, run)
                 .await
-                .map_err(|_| "connection setup timed out".to_string())
+                .map_err(|_| BackendError::Connect("connection setup timed out".into()))
                 .and_then(|r| r),
             None => run.await,
         }
-        .map_err(|e| (BackendError::Connect(e), FailureKind::Soft))?;
+        .map_err(|e| (e, FailureKind::Soft))?;
     }
     Ok(stream)
 }
 
-/// Send the init commands in one write and check that each is answered with `+...`.
-async fn init<S: Io>(spec: &ServerSpec, stream: &S) -> Result<(), String> {
+/// Send the init commands in one write and check that each is answered with `+...`; a refused
+/// `AUTH` is an authentication failure, told apart from a connection that failed.
+async fn init<S: Io>(spec: &ServerSpec, stream: &S) -> Result<(), BackendError> {
+    init_replies(spec, stream).await.map_err(|(auth, e)| {
+        if auth {
+            BackendError::Auth(e)
+        } else {
+            BackendError::Connect(e)
+        }
+    })
+}
+
+/// `Err((true, text))`: the server answered `AUTH` with this error.
+async fn init_replies<S: Io>(spec: &ServerSpec, stream: &S) -> Result<(), (bool, String)> {
+    let plain = |e: String| (false, e);
     let mut wbuf = BytesMut::new();
     for (_, cmd) in &spec.init {
         wbuf.extend_from_slice(cmd);
     }
     super::io::write_all(stream, &mut wbuf)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| plain(e.to_string()))?;
     let mut rbuf = BytesMut::with_capacity(1024);
     for (label, _) in &spec.init {
         let reply = loop {
-            if let Some(n) = resp::scan_reply(&rbuf).map_err(|e| format!("{label}: {e}"))? {
+            if let Some(n) = resp::scan_reply(&rbuf).map_err(|e| plain(format!("{label}: {e}")))? {
                 break rbuf.split_to(n);
             }
             stream
                 .ready(Interest::READABLE)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| plain(e.to_string()))?;
             match stream.try_read_buf(&mut rbuf) {
-                Ok(0) => return Err(format!("{label}: server closed the connection")),
+                Ok(0) => return Err(plain(format!("{label}: server closed the connection"))),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(format!("{label}: {e}")),
+                Err(e) => return Err(plain(format!("{label}: {e}"))),
             }
         };
         if !reply.starts_with(b"+") {
             let text = String::from_utf8_lossy(&reply);
-            return Err(format!("{label} failed: {}", text.trim_end()));
+            let text = text.trim_end().trim_start_matches('-');
+            if label == "AUTH" {
+                return Err((true, text.to_string()));
+            }
+            return Err(plain(format!("{label} failed: {text}")));
         }
     }
     if !rbuf.is_empty() {
-        return Err("unexpected bytes after connection setup".into());
+        return Err(plain("unexpected bytes after connection setup".into()));
     }
     Ok(())
 }

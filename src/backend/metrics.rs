@@ -44,7 +44,7 @@ impl ServerMetrics {
     pub fn error(&self, e: &BackendError) -> &IntCounter {
         &self.errors[match e {
             BackendError::Timeout(_) => 0,
-            BackendError::Connect(_) => 1,
+            BackendError::Connect(_) | BackendError::Auth(_) => 1,
             BackendError::Closed(_) => 2,
             BackendError::Protocol(_) => 3,
             BackendError::Down => 4,

@@ -29,7 +29,7 @@ impl Failure {
     pub fn of(e: &BackendError) -> Failure {
         match e {
             BackendError::Timeout(_) => Failure::Timeout,
-            BackendError::Connect(_) => Failure::Refused,
+            BackendError::Connect(_) | BackendError::Auth(_) => Failure::Refused,
             BackendError::Down => Failure::Tko,
             BackendError::Closed(_) | BackendError::Protocol(_) => Failure::ServerError,
         }

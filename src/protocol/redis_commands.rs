@@ -22,14 +22,16 @@
 //!   the router replies an error otherwise (RENAME, SMOVE, MSETNX, EVAL with keys on two servers).
 //! - **Split**: MGET, MSET, DEL, UNLINK, EXISTS, TOUCH are split per server and merged
 //!   ([`merge`] says how).
-//! - **Local**: PING, ECHO, QUIT, SELECT, HELLO, AUTH, RESET, CLIENT SETNAME/GETNAME/ID, INFO and
-//!   COMMAND are answered by the proxy (the client's "connection" is the proxy).
+//! - **Local**: PING, ECHO, QUIT, SELECT, HELLO, AUTH, RESET, CLIENT SETNAME/GETNAME/ID, INFO,
+//!   COMMAND and TIME are answered by the proxy (the client's "connection" is the proxy).
 //! - **Dedicated**: transactions (MULTI/EXEC/DISCARD/WATCH/UNWATCH), the SUBSCRIBE family and
 //!   blocking commands hold server-side state for the whole connection (or block it), so they
 //!   need a backend connection of their own. XREAD/XREADGROUP only when BLOCK is given
 //!   ([`handling_for`] decides per request).
-//! - **FanOut**: DBSIZE, SCAN, KEYS, RANDOMKEY, FLUSHALL, FLUSHDB and SCRIPT LOAD/EXISTS/FLUSH go
-//!   to every server; [`merge`] says how the replies combine.
+//! - **FanOut**: DBSIZE, SCAN, KEYS, RANDOMKEY, FLUSHALL, FLUSHDB, SCRIPT LOAD/EXISTS/FLUSH and
+//!   the PUBSUB introspection go to every server; [`merge`] says how the replies combine.
+//! - Requests with a key count but no key to place (scripts with numkeys 0, a bad count) go to
+//!   the first server ([`to_first_server`]).
 //! - **Refuse**: commands that reach outside the pool, administer a server, act on other
 //!   clients' connections, set per-connection server state, or name a database (MOVE, SWAPDB,
 //!   COPY ... DB); WAIT (it counts acks of its own connection's writes); keyless reads of one
@@ -414,6 +416,13 @@ pub enum Merge {
     AllEqual,
     /// SCRIPT EXISTS: per position, 1 only if every server has it.
     ElementwiseMin,
+    /// PUBSUB NUMPAT: the largest integer (a pattern subscribed through kvrouter is on every
+    /// server of a sharded pool, so a sum would count it once per server).
+    Max,
+    /// PUBSUB CHANNELS / SHARDCHANNELS: the arrays' union, each name once, first seen first.
+    Union,
+    /// PUBSUB NUMSUB / SHARDNUMSUB: `[name, count, ...]` in request order, counts summed.
+    PairSums,
 }
 
 /// Why a command is refused; each ends with what to do instead (the README's table lists them).
@@ -485,7 +494,7 @@ pub fn handling(info: &CommandInfo) -> Handling {
         "publish" | "spublish" | "migrate" => Route,
         "mget" | "mset" | "del" | "unlink" | "exists" | "touch" => Split,
         "ping" | "echo" | "quit" | "select" | "hello" | "auth" | "reset" | "info" | "command"
-        | "client|setname" | "client|getname" | "client|id" => Local,
+        | "client|setname" | "client|getname" | "client|id" | "time" => Local,
         _ if info.name.starts_with("command|") => Local,
         "multi" | "exec" | "discard" | "watch" | "unwatch" | "subscribe" | "psubscribe"
         | "unsubscribe" | "punsubscribe" | "ssubscribe" | "sunsubscribe" => Dedicated,
@@ -493,7 +502,8 @@ pub fn handling(info: &CommandInfo) -> Handling {
         | "bzpopmin" | "xread" | "xreadgroup" => Dedicated,
         "dbsize" | "scan" | "keys" | "randomkey" | "flushall" | "flushdb" | "script|load"
         | "script|exists" | "script|flush" | "function|load" | "function|delete"
-        | "function|flush" => FanOut,
+        | "function|flush" | "pubsub|channels" | "pubsub|numpat" | "pubsub|numsub"
+        | "pubsub|shardchannels" | "pubsub|shardnumsub" => FanOut,
         "wait" => Refuse(why::WAIT),
         "monitor" => Refuse(why::MONITOR),
         "sync" | "psync" | "replicaof" | "slaveof" | "replconf" | "failover" | "cluster|meet"
@@ -513,7 +523,7 @@ pub fn handling(info: &CommandInfo) -> Handling {
         | "cluster|set-config-epoch" | "cluster|setslot" | "script|kill" | "function|kill"
         | "function|restore" | "latency|reset" | "slowlog|reset" | "memory|purge" => Refuse(why::ADMIN),
         // Keyless reads of one server's state: there is no server to pick.
-        "time" | "lastsave" | "role" | "lolwut" | "config|get" | "acl|cat" | "acl|dryrun"
+        "lastsave" | "role" | "lolwut" | "config|get" | "acl|cat" | "acl|dryrun"
         | "acl|genpass" | "acl|getuser" | "acl|list" | "acl|users" | "acl|whoami"
         | "module|list" | "cluster|count-failure-reports" | "cluster|countkeysinslot"
         | "cluster|getkeysinslot" | "cluster|info" | "cluster|keyslot" | "cluster|links"
@@ -521,9 +531,7 @@ pub fn handling(info: &CommandInfo) -> Handling {
         | "cluster|slaves" | "cluster|slots" | "function|dump" | "function|list"
         | "function|stats" | "latency|doctor" | "latency|graph" | "latency|histogram"
         | "latency|history" | "latency|latest" | "slowlog|get" | "slowlog|len"
-        | "memory|doctor" | "memory|malloc-stats" | "memory|stats" | "pubsub|channels"
-        | "pubsub|numpat" | "pubsub|numsub" | "pubsub|shardchannels"
-        | "pubsub|shardnumsub" => Refuse(why::NO_KEY),
+        | "memory|doctor" | "memory|malloc-stats" | "memory|stats" => Refuse(why::NO_KEY),
         _ if info.name.ends_with("|help") => Refuse(why::NO_KEY),
         _ => Refuse(why::UNREVIEWED),
     }
@@ -562,6 +570,29 @@ pub fn is_script(info: &CommandInfo) -> bool {
     ) || info.name.starts_with("script|")
         || info.name.starts_with("function|")
 }
+
+/// Requests with a key count (`numkeys`) that no key places, sent to the pool's first server:
+/// scripts with `numkeys 0` (EVAL, EVALSHA, FCALL, FCALL_RO and their `_RO` forms), which a
+/// cluster client sends to any node, and a bad count (0 where a key is needed, negative, not a
+/// number, more than the arguments), which redis refuses with its own text before touching
+/// anything. A count with keys goes by its keys as usual.
+pub fn to_first_server(info: &CommandInfo, args: &[Bytes]) -> bool {
+    let keynum = |s: &KeySpec| matches!(s.find, Find::Keynum { .. });
+    if !info.key_specs.iter().any(keynum) || !info.arity_ok(args.len()) {
+        return false;
+    }
+    match key_indices(info, args) {
+        Ok(keys) => keys.is_empty(),
+        Err(e) => KEYNUM_ERRORS.contains(&e),
+    }
+}
+
+/// What [`key_indices`] says about a bad key count.
+const KEYNUM_ERRORS: [&str; 3] = [
+    "Number of keys can't be negative",
+    "value is not an integer or out of range",
+    "Number of keys can't be greater than number of args",
+];
 
 /// The handling of a concrete request: XREAD/XREADGROUP block only with a BLOCK option, and
 /// COPY with a DB option names a database.
@@ -623,7 +654,10 @@ pub fn merge(info: &CommandInfo) -> Option<Merge> {
         "mget" => Merge::KeyOrderArray,
         "mset" | "flushall" | "flushdb" | "script|flush" | "function|flush" => Merge::AllOk,
         "del" | "unlink" | "exists" | "touch" | "dbsize" => Merge::Sum,
+        "pubsub|numpat" => Merge::Max,
         "keys" => Merge::Concat,
+        "pubsub|channels" | "pubsub|shardchannels" => Merge::Union,
+        "pubsub|numsub" | "pubsub|shardnumsub" => Merge::PairSums,
         "scan" => Merge::Scan,
         "randomkey" => Merge::FirstNonNil,
         "script|load" | "function|load" | "function|delete" => Merge::AllEqual,
@@ -707,7 +741,28 @@ mod tests {
         assert_eq!(h("memory usage k"), Handling::Route);
         assert_eq!(h("dbsize"), Handling::FanOut);
         assert_eq!(h("publish ch m"), Handling::Route);
-        assert!(matches!(h("time"), Handling::Refuse(_)));
+        assert_eq!(h("time"), Handling::Local);
+        assert_eq!(h("pubsub numsub a b"), Handling::FanOut);
+        assert!(to_first_server(
+            resolve(&args("eval s 0")).unwrap(),
+            &args("eval s 0")
+        ));
+        assert!(to_first_server(
+            resolve(&args("lmpop 0 l left")).unwrap(),
+            &args("lmpop 0 l left")
+        ));
+        assert!(to_first_server(
+            resolve(&args("zunion x a")).unwrap(),
+            &args("zunion x a")
+        ));
+        assert!(!to_first_server(
+            resolve(&args("lmpop 1 l left")).unwrap(),
+            &args("lmpop 1 l left")
+        ));
+        assert!(!to_first_server(
+            resolve(&args("get k")).unwrap(),
+            &args("get k")
+        ));
         assert_eq!(h("copy a b"), Handling::Route);
         assert_eq!(h("copy a b replace"), Handling::Route);
         assert_eq!(h("copy a b DB 5"), Handling::Refuse(why::DATABASE));

@@ -92,6 +92,13 @@ fn merge_inner(how: Merge, replies: &[Bytes], part_of: &[usize]) -> Result<Bytes
             }
             resp::write_integer(&mut out, sum);
         }
+        Merge::Max => {
+            let mut max = 0i64;
+            for r in replies {
+                max = max.max(integer(r)?);
+            }
+            resp::write_integer(&mut out, max);
+        }
         Merge::Concat => {
             let parts = replies.iter().map(array).collect::<Result<Vec<_>, _>>()?;
             resp::write_array_len(&mut out, Some(parts.iter().map(Vec::len).sum()));
@@ -129,6 +136,39 @@ fn merge_inner(how: Merge, replies: &[Bytes], part_of: &[usize]) -> Result<Bytes
                     }
                 }
                 resp::write_integer(&mut out, min);
+            }
+        }
+        Merge::Union => {
+            let parts = replies.iter().map(array).collect::<Result<Vec<_>, _>>()?;
+            let mut seen = std::collections::HashSet::new();
+            let mut names = Vec::new();
+            for f in parts.iter().flatten() {
+                let mut b = BytesMut::new();
+                f.encode_resp2(&mut b);
+                if seen.insert(b.clone()) {
+                    names.push(b);
+                }
+            }
+            resp::write_array_len(&mut out, Some(names.len()));
+            names.iter().for_each(|b| out.extend_from_slice(b));
+        }
+        Merge::PairSums => {
+            let parts = replies.iter().map(array).collect::<Result<Vec<_>, _>>()?;
+            let first = &parts[0];
+            resp::write_array_len(&mut out, Some(first.len()));
+            for (i, f) in first.iter().enumerate() {
+                if i % 2 == 0 {
+                    f.encode_resp2(&mut out);
+                    continue;
+                }
+                let mut sum = 0i64;
+                for p in &parts {
+                    match p.get(i) {
+                        Some(Frame::Integer(v)) => sum = sum.saturating_add(*v),
+                        _ => return Err(error("ERR kvrouter: servers answered unlike arrays")),
+                    }
+                }
+                resp::write_integer(&mut out, sum);
             }
         }
         Merge::Scan => return Err(error("ERR kvrouter: SCAN is merged by scan_reply")),
@@ -301,5 +341,29 @@ mod tests {
         assert_eq!(b(b"$-1\r\n"), None);
         assert_eq!(b(b"+OK\r\n"), None);
         assert_eq!(b(b"$5\r\nhel"), None);
+    }
+
+    #[test]
+    fn pubsub_merges() {
+        let b = |s: &str| Bytes::copy_from_slice(s.as_bytes());
+        let chans = merge(
+            Merge::Union,
+            &[
+                b("*2\r\n$1\r\na\r\n$1\r\nb\r\n"),
+                b("*2\r\n$1\r\nb\r\n$1\r\nc\r\n"),
+                b("*0\r\n"),
+            ],
+            &[],
+        );
+        assert_eq!(chans, b("*3\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n"));
+        let numsub = merge(
+            Merge::PairSums,
+            &[
+                b("*4\r\n$1\r\nx\r\n:1\r\n$1\r\ny\r\n:0\r\n"),
+                b("*4\r\n$1\r\nx\r\n:2\r\n$1\r\ny\r\n:5\r\n"),
+            ],
+            &[],
+        );
+        assert_eq!(numsub, b("*4\r\n$1\r\nx\r\n:3\r\n$1\r\ny\r\n:5\r\n"));
     }
 }

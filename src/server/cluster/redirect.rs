@@ -128,7 +128,10 @@ pub(super) async fn retry(w: Rc<ClusterWorker>, call: Call, first: Option<Reply>
                     continue;
                 }
                 // Retry only what cannot have run (never sent) or is safe to run twice.
-                let unsent = matches!(e, BackendError::Connect(_) | BackendError::Down);
+                let unsent = matches!(
+                    e,
+                    BackendError::Connect(_) | BackendError::Auth(_) | BackendError::Down
+                );
                 tries += 1;
                 if !(unsent || call.read) || tries > MAX_TRIES {
                     return w.failed(&addr, &e);

@@ -118,6 +118,23 @@ impl Conn {
         self.pending.push_back(pending);
     }
 
+    /// A request no key places (see `rc::to_first_server`), and COMMAND: to the pool's first
+    /// server (cluster pools: the first primary of the slot map), so `SCRIPT LOAD` (sent to
+    /// every server) then `EVALSHA sha 0` finds its script.
+    pub(super) fn first_server(&mut self, raw: Bytes) {
+        let rx = match &self.ctx.cluster {
+            Some(c) => match c.shared.map().primaries().first() {
+                Some(addr) => Rx::Cluster(c.send_to(addr, raw, self.client_id)),
+                None => {
+                    c.shared.refresh();
+                    return self.reject(NO_MAP);
+                }
+            },
+            None => self.backend(0).send(raw, ReplyKind::Resp).into(),
+        };
+        self.pending.push_back(Pending::Single { rx, server: 0 });
+    }
+
     pub(super) fn fan_out(&mut self, info: &CommandInfo, req: RespRequest) {
         if let Some(c) = self.ctx.cluster.clone() {
             return self.cluster_fan_out(&c, info, req);

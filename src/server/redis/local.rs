@@ -1,6 +1,7 @@
 //! Commands kvrouter answers itself on a redis listener: PING, ECHO, QUIT, SELECT 0, HELLO 2,
 //! AUTH (the pool's `redis_auth` or the listener's `users`), RESET, CLIENT SETNAME/GETNAME/ID,
-//! INFO (with a `# Proxy` section) and COMMAND.
+//! INFO (with a `# Proxy` section), COMMAND and TIME (the proxy's clock: the servers of a pool
+//! have one clock each, and a client asking the time wants one answer).
 
 use super::*;
 use crate::logging::{untrusted, LogLimit};
@@ -82,18 +83,9 @@ impl Conn {
             // COMMAND, COMMAND INFO/DOCS/LIST/GETKEYS: the first server describes its commands,
             // which are the ones the proxy routes (the table is checked against a live server).
             _ if info.name == "command" || info.name.starts_with("command|") => {
-                let rx = match &self.ctx.cluster {
-                    Some(c) => match c.shared.map().primaries().first() {
-                        Some(addr) => Rx::Cluster(c.send_to(addr, req.raw, self.client_id)),
-                        None => {
-                            c.shared.refresh();
-                            return self.reject(NO_MAP);
-                        }
-                    },
-                    None => self.backend(0).send(req.raw, ReplyKind::Resp).into(),
-                };
-                self.pending.push_back(Pending::Single { rx, server: 0 });
+                self.first_server(req.raw)
             }
+            "time" => self.reply(time_reply(std::time::SystemTime::now())),
             other => self.reject(&format!("ERR {other} is not answered by kvrouter")),
         }
     }
@@ -271,4 +263,16 @@ impl Conn {
         }
         s
     }
+}
+
+/// TIME as redis answers it: `[unix seconds, microseconds]`, both as bulk strings.
+pub(super) fn time_reply(now: std::time::SystemTime) -> Bytes {
+    let d = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut out = BytesMut::with_capacity(40);
+    resp::write_array_len(&mut out, Some(2));
+    resp::write_bulk(&mut out, Some(d.as_secs().to_string().as_bytes()));
+    resp::write_bulk(&mut out, Some(d.subsec_micros().to_string().as_bytes()));
+    out.freeze()
 }

@@ -9,16 +9,18 @@
 //!   and the replies are merged (`redis_merge`); a failed server fails the whole command with an
 //!   `-ERR` naming it (no partial answers for Redis).
 //! - **local**: PING, ECHO, QUIT, SELECT 0, HELLO 2, AUTH, RESET, CLIENT SETNAME/GETNAME/ID,
-//!   INFO, COMMAND COUNT are answered here: the client's connection is to the proxy.
+//!   INFO, COMMAND COUNT, TIME are answered here: the client's connection is to the proxy.
+//! - **first server**: scripts with numkeys 0 and bad key counts (redis answers its own error).
 //! - **fan-out**: DBSIZE, SCAN (a cursor walking the servers in turn), RANDOMKEY, SCRIPT
-//!   LOAD/EXISTS/FLUSH, FUNCTION LOAD/DELETE/FLUSH; FLUSHALL, FLUSHDB and KEYS only when the pool
+//!   LOAD/EXISTS/FLUSH, FUNCTION LOAD/DELETE/FLUSH, PUBSUB CHANNELS/NUMSUB/NUMPAT/...; FLUSHALL, FLUSHDB and KEYS only when the pool
 //!   lists them in `allow_commands`.
 //! - **dedicated**: state a shared connection cannot hold for one client gets a connection of
 //!   its own (`backend::Dedicated`): blocking commands (so a BLPOP never stalls the clients
 //!   multiplexed behind it, and no pool timeout cuts it short), WATCH (the watched keys live on
 //!   that connection until EXEC/DISCARD/UNWATCH), EXEC (MULTI, the queued commands and EXEC are
 //!   sent together on the client's own connection), and subscriptions (one connection per
-//!   server the client subscribes on; patterns subscribe on every server).
+//!   server the client subscribes on; patterns subscribe on every server). A (un)subscribe
+//!   confirmation waits for the servers' own, so a PUBLISH after it counts the subscriber.
 //!
 //! **Order.** Replies are queued in request order. A command that goes over a dedicated
 //! connection is a *barrier*: it waits until every earlier reply is in (so it runs after them
@@ -166,6 +168,25 @@ struct PubSub {
     /// Cluster: shard subscriptions moved per slot since its last message (bounds a MOVED
     /// back-and-forth between nodes that disagree).
     moves: std::collections::HashMap<usize, u32>,
+    /// Cluster: the nodes classic channels subscribe on (connection key `SLOTS + 1 + index`),
+    /// and each channel's connection key, so UNSUBSCRIBE goes where SUBSCRIBE went.
+    nodes: Vec<String>,
+    homes: std::collections::HashMap<Bytes, usize>,
+    /// Per server, the names sent to it and not yet confirmed by it, in the order sent.
+    awaiting: std::collections::HashMap<usize, VecDeque<Await>>,
+    /// Subscribe-family commands sent so far (tells one command's names from the next's).
+    commands: u64,
+    /// The client unsubscribed from everything: the connections stay until the servers
+    /// confirm (so a PUBLISH after the last confirmation counts 0), and deliver nothing more.
+    closing: bool,
+}
+
+/// A name sent to a server in a (un)subscribe command: `tx` fires when the server confirms it.
+struct Await {
+    kind: &'static str,
+    name: Bytes,
+    command: u64,
+    tx: oneshot::Sender<()>,
 }
 
 impl PubSub {
@@ -275,6 +296,16 @@ impl Session for Conn {
                 break;
             };
             got = true;
+            if ps.closing {
+                match reply {
+                    Ok(frame) => _ = ps.confirmed(server, &frame),
+                    Err(_) => ps.awaiting.clear(), // gone: nothing left to confirm
+                }
+                if ps.awaiting.is_empty() {
+                    self.pubsub = None;
+                }
+                continue;
+            }
             if !self.pushed(server, reply) {
                 self.parsing = false;
             }
@@ -317,11 +348,16 @@ impl Session for Conn {
     }
 
     fn subscribed(&self) -> bool {
-        self.pubsub.is_some()
+        self.in_pubsub()
     }
 }
 
 impl Conn {
+    /// In subscribed mode (not just waiting for the servers to confirm the last unsubscribe).
+    fn in_pubsub(&self) -> bool {
+        self.pubsub.as_ref().is_some_and(|p| !p.closing)
+    }
+
     /// After a reload, move to the new routing at the first batch boundary where nothing is in
     /// flight and no connection is pinned (transaction, WATCH, blocking, pub/sub): replies
     /// never mix routing tables, and pinned state stays on the server it was made on.
@@ -450,11 +486,16 @@ impl Conn {
         if let Some(msg) = self.refused(info, handling) {
             return self.reject(&msg);
         }
-        if self.pubsub.is_some() {
+        if self.in_pubsub() {
             return self.subscribed(info, req);
         }
         if self.multi.is_some() {
             return self.queue(info, req);
+        }
+        if matches!(handling, Handling::Route | Handling::Dedicated)
+            && rc::to_first_server(info, args)
+        {
+            return self.first_server(req.raw);
         }
         if !self.ctx.direct {
             let root = self.ctx.routing.clone();

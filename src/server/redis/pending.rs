@@ -117,6 +117,12 @@ pub(super) enum Pending {
     /// to the node named, on a connection this pending owns, so a client that leaves still
     /// cancels it by closing that connection.
     Blocking(Box<Blocking>),
+    /// A (un)subscribe confirmation, sent once every server it went to has confirmed (a gate
+    /// whose sender is gone opens too: the connection failed, and its error follows).
+    Gated {
+        gates: Vec<oneshot::Receiver<()>>,
+        out: Bytes,
+    },
     /// Close after the replies before it.
     Quit,
 }
@@ -198,6 +204,15 @@ impl Pending {
         match self {
             Pending::Ready(b) => Poll::Ready(Some(std::mem::take(b))),
             Pending::Quit => Poll::Ready(None),
+            Pending::Gated { gates, out } => {
+                while let Some(g) = gates.last_mut() {
+                    if Pin::new(g).poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    gates.pop();
+                }
+                Poll::Ready(Some(std::mem::take(out)))
+            }
             Pending::Routed(task) => Pin::new(task).poll(cx).map(|r| {
                 Some(r.unwrap_or_else(|e| error(&format!("ERR kvrouter routing task failed: {e}"))))
             }),

@@ -264,19 +264,8 @@ impl Conn {
             }
         }
         let n = self.ctx.pool.specs.len();
-        let cluster = self.ctx.cluster.is_some();
-        // Where each name subscribes (None: no server available).
+        let cluster = self.ctx.cluster.clone();
         let pool = self.ctx.pool.clone();
-        let place = |ch: &[u8], shard: bool| -> Option<usize> {
-            if !cluster {
-                pool.server_for(ch)
-            } else if shard {
-                Some(slots::key_slot(ch) as usize)
-            } else {
-                Some(slots::SLOTS)
-            }
-        };
-        let mut specs = std::collections::HashMap::new();
         let ps = self.pubsub.get_or_insert_with(|| {
             let (sink, rx) = mpsc::unbounded_channel();
             Box::new(PubSub {
@@ -287,8 +276,14 @@ impl Conn {
                 patterns: Vec::new(),
                 shard: Vec::new(),
                 moves: std::collections::HashMap::new(),
+                nodes: Vec::new(),
+                homes: std::collections::HashMap::new(),
+                awaiting: std::collections::HashMap::new(),
+                commands: 0,
+                closing: false,
             })
         });
+        ps.closing = false;
         let name = info.name;
         let pattern = name.starts_with('p');
         let shard = matches!(name, "ssubscribe" | "sunsubscribe");
@@ -303,9 +298,10 @@ impl Conn {
                 ps.channels.clone()
             };
         }
-        // What to send to each server.
+        // What to send to each server, and each name's confirmation with the servers it waits
+        // for.
         let mut per_server: std::collections::BTreeMap<usize, Vec<Bytes>> = Default::default();
-        let mut out = BytesMut::new();
+        let mut confirms: Vec<(Bytes, Bytes, Vec<usize>)> = Vec::new();
         let mut failed = None;
         for ch in &names {
             let set = if pattern {
@@ -327,41 +323,87 @@ impl Conn {
                 }
                 _ => false,
             };
+            let mut servers = Vec::new();
             if changed {
-                if pattern && !cluster {
-                    (0..n).for_each(|s| per_server.entry(s).or_default().push(ch.clone()));
+                if pattern && cluster.is_none() {
+                    servers.extend(0..n);
+                } else if let Some(c) = cluster.as_ref().filter(|_| !pattern && !shard) {
+                    // A classic channel on a cluster: on the node of its slot, where PUBLISH
+                    // through the proxy goes, so PUBLISH counts its subscribers (a cluster
+                    // delivers the message on every node either way).
+                    let home = if subscribe {
+                        let owner = c
+                            .shared
+                            .map()
+                            .shard(slots::key_slot(ch))
+                            .map(|s| s.primary.clone());
+                        let key = match owner {
+                            Some(addr) => {
+                                let i =
+                                    ps.nodes.iter().position(|a| *a == addr).unwrap_or_else(|| {
+                                        ps.nodes.push(addr);
+                                        ps.nodes.len() - 1
+                                    });
+                                slots::SLOTS + 1 + i
+                            }
+                            None => slots::SLOTS,
+                        };
+                        ps.homes.insert(ch.clone(), key);
+                        Some(key)
+                    } else {
+                        ps.homes.remove(ch)
+                    };
+                    servers.extend(home);
+                } else if cluster.is_some() {
+                    servers.push(if shard {
+                        slots::key_slot(ch) as usize
+                    } else {
+                        slots::SLOTS
+                    });
                 } else {
-                    match place(ch, shard) {
-                        Some(s) => per_server.entry(s).or_default().push(ch.clone()),
+                    match pool.server_for(ch) {
+                        Some(s) => servers.push(s),
                         None => failed = Some(ch.clone()),
                     }
                 }
+                for &s in &servers {
+                    per_server.entry(s).or_default().push(ch.clone());
+                }
             }
             let count = if shard { ps.shard.len() } else { ps.count() };
+            let mut out = BytesMut::new();
             push_msg(&mut out, name, Some(ch), count);
+            confirms.push((out.freeze(), ch.clone(), servers));
         }
         if names.is_empty() {
-            push_msg(
-                &mut out,
-                name,
-                None,
-                if shard { ps.shard.len() } else { ps.count() },
-            );
+            let mut out = BytesMut::new();
+            let count = if shard { ps.shard.len() } else { ps.count() };
+            push_msg(&mut out, name, None, count);
+            confirms.push((out.freeze(), Bytes::new(), Vec::new()));
         }
         // The connections to open (cluster: the slot's owner now; it is kept while subscribed).
+        let mut specs = std::collections::HashMap::new();
         let mut no_node = false;
         for &server in per_server.keys() {
             let ps = self.pubsub.as_ref().expect("subscribed");
-            if !ps.conns.contains_key(&server) {
-                match self.spec_of(server) {
-                    Ok(spec) => {
-                        specs.insert(server, spec);
-                    }
-                    Err(_) => no_node = true,
+            if ps.conns.contains_key(&server) {
+                continue;
+            }
+            let spec = match (&cluster, server.checked_sub(slots::SLOTS + 1)) {
+                (Some(c), Some(i)) => Ok(c.shared.spec(&ps.nodes[i], false)),
+                _ => self.spec_of(server),
+            };
+            match spec {
+                Ok(spec) => {
+                    specs.insert(server, spec);
                 }
+                Err(_) => no_node = true,
             }
         }
         let ps = self.pubsub.as_mut().expect("subscribed");
+        ps.commands += 1;
+        let command = ps.commands;
+        let mut sent = std::collections::HashSet::new();
         for (server, chans) in per_server {
             let conn = match ps.conns.entry(server) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
@@ -373,12 +415,39 @@ impl Conn {
             let mut words: Vec<&[u8]> = vec![name.as_bytes()];
             words.extend(chans.iter().map(|c| c.as_ref()));
             conn.send_raw(encode_request(&words).raw);
+            sent.insert(server);
         }
-        let empty = ps.count() == 0 && ps.shard.is_empty();
-        if empty {
-            self.pubsub = None; // closing the connections ends the subscriptions
+        // Each confirmation goes out once every server it was sent to confirmed it: a client
+        // that saw it can PUBLISH and be counted.
+        let mut pendings = Vec::with_capacity(confirms.len());
+        for (out, ch, servers) in confirms {
+            let mut gates = Vec::new();
+            for server in servers.into_iter().filter(|s| sent.contains(s)) {
+                let (tx, rx) = oneshot::channel();
+                ps.awaiting.entry(server).or_default().push_back(Await {
+                    kind: name,
+                    name: ch.clone(),
+                    command,
+                    tx,
+                });
+                gates.push(rx);
+            }
+            pendings.push(if gates.is_empty() {
+                Pending::Ready(out)
+            } else {
+                Pending::Gated { gates, out }
+            });
         }
-        self.reply(out.freeze());
+        if ps.count() == 0 && ps.shard.is_empty() {
+            if ps.awaiting.is_empty() {
+                self.pubsub = None; // closing the connections ends the subscriptions
+            } else {
+                ps.closing = true; // closed once the servers confirmed
+            }
+        }
+        for p in pendings {
+            self.pending.push_back(p);
+        }
         if no_node {
             self.reject(NO_MAP);
         }
@@ -392,13 +461,26 @@ impl Conn {
     }
 
     /// Something a subscription connection delivered. Messages are forwarded; the servers'
-    /// own confirmations are dropped (the proxy already confirmed, with the client's count).
+    /// own confirmations release the proxy's (which carry the client's count, not one
+    /// server's).
     /// Returns false when the connection failed: the client is told and disconnected, so it
     /// resubscribes instead of silently missing messages.
     pub(super) fn pushed(&mut self, server: usize, reply: Reply) -> bool {
         match reply {
             Ok(frame) => {
                 if server < slots::SLOTS && self.shard_moved(server, &frame) {
+                    // A confirmation of a resubscription after a move may still open a gate.
+                    if let (Some(ps), false) = (self.pubsub.as_mut(), frame.first() == Some(&b'-'))
+                    {
+                        ps.confirmed(server, &frame);
+                    }
+                    return true;
+                }
+                if self
+                    .pubsub
+                    .as_mut()
+                    .is_some_and(|ps| ps.confirmed(server, &frame))
+                {
                     return true;
                 }
                 let kind = push_kind(&frame);
@@ -478,6 +560,52 @@ impl Conn {
         }
         if let Some(conn) = ps.conns.get(&slot) {
             conn.send_raw(encode_request(&[&b"ssubscribe"[..], ch]).raw);
+        }
+        true
+    }
+}
+
+impl PubSub {
+    /// A server's own (un)subscribe confirmation (or error) opens the gates waiting for it.
+    /// True when `frame` was one.
+    pub(super) fn confirmed(&mut self, server: usize, frame: &Bytes) -> bool {
+        let Some(queue) = self.awaiting.get_mut(&server) else {
+            return false;
+        };
+        if frame.first() == Some(&b'-') {
+            // An error answers a whole command: every name of the oldest one on that server.
+            if let Some(cmd) = queue.front().map(|a| a.command) {
+                queue.retain(|a| a.command != cmd);
+            }
+            if queue.is_empty() {
+                self.awaiting.remove(&server);
+            }
+            return false; // forwarded to the client
+        }
+        let Some(kind) = push_kind(frame) else {
+            return false;
+        };
+        if !kind.ends_with(b"subscribe") {
+            return false;
+        }
+        let Ok((resp::Frame::Array(Some(parts)), _)) = resp::parse_frame(frame) else {
+            return true;
+        };
+        let ch = match parts.get(1) {
+            Some(resp::Frame::Bulk(Some(ch))) => ch.clone(),
+            _ => Bytes::new(),
+        };
+        // A server confirms in the order it was asked: normally the front.
+        if let Some(i) = queue
+            .iter()
+            .position(|a| a.kind.as_bytes() == kind && a.name == ch)
+        {
+            if let Some(a) = queue.remove(i) {
+                let _ = a.tx.send(());
+            }
+        }
+        if queue.is_empty() {
+            self.awaiting.remove(&server);
         }
         true
     }
