@@ -1,8 +1,15 @@
 //! The active config as JSON for the admin API's `GET /config`, with secrets redacted.
+//!
+//! This is a view for people and scripts (both formats alike, durations in milliseconds), not a
+//! config file: secrets are redacted and the shape is not the config grammar. `kvrouter convert
+//! FILE` writes a loadable kvrouter-format file.
 
 use serde_json::{json, Value};
 
 use super::{Config, Format, Protocol, Route};
+
+/// What `/config` says about itself.
+pub const NOT_A_CONFIG: &str = "a view of the active config (normalised, durations in ms, secrets redacted), not a config file: `kvrouter convert FILE` writes a loadable one";
 
 /// What a secret reads as in `/config`.
 pub const REDACTED: &str = "<redacted>";
@@ -96,6 +103,7 @@ impl Config {
             })
             .collect();
         json!({
+            "note": NOT_A_CONFIG,
             "file": self.file.display().to_string(),
             "format": match self.format {
                 Format::Twemproxy => "twemproxy",
@@ -107,6 +115,7 @@ impl Config {
             "log": {
                 "level": self.log.level,
                 "file": self.log.file.as_ref().map(|f| f.display().to_string()),
+                "format": self.log.format.map(|f| f.name()),
             },
             "pools": pools,
             "listeners": listeners,
@@ -115,7 +124,7 @@ impl Config {
 }
 
 /// A route tree as JSON, in the config grammar's shape.
-fn route_json(r: &Route) -> Value {
+pub(super) fn route_json(r: &Route) -> Value {
     let b = |r: &Route| route_json(r);
     let ob = |r: &Option<Box<Route>>| r.as_deref().map(route_json);
     match r {
@@ -186,7 +195,7 @@ fn route_json(r: &Route) -> Value {
             exptime,
             ..
         } => {
-            json!({ "warm_up": { "cold": b(cold), "warm": b(warm), "exptime": format!("{}s", exptime.as_secs()) } })
+            json!({ "warm_up": { "cold": b(cold), "warm": b(warm), "exptime": super::convert::duration(*exptime) } })
         }
     }
 }
