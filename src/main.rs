@@ -12,6 +12,7 @@ use kvrouter::config::Config;
 #[command(
     name = "kvrouter",
     version,
+    long_version = long_version(),
     about = "A sharding proxy for memcached and Redis fleets (twemproxy-compatible)",
     args_conflicts_with_subcommands = true
 )]
@@ -98,6 +99,16 @@ enum Cmd {
         /// The config to convert (either format).
         file: PathBuf,
     },
+}
+
+/// `--version`: the version, then what `kvrouter_build_info` says.
+fn long_version() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        let labels = kvrouter::server::metrics::build_labels();
+        let rest: Vec<String> = labels[1..].iter().map(|(k, v)| format!("{k} {v}")).collect();
+        format!("{} ({})", labels[0].1, rest.join(", "))
+    })
 }
 
 /// Where the config is looked for when no `-c` is given: kvrouter's own path, then
@@ -417,8 +428,7 @@ async fn serve(
             listen = %l.listen,
             protocol,
             pools = %pools,
-            "proxy listening on {} ({protocol}), route to {pools}",
-            l.listen
+            "proxy listening"
         );
     }
     let mut term = signal(SignalKind::terminate()).expect("signal handler");
@@ -513,7 +523,18 @@ impl Reloader<'_> {
         })();
         running.count_reload(result.is_ok());
         match result {
-            Ok(summary) => tracing::info!("config reloaded ({why}): {summary}"),
+            Ok(summary) => {
+                tracing::info!("config reloaded ({why}): {summary}");
+                for p in &summary.pools_changed {
+                    tracing::info!(
+                        pool = %p.pool,
+                        added = ?p.added,
+                        removed = ?p.removed,
+                        moved_fraction = p.moved.unwrap_or(0.0),
+                        "{p}"
+                    );
+                }
+            }
             Err(e) => tracing::error!(
                 "config reload failed ({why}); still serving the previous config: {e}"
             ),

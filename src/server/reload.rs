@@ -135,6 +135,67 @@ pub struct ReloadSummary {
     pub listeners_removed: Vec<String>,
     pub servers_kept: usize,
     pub servers_new: usize,
+    pub pools_added: Vec<String>,
+    pub pools_removed: Vec<String>,
+    /// Pools in both configs whose servers or placement changed.
+    pub pools_changed: Vec<PoolChange>,
+}
+
+/// How one pool changed: its servers (`name address` when named, else the address) and the
+/// fraction of keys whose server changes, from [`MOVE_SAMPLE`] keys (what `keymap --diff`
+/// computes).
+#[derive(Debug, Default)]
+pub struct PoolChange {
+    pub pool: String,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// None when placement did not change (e.g. only a timeout), or for a cluster pool.
+    pub moved: Option<f64>,
+}
+
+/// Keys sampled per changed pool on reload: enough for a fraction within about a percent, few
+/// enough that a reload stays in the milliseconds.
+pub const MOVE_SAMPLE: usize = 10_000;
+
+impl PoolChange {
+    fn between(old: &crate::config::PoolConfig, new: &crate::config::PoolConfig) -> Option<Self> {
+        let label = |s: &crate::config::ServerConfig| match &s.name {
+            Some(n) => format!("{n} {}", s.address()),
+            None => s.address(),
+        };
+        let set = |p: &crate::config::PoolConfig| -> Vec<String> { p.servers.iter().map(label).collect() };
+        let (before, after) = (set(old), set(new));
+        let added: Vec<String> = after.iter().filter(|s| !before.contains(s)).cloned().collect();
+        let removed: Vec<String> = before.iter().filter(|s| !after.contains(s)).cloned().collect();
+        let placement = |p: &crate::config::PoolConfig| {
+            let servers: Vec<_> = p
+                .servers
+                .iter()
+                .map(|s| (s.placement_name(), s.weight, s.address()))
+                .collect();
+            (p.distribution, p.hash, p.hash_tag, servers)
+        };
+        let moved = (old.cluster.is_none() && new.cluster.is_none() && placement(old) != placement(new))
+            .then(|| crate::keymap::moved_keys(old, new, MOVE_SAMPLE, &mut |_| {}) as f64 / MOVE_SAMPLE as f64);
+        (!added.is_empty() || !removed.is_empty() || moved.is_some()).then(|| PoolChange {
+            pool: new.name.clone(),
+            added,
+            removed,
+            moved,
+        })
+    }
+}
+
+impl std::fmt::Display for PoolChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pool {}:", self.pool)?;
+        let list = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
+        write!(f, " servers added: {}; removed: {}", list(&self.added), list(&self.removed))?;
+        match self.moved {
+            Some(m) => write!(f, "; {:.1}% of keys move ({MOVE_SAMPLE} sampled)", m * 100.0),
+            None => write!(f, "; no key moves"),
+        }
+    }
 }
 
 impl std::fmt::Display for ReloadSummary {
@@ -153,6 +214,16 @@ impl std::fmt::Display for ReloadSummary {
                 "; listeners closed: {}",
                 self.listeners_removed.join(", ")
             )?;
+        }
+        if !self.pools_added.is_empty() {
+            write!(f, "; pools added: {}", self.pools_added.join(", "))?;
+        }
+        if !self.pools_removed.is_empty() {
+            write!(f, "; pools removed: {}", self.pools_removed.join(", "))?;
+        }
+        if !self.pools_changed.is_empty() {
+            let names: Vec<&str> = self.pools_changed.iter().map(|p| p.pool.as_str()).collect();
+            write!(f, "; pools changed: {}", names.join(", "))?;
         }
         Ok(())
     }
@@ -221,6 +292,17 @@ impl Running {
             generation: id,
             ..ReloadSummary::default()
         };
+        for p in &new.config.pools {
+            match old.config.pool(&p.name) {
+                None => summary.pools_added.push(p.name.clone()),
+                Some(o) => summary.pools_changed.extend(PoolChange::between(o, p)),
+            }
+        }
+        for p in &old.config.pools {
+            if new.config.pool(&p.name).is_none() {
+                summary.pools_removed.push(p.name.clone());
+            }
+        }
         let old_specs: HashSet<*const _> = old
             .pools
             .iter()
