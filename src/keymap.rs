@@ -154,7 +154,8 @@ pub fn keymap(config: &Config, listener: Option<&str>, keys: &[String]) -> Resul
     let mut m = Mapper::new(config, listener)?;
     let mut out = Vec::new();
     for key in keys {
-        write_line(&mut out, key.as_bytes(), &m.place(key.as_bytes())?).map_err(|e| e.to_string())?;
+        write_line(&mut out, key.as_bytes(), &m.place(key.as_bytes())?)
+            .map_err(|e| e.to_string())?;
     }
     Ok(String::from_utf8_lossy(&out).into_owned())
 }

@@ -281,10 +281,7 @@ impl Logging {
                 open_append(p).map_err(|e| format!("cannot open log file {}: {e}", p.display()))?,
             ))),
         };
-        let format = self
-            .cli_format
-            .or(config.format)
-            .unwrap_or_default();
+        let format = self.cli_format.or(config.format).unwrap_or_default();
         let format = (format != self.format()).then_some(format);
         Ok(Prepared {
             filter,

@@ -106,14 +106,20 @@ fn long_version() -> &'static str {
     static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     TEXT.get_or_init(|| {
         let labels = kvrouter::server::metrics::build_labels();
-        let rest: Vec<String> = labels[1..].iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let rest: Vec<String> = labels[1..]
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
         format!("{} ({})", labels[0].1, rest.join(", "))
     })
 }
 
 /// Where the config is looked for when no `-c` is given: kvrouter's own path, then
 /// twemproxy's (so a `nutcracker.service` that starts the binary with no arguments works).
-const DEFAULT_CONFIGS: [&str; 2] = ["/etc/kvrouter/kvrouter.yml", "/etc/nutcracker/nutcracker.yml"];
+const DEFAULT_CONFIGS: [&str; 2] = [
+    "/etc/kvrouter/kvrouter.yml",
+    "/etc/nutcracker/nutcracker.yml",
+];
 
 /// For tests only: a `:`-separated list that replaces [`DEFAULT_CONFIGS`], so the search can
 /// be exercised without writing to /etc.
@@ -146,7 +152,9 @@ fn keymap(
     };
     let stdin = keys.iter().any(|k| k == "-");
     if stdin && keys.len() > 1 {
-        eprintln!("kvrouter keymap: `-` (keys on stdin) cannot be mixed with keys on the command line");
+        eprintln!(
+            "kvrouter keymap: `-` (keys on stdin) cannot be mixed with keys on the command line"
+        );
         return Err(ExitCode::from(2));
     }
     let (old, new) = match &diff {
@@ -289,19 +297,18 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
             return Err(ExitCode::from(1));
         }
     }
-    let logging =
-        match kvrouter::logging::Logging::init(
-            cli.verbose,
-            cli.output.as_deref(),
-            cli.log_format,
-            &config.log,
-        ) {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("kvrouter: cannot open log file: {e}");
-                return Err(ExitCode::from(1));
-            }
-        };
+    let logging = match kvrouter::logging::Logging::init(
+        cli.verbose,
+        cli.output.as_deref(),
+        cli.log_format,
+        &config.log,
+    ) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("kvrouter: cannot open log file: {e}");
+            return Err(ExitCode::from(1));
+        }
+    };
     if defaulted {
         tracing::info!(config = %path.display(), "no -c given: using {}", path.display());
     }

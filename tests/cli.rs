@@ -661,7 +661,11 @@ fn keymap_diff_prints_a_line_per_given_key() {
         .args(&keys)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let place = |conf: &std::path::Path| -> Vec<String> {
         let o = Command::new(kvrouter_bin())
@@ -697,7 +701,13 @@ fn keymap_diff_prints_a_line_per_given_key() {
     assert!((50..150).contains(&moves), "{moves} of 400 moved");
     // The same from stdin.
     let (ok, stdin_out, err) = run_with_stdin(
-        &[os("keymap"), os("--diff"), a.as_os_str(), b.as_os_str(), os("-")],
+        &[
+            os("keymap"),
+            os("--diff"),
+            a.as_os_str(),
+            b.as_os_str(),
+            os("-"),
+        ],
         keys.join("\n"),
     );
     assert!(ok, "{err}");
@@ -733,7 +743,14 @@ fn keymap_all(conf: &std::path::Path, listeners: &[String], keys: &[String]) -> 
         .iter()
         .map(|l| {
             let (ok, out, err) = run_with_stdin(
-                &[os("keymap"), os("-c"), conf.as_os_str(), os("--listener"), os(l), os("-")],
+                &[
+                    os("keymap"),
+                    os("-c"),
+                    conf.as_os_str(),
+                    os("--listener"),
+                    os(l),
+                    os("-"),
+                ],
                 keys.join("\n"),
             );
             assert!(ok, "{l}: {err}");
@@ -750,7 +767,11 @@ fn convert(dir: &TempDir, conf: &std::path::Path) -> std::path::PathBuf {
         .arg(conf)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let converted = dir.write("converted.yml", &text);
     let t = Command::new(kvrouter_bin())
@@ -764,7 +785,9 @@ fn convert(dir: &TempDir, conf: &std::path::Path) -> std::path::PathBuf {
         "{}\n{text}",
         String::from_utf8_lossy(&t.stderr)
     );
-    assert!(String::from_utf8(t.stdout).unwrap().contains("kvrouter format"));
+    assert!(String::from_utf8(t.stdout)
+        .unwrap()
+        .contains("kvrouter format"));
     converted
 }
 
@@ -793,8 +816,18 @@ fn convert_keeps_every_key_in_place_for_a_generated_config() {
     let dir = TempDir::new();
     let mut rng = fastrand::Rng::with_seed(16);
     let hashes = [
-        "one_at_a_time", "md5", "crc16", "crc32", "crc32a", "fnv1_64", "fnv1a_64", "fnv1_32",
-        "fnv1a_32", "hsieh", "murmur", "jenkins",
+        "one_at_a_time",
+        "md5",
+        "crc16",
+        "crc32",
+        "crc32a",
+        "fnv1_64",
+        "fnv1a_64",
+        "fnv1_32",
+        "fnv1a_32",
+        "hsieh",
+        "murmur",
+        "jenkins",
     ];
     let mut yaml = String::new();
     let mut listeners = Vec::new();
@@ -818,7 +851,11 @@ fn convert_keeps_every_key_in_place_for_a_generated_config() {
             rng.bool()
         ));
         for s in 0..rng.usize(1..9) {
-            let named = if rng.bool() { format!(" n{s}") } else { String::new() };
+            let named = if rng.bool() {
+                format!(" n{s}")
+            } else {
+                String::new()
+            };
             let port = if rng.bool() { 11211 } else { 11300 + s };
             yaml.push_str(&format!(
                 "    - 10.1.{p}.{s}:{port}:{}{named}\n",
@@ -842,7 +879,10 @@ fn convert_keeps_every_key_in_place_for_a_generated_config() {
     assert_eq!(before, after);
     // Secrets and settings survive: the converted file holds the auth and the db.
     let text = std::fs::read_to_string(&converted).unwrap();
-    assert!(text.contains("redis_auth: s3cret") && text.contains("redis_db: 3"), "{text}");
+    assert!(
+        text.contains("redis_auth: s3cret") && text.contains("redis_db: 3"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -859,7 +899,11 @@ fn default_config_paths_are_searched_in_order() {
         .env("KVROUTER_TEST_DEFAULT_CONFIGS", &list)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let said = String::from_utf8(out.stdout).unwrap();
     assert!(said.contains(conf.to_str().unwrap()), "{said}");
     // Neither exists: a clear failure naming both paths.
@@ -872,7 +916,9 @@ fn default_config_paths_are_searched_in_order() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(
-        err.contains("no -c FILE given") && err.contains("kvrouter.yml") && err.contains("nope.yml"),
+        err.contains("no -c FILE given")
+            && err.contains("kvrouter.yml")
+            && err.contains("nope.yml"),
         "{err}"
     );
     // The real list, as a unit that starts the binary with no arguments gets it.
@@ -940,7 +986,10 @@ fn json_logs_name_each_listener_and_a_reload_says_what_moves() {
     });
     assert_eq!(listening[0]["fields"]["listen"], format!("127.0.0.1:{mc}"));
     assert_eq!(listening[0]["fields"]["protocol"], "memcache");
-    assert_eq!(listening[1]["fields"]["listen"], format!("127.0.0.1:{redis}"));
+    assert_eq!(
+        listening[1]["fields"]["listen"],
+        format!("127.0.0.1:{redis}")
+    );
     assert_eq!(listening[1]["fields"]["protocol"], "redis");
 
     // build_info in /metrics.
@@ -967,7 +1016,10 @@ fn json_logs_name_each_listener_and_a_reload_says_what_moves() {
     });
     let f = &change["fields"];
     let removed = f["removed"].as_str().unwrap();
-    assert!(removed.contains(&format!("s3 127.0.0.3:{dead}")), "{change}");
+    assert!(
+        removed.contains(&format!("s3 127.0.0.3:{dead}")),
+        "{change}"
+    );
     assert_eq!(f["added"], "[]");
     let moved = f["moved_fraction"].as_f64().unwrap();
     assert!((0.2..0.45).contains(&moved), "{change}");
@@ -1012,7 +1064,10 @@ fn log_format_from_the_config_switches_on_reload() {
             .any(|l| l.contains("config reloaded"))
             .then_some(lines)
     });
-    let reloaded = after.iter().find(|l| l.contains("config reloaded")).unwrap();
+    let reloaded = after
+        .iter()
+        .find(|l| l.contains("config reloaded"))
+        .unwrap();
     assert!(
         serde_json::from_str::<serde_json::Value>(reloaded).is_err(),
         "text after the switch: {reloaded}"

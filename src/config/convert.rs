@@ -210,7 +210,9 @@ fn emit(out: &mut String, v: &Value, indent: usize) {
             let mut members: Vec<(&String, &Value)> = m.iter().collect();
             members.sort_by_key(|(k, _)| FIRST.iter().position(|f| f == k).unwrap_or(FIRST.len()));
             for (k, v) in members {
-                let empty = v.as_object().is_some_and(|o| o.values().all(Value::is_null));
+                let empty = v
+                    .as_object()
+                    .is_some_and(|o| o.values().all(Value::is_null));
                 if v.is_null() || empty {
                     continue;
                 }
@@ -244,7 +246,15 @@ fn emit(out: &mut String, v: &Value, indent: usize) {
 /// Members written before the others (which follow in name order), so a file reads top-down:
 /// the pools before the listeners that route to them, what a pool or listener is before how.
 const FIRST: [&str; 10] = [
-    "admin", "workers", "log", "pools", "listeners", "listen", "protocol", "route", "servers",
+    "admin",
+    "workers",
+    "log",
+    "pools",
+    "listeners",
+    "listen",
+    "protocol",
+    "route",
+    "servers",
     "cluster",
 ];
 

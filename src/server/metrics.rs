@@ -207,7 +207,10 @@ const LATENCY_BUCKETS: [f64; 15] = [
 pub fn build_labels() -> [(&'static str, &'static str); 3] {
     [
         ("version", env!("CARGO_PKG_VERSION")),
-        ("commit", option_env!("KVROUTER_GIT_COMMIT").unwrap_or("unknown")),
+        (
+            "commit",
+            option_env!("KVROUTER_GIT_COMMIT").unwrap_or("unknown"),
+        ),
         (
             "profile",
             if cfg!(debug_assertions) {

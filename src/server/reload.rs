@@ -163,10 +163,20 @@ impl PoolChange {
             Some(n) => format!("{n} {}", s.address()),
             None => s.address(),
         };
-        let set = |p: &crate::config::PoolConfig| -> Vec<String> { p.servers.iter().map(label).collect() };
+        let set = |p: &crate::config::PoolConfig| -> Vec<String> {
+            p.servers.iter().map(label).collect()
+        };
         let (before, after) = (set(old), set(new));
-        let added: Vec<String> = after.iter().filter(|s| !before.contains(s)).cloned().collect();
-        let removed: Vec<String> = before.iter().filter(|s| !after.contains(s)).cloned().collect();
+        let added: Vec<String> = after
+            .iter()
+            .filter(|s| !before.contains(s))
+            .cloned()
+            .collect();
+        let removed: Vec<String> = before
+            .iter()
+            .filter(|s| !after.contains(s))
+            .cloned()
+            .collect();
         let placement = |p: &crate::config::PoolConfig| {
             let servers: Vec<_> = p
                 .servers
@@ -175,8 +185,12 @@ impl PoolChange {
                 .collect();
             (p.distribution, p.hash, p.hash_tag, servers)
         };
-        let moved = (old.cluster.is_none() && new.cluster.is_none() && placement(old) != placement(new))
-            .then(|| crate::keymap::moved_keys(old, new, MOVE_SAMPLE, &mut |_| {}) as f64 / MOVE_SAMPLE as f64);
+        let moved =
+            (old.cluster.is_none() && new.cluster.is_none() && placement(old) != placement(new))
+                .then(|| {
+                    crate::keymap::moved_keys(old, new, MOVE_SAMPLE, &mut |_| {}) as f64
+                        / MOVE_SAMPLE as f64
+                });
         (!added.is_empty() || !removed.is_empty() || moved.is_some()).then(|| PoolChange {
             pool: new.name.clone(),
             added,
@@ -189,10 +203,25 @@ impl PoolChange {
 impl std::fmt::Display for PoolChange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "pool {}:", self.pool)?;
-        let list = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
-        write!(f, " servers added: {}; removed: {}", list(&self.added), list(&self.removed))?;
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        write!(
+            f,
+            " servers added: {}; removed: {}",
+            list(&self.added),
+            list(&self.removed)
+        )?;
         match self.moved {
-            Some(m) => write!(f, "; {:.1}% of keys move ({MOVE_SAMPLE} sampled)", m * 100.0),
+            Some(m) => write!(
+                f,
+                "; {:.1}% of keys move ({MOVE_SAMPLE} sampled)",
+                m * 100.0
+            ),
             None => write!(f, "; no key moves"),
         }
     }
