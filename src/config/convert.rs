@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
+use super::export::{log_json, protocol};
 use super::{Config, ListenAddr, PoolConfig, Protocol, ServerConfig, TlsConfig};
 
 /// A duration in the config grammar: the largest unit that keeps it exact.
@@ -54,13 +55,6 @@ fn listen(l: &ListenAddr) -> String {
 fn tls(t: &TlsConfig) -> Value {
     let path = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
     json!({ "cert": path(&t.cert), "key": path(&t.key), "ca": path(&t.ca), "server_name": t.server_name })
-}
-
-fn protocol(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Memcache => "memcache",
-        Protocol::Redis => "redis",
-    }
 }
 
 fn pool(p: &PoolConfig) -> Value {
@@ -168,11 +162,7 @@ pub fn to_native(c: &Config) -> Value {
     json!({
         "admin": c.admin.map(|a| json!({ "listen": a.to_string(), "token": c.admin_token })),
         "workers": c.workers,
-        "log": {
-            "level": c.log.level,
-            "file": c.log.file.as_ref().map(|f| f.display().to_string()),
-            "format": c.log.format.map(|f| f.name()),
-        },
+        "log": log_json(&c.log),
         "pools": pools,
         "listeners": listeners,
     })

@@ -14,7 +14,7 @@ pub const NOT_A_CONFIG: &str = "a view of the active config (normalised, duratio
 /// What a secret reads as in `/config`.
 pub const REDACTED: &str = "<redacted>";
 
-fn protocol(p: Protocol) -> &'static str {
+pub(super) fn protocol(p: Protocol) -> &'static str {
     match p {
         Protocol::Memcache => "memcache",
         Protocol::Redis => "redis",
@@ -112,15 +112,20 @@ impl Config {
             "admin": self.admin.map(|a| a.to_string()),
             "admin_token": self.admin_token.as_ref().map(|_| REDACTED),
             "workers": self.workers,
-            "log": {
-                "level": self.log.level,
-                "file": self.log.file.as_ref().map(|f| f.display().to_string()),
-                "format": self.log.format.map(|f| f.name()),
-            },
+            "log": log_json(&self.log),
             "pools": pools,
             "listeners": listeners,
         })
     }
+}
+
+/// `log:` as JSON, in the config grammar's shape.
+pub(super) fn log_json(l: &super::LogConfig) -> Value {
+    json!({
+        "level": l.level,
+        "file": l.file.as_ref().map(|f| f.display().to_string()),
+        "format": l.format.map(|f| f.name()),
+    })
 }
 
 /// A route tree as JSON, in the config grammar's shape.

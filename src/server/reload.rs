@@ -149,7 +149,8 @@ pub struct PoolChange {
     pub pool: String,
     pub added: Vec<String>,
     pub removed: Vec<String>,
-    /// None when placement did not change (e.g. only a timeout), or for a cluster pool.
+    /// None when placement did not change (e.g. only a timeout), or for a cluster or random
+    /// pool.
     pub moved: Option<f64>,
 }
 
@@ -185,12 +186,14 @@ impl PoolChange {
                 .collect();
             (p.distribution, p.hash, p.hash_tag, servers)
         };
-        let moved =
-            (old.cluster.is_none() && new.cluster.is_none() && placement(old) != placement(new))
-                .then(|| {
-                    crate::keymap::moved_keys(old, new, MOVE_SAMPLE, &mut |_| {}) as f64
-                        / MOVE_SAMPLE as f64
-                });
+        // Cluster pools place by slot, random pools place no key: no fraction to give.
+        let ring = |p: &crate::config::PoolConfig| {
+            p.cluster.is_none() && p.distribution != crate::routing::DistributionKind::Random
+        };
+        let moved = (ring(old) && ring(new) && placement(old) != placement(new)).then(|| {
+            crate::keymap::moved_keys(old, new, MOVE_SAMPLE, &mut |_| {}) as f64
+                / MOVE_SAMPLE as f64
+        });
         (!added.is_empty() || !removed.is_empty() || moved.is_some()).then(|| PoolChange {
             pool: new.name.clone(),
             added,
@@ -398,5 +401,38 @@ impl Running {
         self.shared.families.generation.set(id as i64);
         self.shared.families.last_reload_success.set(unix_now());
         Ok(summary)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(servers: &str, timeout: &str) -> crate::config::PoolConfig {
+        let text = format!(
+            "alpha:\n  listen: 127.0.0.1:22121\n  timeout: {timeout}\n  servers:\n{servers}"
+        );
+        let c = Config::parse(std::path::Path::new("t.yml"), &text).unwrap();
+        c.pools[0].clone()
+    }
+
+    #[test]
+    fn a_pool_change_names_the_servers_and_the_keys_that_move() {
+        let three =
+            "    - 10.0.0.1:11211:1 a\n    - 10.0.0.2:11211:1 b\n    - 10.0.0.3:11211:1 c\n";
+        let two = "    - 10.0.0.1:11211:1 a\n    - 10.0.0.2:11211:1 b\n";
+        let c = PoolChange::between(&pool(three, "100"), &pool(two, "100")).unwrap();
+        assert_eq!(c.removed, ["c 10.0.0.3:11211"]);
+        assert!(c.added.is_empty());
+        let moved = c.moved.unwrap();
+        assert!((0.25..0.42).contains(&moved), "{moved}");
+        assert!(c.to_string().contains("removed: c 10.0.0.3:11211"), "{c}");
+        // A timeout is no placement change: nothing to report.
+        assert!(PoolChange::between(&pool(three, "100"), &pool(three, "200")).is_none());
+        // A weight change moves keys without adding or removing a server.
+        let heavier = three.replace("10.0.0.3:11211:1", "10.0.0.3:11211:3");
+        let c = PoolChange::between(&pool(three, "100"), &pool(&heavier, "100")).unwrap();
+        assert!(c.added.is_empty() && c.removed.is_empty());
+        assert!(c.moved.unwrap() > 0.1, "{c}");
     }
 }
