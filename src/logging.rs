@@ -4,6 +4,9 @@
 //! Where the level comes from, first match wins: `RUST_LOG`, then `-v N` when given (twemproxy's
 //! levels: up to 3 error, 4 warn, 5 and 6 info, 7 debug, 8 and above trace), then the config's
 //! `log.level`, else `info`. The file: `-o FILE`, else the config's `log.file`, else stderr.
+//! The format: `--log-format`, else the config's `log.format`, else text; `json` writes one
+//! JSON object per line (`timestamp`, `level`, `target`, `fields` with `message`), for log
+//! pipelines. Both formats are installed at start and a flag picks one, so a reload can switch.
 //!
 //! Client-supplied text (user names, keys, commands) goes into a line only through
 //! [`untrusted`]: quoted, escaped and truncated, so a newline cannot forge a line and a 10 kB
@@ -14,16 +17,17 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
-use crate::config::LogConfig;
+use crate::config::{LogConfig, LogFormat};
 
 /// Where log lines go: stderr or a file, switchable at run time.
 enum Target {
@@ -188,8 +192,11 @@ pub struct Logging {
     env_filter: Option<String>,
     cli_verbosity: Option<u8>,
     cli_output: Option<PathBuf>,
+    cli_format: Option<LogFormat>,
     /// The filter text in force.
     current: Mutex<String>,
+    /// Lines are JSON (else text).
+    json: Arc<AtomicBool>,
 }
 
 /// A log change checked and prepared (file opened) but not applied yet.
@@ -197,6 +204,8 @@ pub struct Prepared {
     filter: Option<(String, EnvFilter)>,
     /// None: the destination stays; Some(None): back to stderr; Some(Some(..)): a new file.
     file: Option<Option<(PathBuf, File)>>,
+    /// The format to switch to, if it changes.
+    format: Option<LogFormat>,
 }
 
 impl Logging {
@@ -204,6 +213,7 @@ impl Logging {
     pub fn init(
         cli_verbosity: Option<u8>,
         cli_output: Option<&Path>,
+        cli_format: Option<LogFormat>,
         config: &LogConfig,
     ) -> io::Result<Logging> {
         let env_filter = std::env::var("RUST_LOG")
@@ -222,12 +232,22 @@ impl Logging {
         };
         let ansi = file.is_none() && io::stderr().is_terminal();
         let target = LogTarget(Arc::new(Mutex::new(target)));
+        let format = cli_format.or(config.format).unwrap_or_default();
+        let json = Arc::new(AtomicBool::new(format == LogFormat::Json));
+        let (is_json, is_text) = (json.clone(), json.clone());
         tracing_subscriber::registry()
             .with(filter_layer)
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_ansi(ansi)
-                    .with_writer(target.clone()),
+                    .with_writer(target.clone())
+                    .with_filter(filter_fn(move |_| !is_text.load(Ordering::Relaxed))),
+            )
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(target.clone())
+                    .with_filter(filter_fn(move |_| is_json.load(Ordering::Relaxed))),
             )
             .init();
         Ok(Logging {
@@ -236,7 +256,9 @@ impl Logging {
             env_filter,
             cli_verbosity,
             cli_output: cli_output.map(Path::to_path_buf),
+            cli_format,
             current: Mutex::new(text),
+            json,
         })
     }
 
@@ -259,11 +281,30 @@ impl Logging {
                 open_append(p).map_err(|e| format!("cannot open log file {}: {e}", p.display()))?,
             ))),
         };
-        Ok(Prepared { filter, file })
+        let format = self.cli_format.or(config.format).unwrap_or_default();
+        let format = (format != self.format()).then_some(format);
+        Ok(Prepared {
+            filter,
+            file,
+            format,
+        })
+    }
+
+    /// The line format in force.
+    pub fn format(&self) -> LogFormat {
+        if self.json.load(Ordering::Relaxed) {
+            LogFormat::Json
+        } else {
+            LogFormat::Text
+        }
     }
 
     /// Apply a prepared change.
     pub fn commit(&self, p: Prepared) {
+        if let Some(f) = p.format {
+            self.json.store(f == LogFormat::Json, Ordering::Relaxed);
+            tracing::info!(format = f.name(), "log format changed");
+        }
         if let Some((text, f)) = p.filter {
             if self.filter.reload(f).is_ok() {
                 tracing::info!(filter = %text, "log level changed");
@@ -341,7 +382,7 @@ mod tests {
     fn precedence_env_then_flag_then_config() {
         let cfg = LogConfig {
             level: Some("debug".into()),
-            file: None,
+            ..LogConfig::default()
         };
         assert_eq!(filter_text(Some("trace"), Some(4), &cfg), "trace");
         assert_eq!(filter_text(None, Some(4), &cfg), "warn");

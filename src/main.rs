@@ -12,6 +12,7 @@ use kvrouter::config::Config;
 #[command(
     name = "kvrouter",
     version,
+    long_version = long_version(),
     about = "A sharding proxy for memcached and Redis fleets (twemproxy-compatible)",
     args_conflicts_with_subcommands = true
 )]
@@ -39,6 +40,10 @@ struct Cli {
     /// Log file (reopened on SIGHUP); default: the config's `log.file`, else stderr.
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     output: Option<PathBuf>,
+    /// Log line format: text, or json (one JSON object per line); default: the config's
+    /// `log.format`, else text.
+    #[arg(long = "log-format", value_name = "FORMAT", value_parser = kvrouter::config::LogFormat::parse)]
+    log_format: Option<kvrouter::config::LogFormat>,
     /// Write the process id to this file.
     #[arg(short = 'p', long = "pid-file", value_name = "FILE")]
     pid_file: Option<PathBuf>,
@@ -81,11 +86,149 @@ enum Cmd {
         /// Compare two configs: OLD NEW.
         #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
         diff: Option<Vec<PathBuf>>,
-        /// Keys sampled by --diff.
+        /// Keys sampled by --diff when no keys are given (progress on stderr every million).
         #[arg(long, default_value_t = 100_000)]
         sample: usize,
+        /// Keys to place (with --diff: compare, one line per key); `-` reads them from stdin,
+        /// one per line.
         keys: Vec<String>,
     },
+    /// Print the kvrouter-format equivalent of a config (e.g. a nutcracker.yml): same pools,
+    /// listeners and key placement.
+    Convert {
+        /// The config to convert (either format).
+        file: PathBuf,
+    },
+}
+
+/// `--version`: the version, then what `kvrouter_build_info` says.
+fn long_version() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        let labels = kvrouter::server::metrics::build_labels();
+        let rest: Vec<String> = labels[1..]
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        format!("{} ({})", labels[0].1, rest.join(", "))
+    })
+}
+
+/// Where the config is looked for when no `-c` is given: kvrouter's own path, then
+/// twemproxy's (so a `nutcracker.service` that starts the binary with no arguments works).
+const DEFAULT_CONFIGS: [&str; 2] = [
+    "/etc/kvrouter/kvrouter.yml",
+    "/etc/nutcracker/nutcracker.yml",
+];
+
+/// For tests only: a `:`-separated list that replaces [`DEFAULT_CONFIGS`], so the search can
+/// be exercised without writing to /etc.
+const TEST_DEFAULT_CONFIGS_ENV: &str = "KVROUTER_TEST_DEFAULT_CONFIGS";
+
+fn default_candidates() -> Vec<PathBuf> {
+    match std::env::var_os(TEST_DEFAULT_CONFIGS_ENV) {
+        Some(list) => std::env::split_paths(&list).collect(),
+        None => DEFAULT_CONFIGS.iter().map(PathBuf::from).collect(),
+    }
+}
+
+/// The first candidate that is an existing file.
+fn first_existing(candidates: &[PathBuf]) -> Option<PathBuf> {
+    candidates.iter().find(|p| p.is_file()).cloned()
+}
+
+fn keymap(
+    config: Option<PathBuf>,
+    listener: Option<String>,
+    diff: Option<Vec<PathBuf>>,
+    sample: usize,
+    keys: Vec<String>,
+) -> Result<(), ExitCode> {
+    use kvrouter::keymap::{self, Mapper};
+    use std::io::{BufRead, Write};
+    let fail = |e: String| {
+        eprintln!("kvrouter keymap: {e}");
+        ExitCode::from(1)
+    };
+    let stdin = keys.iter().any(|k| k == "-");
+    if stdin && keys.len() > 1 {
+        eprintln!(
+            "kvrouter keymap: `-` (keys on stdin) cannot be mixed with keys on the command line"
+        );
+        return Err(ExitCode::from(2));
+    }
+    let (old, new) = match &diff {
+        Some(pair) => (load(&pair[0])?, Some(load(&pair[1])?)),
+        None => {
+            let Some(path) = config else {
+                eprintln!("kvrouter keymap: -c FILE is required (or --diff OLD NEW)");
+                return Err(ExitCode::from(2));
+            };
+            (load(&path)?, None)
+        }
+    };
+    if keys.is_empty() {
+        if let Some(new) = &new {
+            let mut progress = |pool: &str, done: usize| {
+                eprintln!("kvrouter keymap: pool {pool}: {done}/{sample} keys compared");
+            };
+            print!("{}", keymap::diff(&old, new, sample, &mut progress));
+            return Ok(());
+        }
+        eprintln!(
+            "kvrouter keymap: no keys given: name them (KEY...), or `-` to read one per line from stdin"
+        );
+        return Err(ExitCode::from(2));
+    }
+    let mut a = Mapper::new(&old, listener.as_deref()).map_err(fail)?;
+    let mut b = match &new {
+        Some(n) => Some(Mapper::new(n, listener.as_deref()).map_err(fail)?),
+        None => None,
+    };
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+    let mut one = |key: &[u8]| -> Result<(), String> {
+        let pa = a.place(key)?;
+        let written = match &mut b {
+            None => keymap::write_line(&mut out, key, &pa),
+            Some(b) => keymap::write_diff_line(&mut out, key, &pa, &b.place(key)?),
+        };
+        written.map_err(|e| format!("writing the output: {e}"))
+    };
+    let result = if stdin {
+        let mut input = std::io::stdin().lock();
+        let mut line = Vec::with_capacity(256);
+        let mut result = Ok(());
+        loop {
+            line.clear();
+            match input.read_until(b'\n', &mut line) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    result = Err(format!("reading stdin: {e}"));
+                    break;
+                }
+            }
+            let key = line.strip_suffix(b"\n").unwrap_or(&line);
+            let key = key.strip_suffix(b"\r").unwrap_or(key);
+            if key.is_empty() {
+                continue;
+            }
+            if let Err(e) = one(key) {
+                result = Err(e);
+                break;
+            }
+        }
+        result
+    } else {
+        keys.iter().try_for_each(|k| one(k.as_bytes()))
+    };
+    let result = result.and_then(|()| out.flush().map_err(|e| format!("writing the output: {e}")));
+    match result {
+        // `keymap ... | head`: the reader is gone, nothing more to say.
+        Err(e) if e.contains("Broken pipe") => Ok(()),
+        Err(e) => Err(fail(e)),
+        Ok(()) => Ok(()),
+    }
 }
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
@@ -112,31 +255,30 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
         keys,
     }) = cli.command
     {
-        if let Some(pair) = diff {
-            let (old, new) = (load(&pair[0])?, load(&pair[1])?);
-            print!("{}", kvrouter::keymap::diff(&old, &new, sample));
-            return Ok(());
-        }
-        let Some(path) = config else {
-            eprintln!("kvrouter keymap: -c FILE is required (or --diff OLD NEW)");
-            return Err(ExitCode::from(2));
-        };
-        let cfg = load(&path)?;
-        return match kvrouter::keymap::keymap(&cfg, listener.as_deref(), &keys) {
-            Ok(out) => {
-                print!("{out}");
-                Ok(())
-            }
-            Err(e) => {
-                eprintln!("kvrouter keymap: {e}");
-                Err(ExitCode::from(1))
-            }
-        };
+        return keymap(config, listener, diff, sample, keys);
+    }
+    if let Some(Cmd::Convert { file }) = cli.command {
+        let config = load(&file)?;
+        print!("{}", kvrouter::config::convert::to_native_yaml(&config));
+        return Ok(());
     }
 
-    let Some(path) = cli.config.clone() else {
-        eprintln!("kvrouter: -c FILE is required (see --help)");
-        return Err(ExitCode::from(2));
+    let (path, defaulted) = match cli.config.clone() {
+        Some(p) => (p, false),
+        None => match first_existing(&default_candidates()) {
+            Some(p) => (p, true),
+            None => {
+                let tried: Vec<String> = default_candidates()
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect();
+                eprintln!(
+                    "kvrouter: no -c FILE given and no config at the default paths ({}); see --help",
+                    tried.join(", ")
+                );
+                return Err(ExitCode::from(2));
+            }
+        },
     };
     let config = load(&path)?;
     if cli.test_conf {
@@ -155,14 +297,21 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
             return Err(ExitCode::from(1));
         }
     }
-    let logging =
-        match kvrouter::logging::Logging::init(cli.verbose, cli.output.as_deref(), &config.log) {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("kvrouter: cannot open log file: {e}");
-                return Err(ExitCode::from(1));
-            }
-        };
+    let logging = match kvrouter::logging::Logging::init(
+        cli.verbose,
+        cli.output.as_deref(),
+        cli.log_format,
+        &config.log,
+    ) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("kvrouter: cannot open log file: {e}");
+            return Err(ExitCode::from(1));
+        }
+    };
+    if defaulted {
+        tracing::info!(config = %path.display(), "no -c given: using {}", path.display());
+    }
     for (flag, given) in [
         ("-i/--stats-interval", cli.stats_interval.is_some()),
         ("-m/--mbuf-size", cli.mbuf_size.is_some()),
@@ -276,6 +425,19 @@ async fn serve(
         }
     }
     tracing::info!("{summary}; {} worker threads", running.shared.threads);
+    for l in &running.shared.current().config.listeners {
+        let protocol = match l.protocol {
+            kvrouter::config::Protocol::Memcache => "memcache",
+            kvrouter::config::Protocol::Redis => "redis",
+        };
+        let pools = l.route.pools().join(", ");
+        tracing::info!(
+            listen = %l.listen,
+            protocol,
+            pools = %pools,
+            "proxy listening"
+        );
+    }
     let mut term = signal(SignalKind::terminate()).expect("signal handler");
     let mut int = signal(SignalKind::interrupt()).expect("signal handler");
     let mut hup = signal(SignalKind::hangup()).expect("signal handler");
@@ -368,7 +530,18 @@ impl Reloader<'_> {
         })();
         running.count_reload(result.is_ok());
         match result {
-            Ok(summary) => tracing::info!("config reloaded ({why}): {summary}"),
+            Ok(summary) => {
+                tracing::info!("config reloaded ({why}): {summary}");
+                for p in &summary.pools_changed {
+                    tracing::info!(
+                        pool = %p.pool,
+                        added = ?p.added,
+                        removed = ?p.removed,
+                        moved_fraction = p.moved.unwrap_or(0.0),
+                        "{p}"
+                    );
+                }
+            }
             Err(e) => tracing::error!(
                 "config reload failed ({why}); still serving the previous config: {e}"
             ),

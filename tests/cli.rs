@@ -543,3 +543,533 @@ fn admin_connections_are_bounded_in_time_and_number() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Run `kvrouter ARGS` with `input` on stdin: (exit ok, stdout, stderr).
+fn run_with_stdin(args: &[&std::ffi::OsStr], input: String) -> (bool, String, String) {
+    use std::process::Stdio;
+    let mut child = Command::new(kvrouter_bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+fn os(s: &str) -> &std::ffi::OsStr {
+    std::ffi::OsStr::new(s)
+}
+
+/// `n` random printable keys (no spaces), one per line, from a fixed seed.
+fn random_keys(n: usize, seed: u64) -> Vec<String> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..n)
+        .map(|_| {
+            let len = rng.usize(1..60);
+            (0..len).map(|_| rng.u8(0x21..0x7f) as char).collect()
+        })
+        .collect()
+}
+
+#[test]
+fn keymap_reads_100k_keys_from_stdin_in_one_pass() {
+    let dir = TempDir::new();
+    let servers: String = (0..12)
+        .map(|i| format!("    - 10.0.0.{i}:11211:{} s{i}\n", 1 + i % 3))
+        .collect();
+    let conf = dir.write(
+        "km.yml",
+        &format!("alpha:\n  listen: 127.0.0.1:22121\n  servers:\n{servers}"),
+    );
+    let keys = random_keys(100_000, 1);
+    let start = Instant::now();
+    let (ok, out, err) = run_with_stdin(
+        &[os("keymap"), os("-c"), conf.as_os_str(), os("-")],
+        keys.join("\n") + "\n",
+    );
+    let took = start.elapsed();
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), keys.len());
+    for (line, key) in lines.iter().zip(&keys) {
+        assert!(line.starts_with(&format!("{key}\t")), "{line} for {key}");
+    }
+    // Measured: 0.21 s for a debug build, 0.03 s for a release build (one ring, built once).
+    // Rebuilding the ring per key took 8.5 s for 50,000 keys.
+    eprintln!("keymap: 100,000 stdin keys in {took:?}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    // The same placement as keys given as arguments.
+    let some: Vec<&String> = keys.iter().step_by(997).collect();
+    let args = Command::new(kvrouter_bin())
+        .arg("keymap")
+        .arg("-c")
+        .arg(&conf)
+        .arg("--")
+        .args(&some)
+        .output()
+        .unwrap();
+    let args = String::from_utf8(args.stdout).unwrap();
+    let picked: Vec<&str> = lines.iter().step_by(997).copied().collect();
+    assert_eq!(args.lines().collect::<Vec<_>>(), picked);
+}
+
+#[test]
+fn keymap_without_keys_is_an_error() {
+    let dir = TempDir::new();
+    let conf = dir.write(
+        "km.yml",
+        "alpha:\n  listen: 127.0.0.1:22121\n  servers:\n    - 10.0.0.1:11211:1\n",
+    );
+    let out = Command::new(kvrouter_bin())
+        .arg("keymap")
+        .arg("-c")
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("no keys given"), "{err}");
+}
+
+#[test]
+fn keymap_diff_prints_a_line_per_given_key() {
+    let dir = TempDir::new();
+    let three = "alpha:\n  listen: 127.0.0.1:22121\n  servers:\n    - 10.0.0.1:11211:1 a\n    - 10.0.0.2:11211:1 b\n    - 10.0.0.3:11211:1 c\n";
+    let four = format!("{three}    - 10.0.0.4:11211:1 d\n");
+    let a = dir.write("a.yml", three);
+    let b = dir.write("b.yml", &four);
+    // Random keys: fnv1a's poor mixing puts `user:0`..`user:399` all outside the new
+    // server's arcs.
+    let keys = random_keys(400, 4);
+    let out = Command::new(kvrouter_bin())
+        .arg("keymap")
+        .arg("--diff")
+        .arg(&a)
+        .arg(&b)
+        .arg("--")
+        .args(&keys)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let place = |conf: &std::path::Path| -> Vec<String> {
+        let o = Command::new(kvrouter_bin())
+            .arg("keymap")
+            .arg("-c")
+            .arg(conf)
+            .arg("--")
+            .args(&keys)
+            .output()
+            .unwrap();
+        String::from_utf8(o.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| l.split('\t').nth(3).unwrap().to_string())
+            .collect()
+    };
+    let (before, after) = (place(&a), place(&b));
+    let mut moves = 0;
+    assert_eq!(text.lines().count(), keys.len(), "{text}");
+    for (i, line) in text.lines().enumerate() {
+        let f: Vec<&str> = line.split('\t').collect();
+        assert_eq!(f.len(), 8, "{line}");
+        assert_eq!(f[0], keys[i]);
+        assert_eq!((f[3], f[6]), (before[i].as_str(), after[i].as_str()));
+        let moved = before[i] != after[i];
+        assert_eq!(f[7], if moved { "moves" } else { "stays" }, "{line}");
+        if moved {
+            // Ketama: a key that moves goes to the new server.
+            assert_eq!(f[5], "d", "{line}");
+            moves += 1;
+        }
+    }
+    assert!((50..150).contains(&moves), "{moves} of 400 moved");
+    // The same from stdin.
+    let (ok, stdin_out, err) = run_with_stdin(
+        &[
+            os("keymap"),
+            os("--diff"),
+            a.as_os_str(),
+            b.as_os_str(),
+            os("-"),
+        ],
+        keys.join("\n"),
+    );
+    assert!(ok, "{err}");
+    assert_eq!(stdin_out, text);
+}
+
+#[test]
+fn keymap_diff_sample_reports_progress() {
+    let dir = TempDir::new();
+    let a = dir.write(
+        "a.yml",
+        "alpha:\n  listen: 127.0.0.1:22121\n  servers:\n    - 10.0.0.1:11211:1\n    - 10.0.0.2:11211:1\n",
+    );
+    let out = Command::new(kvrouter_bin())
+        .args(["keymap", "--sample", "2000000", "--diff"])
+        .arg(&a)
+        .arg(&a)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("pool alpha: 1000000/2000000 keys compared"),
+        "{err}"
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("\t0/2000000 keys move"), "{text}");
+}
+
+/// keymap of `keys` on every listener of `conf` (one block per listener).
+fn keymap_all(conf: &std::path::Path, listeners: &[String], keys: &[String]) -> Vec<String> {
+    listeners
+        .iter()
+        .map(|l| {
+            let (ok, out, err) = run_with_stdin(
+                &[
+                    os("keymap"),
+                    os("-c"),
+                    conf.as_os_str(),
+                    os("--listener"),
+                    os(l),
+                    os("-"),
+                ],
+                keys.join("\n"),
+            );
+            assert!(ok, "{l}: {err}");
+            assert_eq!(out.lines().count(), keys.len());
+            out
+        })
+        .collect()
+}
+
+/// `kvrouter convert` of `conf`, checked by `-t` and written next to it.
+fn convert(dir: &TempDir, conf: &std::path::Path) -> std::path::PathBuf {
+    let out = Command::new(kvrouter_bin())
+        .arg("convert")
+        .arg(conf)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let converted = dir.write("converted.yml", &text);
+    let t = Command::new(kvrouter_bin())
+        .arg("-t")
+        .arg("-c")
+        .arg(&converted)
+        .output()
+        .unwrap();
+    assert!(
+        t.status.success(),
+        "{}\n{text}",
+        String::from_utf8_lossy(&t.stderr)
+    );
+    assert!(String::from_utf8(t.stdout)
+        .unwrap()
+        .contains("kvrouter format"));
+    converted
+}
+
+#[test]
+fn convert_keeps_every_key_in_place_for_the_example_nutcracker_config() {
+    let dir = TempDir::new();
+    let conf = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/nutcracker.yml");
+    let converted = convert(&dir, &conf);
+    let listeners: Vec<String> = [
+        "127.0.0.1:22121",
+        "127.0.0.1:22122",
+        "/tmp/kvrouter-gamma.sock",
+        "127.0.0.1:22124",
+    ]
+    .map(String::from)
+    .to_vec();
+    let keys = random_keys(2000, 2);
+    assert_eq!(
+        keymap_all(&conf, &listeners, &keys),
+        keymap_all(&converted, &listeners, &keys)
+    );
+}
+
+#[test]
+fn convert_keeps_every_key_in_place_for_a_generated_config() {
+    let dir = TempDir::new();
+    let mut rng = fastrand::Rng::with_seed(16);
+    let hashes = [
+        "one_at_a_time",
+        "md5",
+        "crc16",
+        "crc32",
+        "crc32a",
+        "fnv1_64",
+        "fnv1a_64",
+        "fnv1_32",
+        "fnv1a_32",
+        "hsieh",
+        "murmur",
+        "jenkins",
+    ];
+    let mut yaml = String::new();
+    let mut listeners = Vec::new();
+    for p in 0..8 {
+        let port = 23000 + p;
+        listeners.push(format!("127.0.0.1:{port}"));
+        yaml.push_str(&format!(
+            "pool{p}:\n  listen: 127.0.0.1:{port}\n  hash: {}\n  distribution: {}\n",
+            hashes[rng.usize(..hashes.len())],
+            if rng.bool() { "ketama" } else { "modula" },
+        ));
+        if rng.bool() {
+            yaml.push_str("  hash_tag: \"{}\"\n");
+        }
+        if p % 2 == 1 {
+            yaml.push_str("  redis: true\n  redis_db: 3\n  redis_auth: s3cret\n");
+        }
+        yaml.push_str(&format!(
+            "  timeout: {}\n  auto_eject_hosts: {}\n  server_retry_timeout: 5000\n  server_failure_limit: 4\n  servers:\n",
+            rng.u32(100..2000),
+            rng.bool()
+        ));
+        for s in 0..rng.usize(1..9) {
+            let named = if rng.bool() {
+                format!(" n{s}")
+            } else {
+                String::new()
+            };
+            let port = if rng.bool() { 11211 } else { 11300 + s };
+            yaml.push_str(&format!(
+                "    - 10.1.{p}.{s}:{port}:{}{named}\n",
+                rng.u32(1..5)
+            ));
+        }
+    }
+    let conf = dir.write("generated.yml", &yaml);
+    let converted = convert(&dir, &conf);
+    let keys = random_keys(2000, 3);
+    let (before, after) = (
+        keymap_all(&conf, &listeners, &keys),
+        keymap_all(&converted, &listeners, &keys),
+    );
+    // Keys spread over several servers: the comparison can tell placements apart.
+    let servers: std::collections::HashSet<&str> = before
+        .iter()
+        .flat_map(|b| b.lines().map(|l| l.rsplit('\t').next().unwrap()))
+        .collect();
+    assert!(servers.len() > 10, "{servers:?}");
+    assert_eq!(before, after);
+    // Secrets and settings survive: the converted file holds the auth and the db.
+    let text = std::fs::read_to_string(&converted).unwrap();
+    assert!(
+        text.contains("redis_auth: s3cret") && text.contains("redis_db: 3"),
+        "{text}"
+    );
+}
+
+#[test]
+fn default_config_paths_are_searched_in_order() {
+    let dir = TempDir::new();
+    let conf = dir.write(
+        "nutcracker.yml",
+        "alpha:\n  listen: 127.0.0.1:22121\n  servers:\n    - 10.0.0.1:11211:1\n",
+    );
+    let missing = dir.0.join("kvrouter.yml");
+    let list = std::env::join_paths([&missing, &conf]).unwrap();
+    let out = Command::new(kvrouter_bin())
+        .arg("-t")
+        .env("KVROUTER_TEST_DEFAULT_CONFIGS", &list)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8(out.stdout).unwrap();
+    assert!(said.contains(conf.to_str().unwrap()), "{said}");
+    // Neither exists: a clear failure naming both paths.
+    let list = std::env::join_paths([&missing, &dir.0.join("nope.yml")]).unwrap();
+    let out = Command::new(kvrouter_bin())
+        .arg("-t")
+        .env("KVROUTER_TEST_DEFAULT_CONFIGS", &list)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("no -c FILE given")
+            && err.contains("kvrouter.yml")
+            && err.contains("nope.yml"),
+        "{err}"
+    );
+    // The real list, as a unit that starts the binary with no arguments gets it.
+    let out = Command::new(kvrouter_bin())
+        .arg("-t")
+        .env_remove("KVROUTER_TEST_DEFAULT_CONFIGS")
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    if !std::path::Path::new("/etc/kvrouter/kvrouter.yml").exists()
+        && !std::path::Path::new("/etc/nutcracker/nutcracker.yml").exists()
+    {
+        assert!(
+            err.contains("/etc/kvrouter/kvrouter.yml, /etc/nutcracker/nutcracker.yml"),
+            "{err}"
+        );
+    }
+}
+
+/// Every line of a log file, each parsed as a JSON object.
+fn json_lines(log: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+            for k in ["timestamp", "level", "target", "fields"] {
+                assert!(v.get(k).is_some(), "no {k}: {l}");
+            }
+            assert!(v["fields"]["message"].is_string(), "{l}");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn json_logs_name_each_listener_and_a_reload_says_what_moves() {
+    let dir = TempDir::new();
+    let (mc, redis) = (free_port(), free_port());
+    let dead = common::dead_port();
+    let conf_text = |servers: usize| {
+        let list: Vec<String> = (1..=servers)
+            .map(|i| format!("\"127.0.0.{i}:{dead}:1 s{i}\""))
+            .collect();
+        format!(
+            "pools:\n  cache: {{ protocol: memcache, servers: [{}] }}\n  store: {{ protocol: redis, servers: [\"127.0.0.1:{dead}:1\"] }}\nlisteners:\n  - {{ listen: 127.0.0.1:{mc}, protocol: memcache, route: cache }}\n  - {{ listen: 127.0.0.1:{redis}, protocol: redis, route: store }}\n",
+            list.join(", ")
+        )
+    };
+    let conf = dir.write("kv.yml", &conf_text(3));
+    let log = dir.0.join("kv.log");
+    let addr: SocketAddr = format!("127.0.0.1:{mc}").parse().unwrap();
+    let (proc_, admin) = common::kvrouter_conf(
+        &conf,
+        addr,
+        &["--log-format", "json", "-o", log.to_str().unwrap()],
+    );
+    let listening = common::wait_for(10, "startup lines", || {
+        let lines: Vec<serde_json::Value> = json_lines(&log)
+            .into_iter()
+            .filter(|v| v["fields"]["listen"].is_string())
+            .collect();
+        (lines.len() == 2).then_some(lines)
+    });
+    assert_eq!(listening[0]["fields"]["listen"], format!("127.0.0.1:{mc}"));
+    assert_eq!(listening[0]["fields"]["protocol"], "memcache");
+    assert_eq!(
+        listening[1]["fields"]["listen"],
+        format!("127.0.0.1:{redis}")
+    );
+    assert_eq!(listening[1]["fields"]["protocol"], "redis");
+
+    // build_info in /metrics.
+    let samples = common::scrape(admin);
+    assert_eq!(
+        common::metric(
+            &samples,
+            "kvrouter_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0)
+    );
+    // /config says it is not a config file.
+    let (_, config) = http_get(admin, "/config");
+    assert!(config.contains("not a config file"), "{config}");
+
+    // Remove one of three servers: about a third of the keys move, and the log says so.
+    common::replace_file(&conf, &conf_text(2));
+    unsafe { kill(proc_.child.id() as i32, 1) };
+    let change = common::wait_for(10, "the reload's pool line", || {
+        json_lines(&log)
+            .into_iter()
+            .find(|v| v["fields"]["pool"] == "cache")
+    });
+    let f = &change["fields"];
+    let removed = f["removed"].as_str().unwrap();
+    assert!(
+        removed.contains(&format!("s3 127.0.0.3:{dead}")),
+        "{change}"
+    );
+    assert_eq!(f["added"], "[]");
+    let moved = f["moved_fraction"].as_f64().unwrap();
+    assert!((0.2..0.45).contains(&moved), "{change}");
+    assert!(
+        json_lines(&log).iter().any(|v| v["fields"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("config reloaded")),
+        "the reload is logged"
+    );
+}
+
+#[test]
+fn log_format_from_the_config_switches_on_reload() {
+    let dir = TempDir::new();
+    let port = free_port();
+    let dead = common::dead_port();
+    let log = dir.0.join("kv.log");
+    let text = |format: &str| {
+        format!(
+            "log: {{ file: {}, format: {format} }}\npools:\n  p: {{ protocol: memcache, servers: [\"127.0.0.1:{dead}:1\"] }}\nlisteners:\n  - {{ listen: 127.0.0.1:{port}, protocol: memcache, route: p }}\n",
+            log.display()
+        )
+    };
+    let conf = dir.write("kv.yml", &text("json"));
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (proc_, _admin) = common::kvrouter_conf(&conf, addr, &[]);
+    common::wait_for(10, "a JSON startup line", || {
+        json_lines(&log)
+            .iter()
+            .any(|v| v["fields"]["listen"].is_string())
+            .then_some(())
+    });
+    let before = std::fs::read_to_string(&log).unwrap().lines().count();
+    common::replace_file(&conf, &text("text"));
+    unsafe { kill(proc_.child.id() as i32, 1) };
+    let after = common::wait_for(10, "a text line after the reload", || {
+        let all = std::fs::read_to_string(&log).unwrap();
+        let lines: Vec<String> = all.lines().skip(before).map(String::from).collect();
+        lines
+            .iter()
+            .any(|l| l.contains("config reloaded"))
+            .then_some(lines)
+    });
+    let reloaded = after
+        .iter()
+        .find(|l| l.contains("config reloaded"))
+        .unwrap();
+    assert!(
+        serde_json::from_str::<serde_json::Value>(reloaded).is_err(),
+        "text after the switch: {reloaded}"
+    );
+}

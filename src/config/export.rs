@@ -1,13 +1,20 @@
 //! The active config as JSON for the admin API's `GET /config`, with secrets redacted.
+//!
+//! This is a view for people and scripts (both formats alike, durations in milliseconds), not a
+//! config file: secrets are redacted and the shape is not the config grammar. `kvrouter convert
+//! FILE` writes a loadable kvrouter-format file.
 
 use serde_json::{json, Value};
 
 use super::{Config, Format, Protocol, Route};
 
+/// What `/config` says about itself.
+pub const NOT_A_CONFIG: &str = "a view of the active config (normalised, durations in ms, secrets redacted), not a config file: `kvrouter convert FILE` writes a loadable one";
+
 /// What a secret reads as in `/config`.
 pub const REDACTED: &str = "<redacted>";
 
-fn protocol(p: Protocol) -> &'static str {
+pub(super) fn protocol(p: Protocol) -> &'static str {
     match p {
         Protocol::Memcache => "memcache",
         Protocol::Redis => "redis",
@@ -96,6 +103,7 @@ impl Config {
             })
             .collect();
         json!({
+            "note": NOT_A_CONFIG,
             "file": self.file.display().to_string(),
             "format": match self.format {
                 Format::Twemproxy => "twemproxy",
@@ -104,18 +112,24 @@ impl Config {
             "admin": self.admin.map(|a| a.to_string()),
             "admin_token": self.admin_token.as_ref().map(|_| REDACTED),
             "workers": self.workers,
-            "log": {
-                "level": self.log.level,
-                "file": self.log.file.as_ref().map(|f| f.display().to_string()),
-            },
+            "log": log_json(&self.log),
             "pools": pools,
             "listeners": listeners,
         })
     }
 }
 
+/// `log:` as JSON, in the config grammar's shape.
+pub(super) fn log_json(l: &super::LogConfig) -> Value {
+    json!({
+        "level": l.level,
+        "file": l.file.as_ref().map(|f| f.display().to_string()),
+        "format": l.format.map(|f| f.name()),
+    })
+}
+
 /// A route tree as JSON, in the config grammar's shape.
-fn route_json(r: &Route) -> Value {
+pub(super) fn route_json(r: &Route) -> Value {
     let b = |r: &Route| route_json(r);
     let ob = |r: &Option<Box<Route>>| r.as_deref().map(route_json);
     match r {
@@ -186,7 +200,7 @@ fn route_json(r: &Route) -> Value {
             exptime,
             ..
         } => {
-            json!({ "warm_up": { "cold": b(cold), "warm": b(warm), "exptime": format!("{}s", exptime.as_secs()) } })
+            json!({ "warm_up": { "cold": b(cold), "warm": b(warm), "exptime": super::convert::duration(*exptime) } })
         }
     }
 }

@@ -8,6 +8,7 @@
 //! names), `twemproxy` and `native` (one per format), `route` (the route grammar). Values keep
 //! their `Spanned` location until validation is done, then become the plain types below.
 
+pub mod convert;
 mod export;
 pub mod files;
 mod native;
@@ -495,13 +496,41 @@ pub struct LocalCacheConfig {
     pub capacity: usize,
 }
 
-/// `log: { level, file }`: the log filter (a level such as `info`, or tracing directives such
-/// as `info,kvrouter::backend=debug`) and the log file. RUST_LOG and -v win over `level`, -o
-/// over `file`.
+/// `log: { level, file, format }`: the log filter (a level such as `info`, or tracing
+/// directives such as `info,kvrouter::backend=debug`), the log file and the line format.
+/// RUST_LOG and -v win over `level`, -o over `file`, --log-format over `format`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LogConfig {
     pub level: Option<String>,
     pub file: Option<PathBuf>,
+    pub format: Option<LogFormat>,
+}
+
+/// How a log line is written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable text (tracing's default format).
+    #[default]
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+impl LogFormat {
+    pub fn parse(s: &str) -> Result<LogFormat, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("log format '{s}': expected text or json")),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -33,6 +33,7 @@ struct NativeFile {
 struct Log {
     level: Option<Spanned<String>>,
     file: Option<Spanned<String>>,
+    format: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -323,6 +324,11 @@ pub(super) fn parse(text_in: &str, resolve: Resolver) -> Res<super::Parsed> {
                 Some(f) => Some(f.value.clone().into()),
                 None => None,
             },
+            format: l
+                .format
+                .as_ref()
+                .map(|v| text(v, super::LogFormat::parse))
+                .transpose()?,
         },
     };
     let admin = match &file.admin {
@@ -458,7 +464,12 @@ fn convert_pool(name: &Spanned<String>, sp: &Spanned<NativePool>) -> Res<PoolCon
         hash: opt(&p.hash, syntax::parse_hash)?.unwrap_or(HashKind::Fnv1a_64),
         distribution: opt(&p.distribution, syntax::parse_distribution)?
             .unwrap_or(DistributionKind::Ketama),
-        timeout: Some(opt(&p.timeout, syntax::parse_duration)?.unwrap_or(Duration::from_secs(1))),
+        // `0s`: wait forever, as twemproxy's absent `timeout` (what `kvrouter convert` writes).
+        timeout: match opt(&p.timeout, syntax::parse_duration)? {
+            None => Some(Duration::from_secs(1)),
+            Some(d) if d.is_zero() => None,
+            d => d,
+        },
         servers: parsed,
         connections,
         auto_eject_hosts: p.auto_eject_hosts.unwrap_or(false),

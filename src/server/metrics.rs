@@ -200,6 +200,42 @@ const LATENCY_BUCKETS: [f64; 15] = [
     2.5,
 ];
 
+/// What this binary is, as `kvrouter_build_info` labels and `--version` show it: the crate
+/// version, the git commit when the build set `KVROUTER_GIT_COMMIT` (e.g.
+/// `KVROUTER_GIT_COMMIT=$(git rev-parse --short HEAD) cargo build`; else `unknown`), and the
+/// profile.
+pub fn build_labels() -> [(&'static str, &'static str); 3] {
+    [
+        ("version", env!("CARGO_PKG_VERSION")),
+        (
+            "commit",
+            option_env!("KVROUTER_GIT_COMMIT").unwrap_or("unknown"),
+        ),
+        (
+            "profile",
+            if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            },
+        ),
+    ]
+}
+
+/// `kvrouter_build_info{version,commit,profile} 1`: which build a fleet runs.
+fn build_info() -> IntGaugeVec {
+    let labels = build_labels();
+    let names: Vec<&str> = labels.iter().map(|(k, _)| *k).collect();
+    let g = gauge(
+        "kvrouter_build_info",
+        "Always 1; the labels say which build runs: version, commit, profile.",
+        &names,
+    );
+    let values: Vec<&str> = labels.iter().map(|(_, v)| *v).collect();
+    g.with_label_values(&values).set(1);
+    g
+}
+
 /// Every metric family the proxy exports (besides the process collector).
 #[derive(Clone)]
 pub struct Families {
@@ -399,6 +435,8 @@ impl Families {
             for c in cs {
                 r.register(c).expect("metric registered once");
             }
+            r.register(Box::new(build_info()))
+                .expect("metric registered once");
         }
         f
     }

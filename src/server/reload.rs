@@ -135,6 +135,99 @@ pub struct ReloadSummary {
     pub listeners_removed: Vec<String>,
     pub servers_kept: usize,
     pub servers_new: usize,
+    pub pools_added: Vec<String>,
+    pub pools_removed: Vec<String>,
+    /// Pools in both configs whose servers or placement changed.
+    pub pools_changed: Vec<PoolChange>,
+}
+
+/// How one pool changed: its servers (`name address` when named, else the address) and the
+/// fraction of keys whose server changes, from [`MOVE_SAMPLE`] keys (what `keymap --diff`
+/// computes).
+#[derive(Debug, Default)]
+pub struct PoolChange {
+    pub pool: String,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// None when placement did not change (e.g. only a timeout), or for a cluster or random
+    /// pool.
+    pub moved: Option<f64>,
+}
+
+/// Keys sampled per changed pool on reload: enough for a fraction within about a percent, few
+/// enough that a reload stays in the milliseconds.
+pub const MOVE_SAMPLE: usize = 10_000;
+
+impl PoolChange {
+    fn between(old: &crate::config::PoolConfig, new: &crate::config::PoolConfig) -> Option<Self> {
+        let label = |s: &crate::config::ServerConfig| match &s.name {
+            Some(n) => format!("{n} {}", s.address()),
+            None => s.address(),
+        };
+        let set = |p: &crate::config::PoolConfig| -> Vec<String> {
+            p.servers.iter().map(label).collect()
+        };
+        let (before, after) = (set(old), set(new));
+        let added: Vec<String> = after
+            .iter()
+            .filter(|s| !before.contains(s))
+            .cloned()
+            .collect();
+        let removed: Vec<String> = before
+            .iter()
+            .filter(|s| !after.contains(s))
+            .cloned()
+            .collect();
+        let placement = |p: &crate::config::PoolConfig| {
+            let servers: Vec<_> = p
+                .servers
+                .iter()
+                .map(|s| (s.placement_name(), s.weight, s.address()))
+                .collect();
+            (p.distribution, p.hash, p.hash_tag, servers)
+        };
+        // Cluster pools place by slot, random pools place no key: no fraction to give.
+        let ring = |p: &crate::config::PoolConfig| {
+            p.cluster.is_none() && p.distribution != crate::routing::DistributionKind::Random
+        };
+        let moved = (ring(old) && ring(new) && placement(old) != placement(new)).then(|| {
+            crate::keymap::moved_keys(old, new, MOVE_SAMPLE, &mut |_| {}) as f64
+                / MOVE_SAMPLE as f64
+        });
+        (!added.is_empty() || !removed.is_empty() || moved.is_some()).then(|| PoolChange {
+            pool: new.name.clone(),
+            added,
+            removed,
+            moved,
+        })
+    }
+}
+
+impl std::fmt::Display for PoolChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pool {}:", self.pool)?;
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        write!(
+            f,
+            " servers added: {}; removed: {}",
+            list(&self.added),
+            list(&self.removed)
+        )?;
+        match self.moved {
+            Some(m) => write!(
+                f,
+                "; {:.1}% of keys move ({MOVE_SAMPLE} sampled)",
+                m * 100.0
+            ),
+            None => write!(f, "; no key moves"),
+        }
+    }
 }
 
 impl std::fmt::Display for ReloadSummary {
@@ -153,6 +246,16 @@ impl std::fmt::Display for ReloadSummary {
                 "; listeners closed: {}",
                 self.listeners_removed.join(", ")
             )?;
+        }
+        if !self.pools_added.is_empty() {
+            write!(f, "; pools added: {}", self.pools_added.join(", "))?;
+        }
+        if !self.pools_removed.is_empty() {
+            write!(f, "; pools removed: {}", self.pools_removed.join(", "))?;
+        }
+        if !self.pools_changed.is_empty() {
+            let names: Vec<&str> = self.pools_changed.iter().map(|p| p.pool.as_str()).collect();
+            write!(f, "; pools changed: {}", names.join(", "))?;
         }
         Ok(())
     }
@@ -221,6 +324,17 @@ impl Running {
             generation: id,
             ..ReloadSummary::default()
         };
+        for p in &new.config.pools {
+            match old.config.pool(&p.name) {
+                None => summary.pools_added.push(p.name.clone()),
+                Some(o) => summary.pools_changed.extend(PoolChange::between(o, p)),
+            }
+        }
+        for p in &old.config.pools {
+            if new.config.pool(&p.name).is_none() {
+                summary.pools_removed.push(p.name.clone());
+            }
+        }
         let old_specs: HashSet<*const _> = old
             .pools
             .iter()
@@ -287,5 +401,38 @@ impl Running {
         self.shared.families.generation.set(id as i64);
         self.shared.families.last_reload_success.set(unix_now());
         Ok(summary)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(servers: &str, timeout: &str) -> crate::config::PoolConfig {
+        let text = format!(
+            "alpha:\n  listen: 127.0.0.1:22121\n  timeout: {timeout}\n  servers:\n{servers}"
+        );
+        let c = Config::parse(std::path::Path::new("t.yml"), &text).unwrap();
+        c.pools[0].clone()
+    }
+
+    #[test]
+    fn a_pool_change_names_the_servers_and_the_keys_that_move() {
+        let three =
+            "    - 10.0.0.1:11211:1 a\n    - 10.0.0.2:11211:1 b\n    - 10.0.0.3:11211:1 c\n";
+        let two = "    - 10.0.0.1:11211:1 a\n    - 10.0.0.2:11211:1 b\n";
+        let c = PoolChange::between(&pool(three, "100"), &pool(two, "100")).unwrap();
+        assert_eq!(c.removed, ["c 10.0.0.3:11211"]);
+        assert!(c.added.is_empty());
+        let moved = c.moved.unwrap();
+        assert!((0.25..0.42).contains(&moved), "{moved}");
+        assert!(c.to_string().contains("removed: c 10.0.0.3:11211"), "{c}");
+        // A timeout is no placement change: nothing to report.
+        assert!(PoolChange::between(&pool(three, "100"), &pool(three, "200")).is_none());
+        // A weight change moves keys without adding or removing a server.
+        let heavier = three.replace("10.0.0.3:11211:1", "10.0.0.3:11211:3");
+        let c = PoolChange::between(&pool(three, "100"), &pool(&heavier, "100")).unwrap();
+        assert!(c.added.is_empty() && c.removed.is_empty());
+        assert!(c.moved.unwrap() > 0.1, "{c}");
     }
 }
