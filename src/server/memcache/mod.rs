@@ -208,6 +208,17 @@ impl Conn {
                     self.swallow = swallow;
                     self.pending.push_back(Pending::Ready(reply));
                 }
+                Ok(Some(Parsed::TooLarge {
+                    reply,
+                    swallow,
+                    unlink,
+                })) => {
+                    bump(&self.ctx.stats.client_errors, 1);
+                    self.ctx.metrics.request(INVALID, Outcome::of_reply(&reply));
+                    self.swallow = swallow;
+                    self.pending.push_back(Pending::Ready(reply));
+                    self.unlink(unlink);
+                }
                 Err(fatal) => {
                     bump(&self.ctx.stats.client_errors, 1);
                     self.ctx
@@ -220,6 +231,20 @@ impl Conn {
             }
         }
         n
+    }
+
+    /// memcached unlinks the old item of a `set`/`ms` it refuses as too large; the proxy
+    /// refused it itself, so it deletes the key where the write would have gone, in order
+    /// with the client's other requests. Nobody reads the reply, but it must be awaited: a
+    /// backend connection skips requests whose receiver is gone.
+    fn unlink(&mut self, req: Request) {
+        let key = &req.keys[0];
+        self.end_coalescing(key);
+        let (rx, _) = self.ctx.send(self.op(req.command, key, req.raw.clone()));
+        let rx = self.hot_write(key, rx);
+        tokio::task::spawn_local(async move {
+            let _ = rx.await;
+        });
     }
 
     fn backend(&self, server: usize) -> &BackendHandle {
