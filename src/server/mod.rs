@@ -81,6 +81,14 @@ pub enum Ctx {
 }
 
 impl Ctx {
+    /// The counters its clients count in (memcached `stats`).
+    pub fn stats(&self) -> Arc<Stats> {
+        match self {
+            Ctx::Mc(c) => c.stats.clone(),
+            Ctx::Redis(c) => c.stats.clone(),
+        }
+    }
+
     pub fn tls(&self) -> Option<tokio_rustls::TlsAcceptor> {
         match self {
             Ctx::Mc(c) => c.tls.clone(),
@@ -114,6 +122,8 @@ pub struct Shared {
     /// `current.id`, for the cheap per-batch "is there a newer generation" check.
     pub(crate) current_id: Arc<AtomicU64>,
     pub stats: Arc<Stats>,
+    /// Each memcached listener's own `stats` counters.
+    pub listener_stats: stats::ByListener,
     pub threads: usize,
     pub families: Families,
 }
@@ -227,6 +237,7 @@ pub fn start(config: Config, registry: Option<&prometheus::Registry>) -> Result<
         current: ArcSwap::from_pointee(generation),
         current_id: Arc::new(AtomicU64::new(1)),
         stats: Arc::new(Stats::default()),
+        listener_stats: Default::default(),
         threads,
         families,
     });

@@ -94,6 +94,7 @@ impl WorkerRouting {
             replicas: HashMap::new(),
             clusters: HashMap::new(),
             stats: self.shared.stats.clone(),
+            listener_stats: &self.shared.listener_stats,
             threads: self.shared.threads,
             families: &self.shared.families,
         };
@@ -252,7 +253,7 @@ pub(super) fn run(
                     };
                     client_id = client_id.wrapping_add(1);
                     tracing::debug!(client = client_id, listener, "client connected");
-                    let stats = shared.stats.clone();
+                    let stats = ctx.stats();
                     let sd = shutdown.clone();
                     let guard = tracker.clone();
                     let id = client_id;
