@@ -169,9 +169,12 @@ impl WorkerRouting {
                 let key = Arc::as_ptr(spec) as usize;
                 let h = match old.remove(&key).or_else(|| backends.get(&key).cloned()) {
                     Some(h) => h,
-                    None => (0..pool.config.connections.max(1))
-                        .map(|_| BackendHandle::spawn(spec.clone(), pool.config.preconnect))
-                        .collect(),
+                    None => {
+                        crate::backend::probe::check_new(spec);
+                        (0..pool.config.connections.max(1))
+                            .map(|_| BackendHandle::spawn(spec.clone(), pool.config.preconnect))
+                            .collect()
+                    }
                 };
                 backends.insert(key, h.clone());
                 h
