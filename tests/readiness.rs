@@ -1,0 +1,148 @@
+//! Readiness and server health as operators see them: `/healthz` knows from the start whether a
+//! pool's servers answer (no client traffic needed), and `/pools` and the metrics tell a server
+//! marked down (TKO, soft or hard) from an ejected one and from one in service.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::{
+    dead_port, free_port, http_get, kvrouter_admin, memcached, memcached_at, metric, redis_server,
+    scrape, signal, wait_for, Mc, TempDir,
+};
+
+fn listen() -> SocketAddr {
+    format!("127.0.0.1:{}", free_port()).parse().unwrap()
+}
+
+fn server_health(admin: SocketAddr, pool: &str, server: &str) -> String {
+    let (code, body) = http_get(admin, "/pools");
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let p = v["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == pool)
+        .unwrap();
+    let find = |list: &serde_json::Value| -> Option<String> {
+        list.as_array()?
+            .iter()
+            .find(|s| s["name"] == server)
+            .map(|s| s["health"].as_str().unwrap().to_string())
+    };
+    find(&p["servers"])
+        .or_else(|| {
+            p["servers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find_map(|s| find(&s["replicas"]))
+        })
+        .unwrap_or_else(|| panic!("no server {server} in {body}"))
+}
+
+fn up(admin: SocketAddr, pool: &str, server: &str) -> Option<f64> {
+    metric(
+        &scrape(admin),
+        "kvrouter_server_up",
+        &[("pool", pool), ("server", server)],
+    )
+}
+
+fn state(admin: SocketAddr, pool: &str, server: &str, state: &str) -> Option<f64> {
+    metric(
+        &scrape(admin),
+        "kvrouter_server_state",
+        &[("pool", pool), ("server", server), ("state", state)],
+    )
+}
+
+#[test]
+fn healthz_knows_a_refusing_server_before_any_request() {
+    let dir = TempDir::new();
+    let port = dead_port();
+    let addr = listen();
+    let yaml = format!(
+        "pools:\n  solo: {{ protocol: memcache, servers: [\"127.0.0.1:{port}:1 m\"], retry_timeout: 200ms }}\nlisteners:\n  - {{ listen: {addr}, protocol: memcache, route: solo }}\n"
+    );
+    let (_proxy, admin) = kvrouter_admin(&dir, &yaml, addr);
+    // No client has sent anything: the first check found the refusal.
+    let (code, body) = http_get(admin, "/healthz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("solo"), "{body}");
+    assert_eq!(server_health(admin, "solo", "m"), "hard_tko");
+    assert_eq!(up(admin, "solo", "m"), Some(0.0));
+    assert_eq!(state(admin, "solo", "m", "hard_tko"), Some(1.0));
+    assert_eq!(state(admin, "solo", "m", "up"), Some(0.0));
+    // The server comes up: the probe finds it, still without client traffic.
+    let _server = memcached_at(port);
+    wait_for(10, "healthz 200 once the server answers", || {
+        (http_get(admin, "/healthz").0 == 200).then_some(())
+    });
+    assert_eq!(server_health(admin, "solo", "m"), "up");
+    assert_eq!(up(admin, "solo", "m"), Some(1.0));
+    assert_eq!(state(admin, "solo", "m", "up"), Some(1.0));
+}
+
+#[test]
+fn healthz_is_ready_before_any_request_when_the_server_answers() {
+    let server = memcached();
+    let dir = TempDir::new();
+    let addr = listen();
+    let yaml = format!(
+        "pools:\n  solo: {{ protocol: memcache, servers: [\"{}:1 m\"] }}\nlisteners:\n  - {{ listen: {addr}, protocol: memcache, route: solo }}\n",
+        server.addr
+    );
+    let (_proxy, admin) = kvrouter_admin(&dir, &yaml, addr);
+    assert_eq!(http_get(admin, "/healthz"), (200, "ok\n".to_string()));
+    assert_eq!(server_health(admin, "solo", "m"), "up");
+}
+
+#[test]
+fn a_soft_tko_shows_in_pools_and_metrics() {
+    let server = memcached();
+    let dir = TempDir::new();
+    let addr = listen();
+    let yaml = format!(
+        "pools:\n  solo: {{ protocol: memcache, servers: [\"{}:1 m\"], timeout: 100ms, failure_limit: 1, retry_timeout: 200ms }}\nlisteners:\n  - {{ listen: {addr}, protocol: memcache, route: solo }}\n",
+        server.addr
+    );
+    let (_proxy, admin) = kvrouter_admin(&dir, &yaml, addr);
+    assert_eq!(up(admin, "solo", "m"), Some(1.0));
+    signal(&server, libc::SIGSTOP);
+    let mut c = Mc::connect(addr);
+    c.send(b"get k\r\n");
+    assert!(c.line().starts_with("SERVER_ERROR"));
+    assert_eq!(server_health(admin, "solo", "m"), "soft_tko");
+    assert_eq!(up(admin, "solo", "m"), Some(0.0));
+    assert_eq!(state(admin, "solo", "m", "soft_tko"), Some(1.0));
+    assert_ne!(http_get(admin, "/healthz").0, 200);
+    signal(&server, libc::SIGCONT);
+    wait_for(10, "probe puts it back", || {
+        (server_health(admin, "solo", "m") == "up").then_some(())
+    });
+    assert_eq!(up(admin, "solo", "m"), Some(1.0));
+}
+
+#[test]
+fn replicas_have_server_up_too() {
+    let (primary, replica) = (redis_server(), redis_server());
+    let dead = dead_port();
+    let dir = TempDir::new();
+    let addr = listen();
+    let yaml = format!(
+        "pools:\n  main:\n    protocol: redis\n    servers: [\"{}:1 r0\"]\n    replicas: {{ r0: [\"{}\", \"127.0.0.1:{dead}\"] }}\nlisteners:\n  - {{ listen: {addr}, protocol: redis, route: main }}\n",
+        primary.addr, replica.addr
+    );
+    let (_proxy, admin) = kvrouter_admin(&dir, &yaml, addr);
+    let live = format!("r0/replica/{}", replica.addr);
+    let gone = format!("r0/replica/127.0.0.1:{dead}");
+    assert_eq!(up(admin, "main", "r0"), Some(1.0));
+    assert_eq!(up(admin, "main", &live), Some(1.0));
+    wait_for(5, "the refusing replica marked down", || {
+        (up(admin, "main", &gone) == Some(0.0)).then_some(())
+    });
+    assert_eq!(server_health(admin, "main", &gone), "hard_tko");
+    assert_eq!(server_health(admin, "main", &live), "up");
+}
