@@ -188,18 +188,6 @@ pub fn check_health(shared: &Shared) -> Result<(), String> {
     Ok(())
 }
 
-/// How long `start` waits for the first check of the servers.
-const FIRST_CHECK_WAIT: Duration = Duration::from_secs(1);
-
-/// Some TKO pool's servers are all still being checked for the first time.
-pub fn health_unknown(shared: &Shared) -> bool {
-    shared.current().pools.iter().any(|p| {
-        p.cluster.is_none()
-            && p.specs.iter().any(|s| s.tko.is_some())
-            && p.specs.iter().all(|s| s.health.unknown())
-    })
-}
-
 /// What this version cannot serve yet, reported by `kvrouter -t` and at startup: returns, for
 /// each listener, the index of its first pool (plain pool routes: its pool).
 pub fn check(config: &Config) -> Result<Vec<usize>, String> {
@@ -295,12 +283,6 @@ pub fn start(config: Config, registry: Option<&prometheus::Registry>) -> Result<
     let generation = shared.current();
     for (l, b) in generation.listeners.iter().zip(bound) {
         running.spawn_acceptor(l, b);
-    }
-    // The workers check every server as they start: give them a moment, so that readiness
-    // reported from the first `/healthz` on says whether the servers answer.
-    let deadline = std::time::Instant::now() + FIRST_CHECK_WAIT;
-    while health_unknown(&shared) && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
     }
     Ok(running)
 }
