@@ -340,10 +340,7 @@ impl Reloader<'_> {
                 tracing::debug!("config file {} is gone for now", self.path.display());
                 return;
             }
-            Err(e) => Err(format!(
-                "{}: cannot read: {e}",
-                self.path.display()
-            )),
+            Err(e) => Err(format!("{}: cannot read: {e}", self.path.display())),
         };
         if let Ok(t) = &text {
             if !always && t == last_text {

@@ -9,7 +9,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{free_port, kvrouter, kvrouter_admin, memcached, mc_stat, Mc, Proc, TempDir};
+use common::{free_port, kvrouter, kvrouter_admin, mc_stat, memcached, Mc, Proc, TempDir};
 
 /// `memcached()` runs with `-I 2m`: the pools get the same item_size_max.
 const ITEM_SIZE_MAX: usize = 2 * 1024 * 1024;
@@ -43,7 +43,8 @@ fn pair() -> Pair {
 /// `VERSION`), and whether the connection was closed instead.
 fn exchange(addr: SocketAddr, input: &[u8]) -> (String, bool) {
     let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     s.write_all(input).unwrap();
     let _ = s.write_all(b"version\r\n");
     let mut out = Vec::new();
@@ -129,7 +130,10 @@ fn malformed_storage_lines_consume_what_memcached_consumes() {
     same(&p, b"set k blah 0 0\r\n");
     same(&p, b"cas foo 0 0 6 \r\n");
     // A key over 250 bytes: refused before the data block.
-    same(&p, format!("set {} 0 0 3\r\nabc\r\n", "k".repeat(251)).as_bytes());
+    same(
+        &p,
+        format!("set {} 0 0 3\r\nabc\r\n", "k".repeat(251)).as_bytes(),
+    );
     // A data block of the wrong length.
     same(&p, b"set k 0 0 3\r\nabcd\r\n");
     same(&p, b"set k 0 0 3\r\nab\r\n\r\n");
@@ -198,7 +202,8 @@ fn refused_oversized_set_unlinks_the_old_item() {
         same(&p, &input);
     }
     // noreply: no error, but the item is gone all the same.
-    let mut input = format!("set k 0 0 3\r\nMOO\r\nset k 0 0 {} noreply\r\n", big.len()).into_bytes();
+    let mut input =
+        format!("set k 0 0 3\r\nMOO\r\nset k 0 0 {} noreply\r\n", big.len()).into_bytes();
     input.extend_from_slice(&big);
     input.extend_from_slice(b"\r\nget k\r\n");
     same(&p, &input);
@@ -295,7 +300,9 @@ fn stats_counts_its_own_listener_and_pipelined_gets() {
         s.read_exact(&mut b).unwrap();
         redis_clients.push(s);
     }
-    redis_clients[0].write_all(b"*1\r\n$7\r\nNOSUCHX\r\n").unwrap();
+    redis_clients[0]
+        .write_all(b"*1\r\n$7\r\nNOSUCHX\r\n")
+        .unwrap();
     let mut b = [0u8; 64];
     let _ = redis_clients[0].read(&mut b).unwrap();
 

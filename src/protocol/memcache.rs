@@ -335,7 +335,9 @@ fn parse_line(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Parsed>, Fat
     let Some(command) = Command::from_name(&line[word.0..word.1]) else {
         if looks_like_http(line, word.0) {
             let _ = buf.split_to(line_len);
-            return Err(Fatal { reply: Bytes::new() });
+            return Err(Fatal {
+                reply: Bytes::new(),
+            });
         }
         return Ok(Some(error(buf, line_len, ERROR, 0, false)));
     };

@@ -177,7 +177,9 @@ pub fn check_health(shared: &Shared) -> Result<(), String> {
         let checked = p.specs.iter().filter(|s| s.tko.is_some());
         if p.cluster.is_none()
             && checked.clone().count() > 0
-            && !checked.into_iter().any(|s| s.health.answered() && !s.health.is_down())
+            && !checked
+                .into_iter()
+                .any(|s| s.health.answered() && !s.health.is_down())
         {
             return Err(format!(
                 "pool {} has no server that answered yet",

@@ -1,14 +1,15 @@
-//! Readiness and server health as operators see them: `/healthz` knows from the start whether a
-//! pool's servers answer (no client traffic needed), and `/pools` and the metrics tell a server
-//! marked down (TKO, soft or hard) from an ejected one and from one in service.
+//! What operators see: `/healthz` knows from the start whether a pool's servers answer (no
+//! client traffic needed); `/pools` and the metrics tell a server marked down (TKO, soft or
+//! hard) from an ejected one and from one in service; texts that must agree with the code.
 
 mod common;
 
 use std::net::SocketAddr;
+use std::process::Command;
 
 use common::{
-    dead_port, free_port, http_get, kvrouter_admin, memcached, memcached_at, metric, redis_server,
-    scrape, signal, wait_for, Mc, TempDir,
+    dead_port, free_port, http_get, kvrouter_admin, kvrouter_bin, memcached, memcached_at, metric,
+    redis_server, scrape, signal, wait_for, Mc, TempDir,
 };
 
 fn listen() -> SocketAddr {
@@ -145,4 +146,56 @@ fn replicas_have_server_up_too() {
     });
     assert_eq!(server_health(admin, "main", &gone), "hard_tko");
     assert_eq!(server_health(admin, "main", &live), "up");
+}
+
+#[test]
+fn a_missing_config_file_is_reported_without_a_position() {
+    let dir = TempDir::new();
+    let missing = dir.0.join("nope.yml");
+    let out = Command::new(kvrouter_bin())
+        .arg("-t")
+        .arg("-c")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let want = format!("{}: cannot read: ", missing.display());
+    assert!(err.contains(&want), "{err}");
+    assert!(!err.contains(":0:0"), "{err}");
+}
+
+#[test]
+fn verbosity_levels_agree_in_help_readme_and_code() {
+    use kvrouter::logging::level_for_verbosity;
+    let levels = "0-3 error, 4 warn, 5-6 info";
+    for (v, l) in [
+        (3, "error"),
+        (4, "warn"),
+        (5, "info"),
+        (6, "info"),
+        (7, "debug"),
+        (8, "trace"),
+    ] {
+        assert_eq!(level_for_verbosity(v), l);
+    }
+    let help = Command::new(kvrouter_bin()).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(help.contains(levels), "{help}");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme = readme.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(readme.contains(levels));
+    let failover = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/redis-failover.yml"
+    ))
+    .unwrap();
+    assert!(
+        !failover.contains("not implemented"),
+        "stale comment in redis-failover.yml"
+    );
 }
