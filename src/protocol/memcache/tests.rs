@@ -1747,3 +1747,32 @@ fn long_storage_line_swallows_its_data_block() {
     input.extend_from_slice(b"\r\nhello\r\n");
     assert_eq!(err(&input), (Vec::new(), 0, input.len()));
 }
+
+#[test]
+fn http_request_lines_are_fatal_without_a_reply() {
+    for line in [
+        &b"GET / HTTP/1.0\r\n"[..],
+        b"POST /x HTTP/1.1\r\n",
+        b"foo  HTTP/  \r\n",
+        b"HTTP/1.1\r\n",
+    ] {
+        let mut buf = BytesMut::from(line);
+        assert_eq!(
+            parse_request(&mut buf, &lim()),
+            Err(Fatal {
+                reply: Bytes::new()
+            }),
+            "{line:?}"
+        );
+    }
+    // memcached answers these `ERROR` (or serves them): a first byte it dispatches on, a
+    // known command, `HTTP/` not last.
+    for line in [
+        &b"gopher / HTTP/1.0\r\n"[..],
+        b"stats HTTP/1.1\r\n",
+        b"GET / HTTP/1.0 noreply\r\n",
+    ] {
+        let mut buf = BytesMut::from(line);
+        assert!(parse_request(&mut buf, &lim()).is_ok(), "{line:?}");
+    }
+}

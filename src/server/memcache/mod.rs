@@ -355,7 +355,7 @@ impl Conn {
         };
         if let Pending::Ready(b) = &pending {
             self.ctx.metrics.request(cmd, Outcome::of_reply(b));
-        } else if let Pending::Quit = &pending {
+        } else if let Pending::Quit | Pending::Stats | Pending::StatsSum { .. } = &pending {
             self.ctx.metrics.request(cmd, Outcome::Ok);
         }
         self.pending.push_back(pending);
