@@ -199,3 +199,31 @@ fn verbosity_levels_agree_in_help_readme_and_code() {
         "stale comment in redis-failover.yml"
     );
 }
+
+#[test]
+fn a_reload_checks_the_servers_it_brings() {
+    let server = memcached();
+    let dir = TempDir::new();
+    let (addr, addr2) = (listen(), listen());
+    let port = dead_port();
+    let one = format!(
+        "pools:\n  a: {{ protocol: memcache, servers: [\"{}:1 m\"] }}\nlisteners:\n  - {{ listen: {addr}, protocol: memcache, route: a }}\n",
+        server.addr
+    );
+    let conf = dir.write("kv.yml", &one);
+    let (proxy, admin) = common::kvrouter_conf(&conf, addr, &[]);
+    assert_eq!(http_get(admin, "/healthz").0, 200);
+    let two = format!("{one}  - {{ listen: {addr2}, protocol: memcache, route: b }}\n").replace(
+        "pools:\n",
+        &format!("pools:\n  b: {{ protocol: memcache, servers: [\"127.0.0.1:{port}:1 gone\"] }}\n"),
+    );
+    common::replace_file(&conf, &two);
+    signal(&proxy, libc::SIGHUP);
+    // No client of the new listener has sent anything.
+    let body = wait_for(10, "healthz 503 for the new pool", || {
+        let (code, body) = http_get(admin, "/healthz");
+        (code == 503).then_some(body)
+    });
+    assert!(body.contains("pool b"), "{body}");
+    assert_eq!(server_health(admin, "b", "gone"), "hard_tko");
+}
