@@ -33,8 +33,8 @@ struct Cli {
     /// Admin HTTP listener (default 127.0.0.1:9191; config `admin.listen` also sets it).
     #[arg(long, value_name = "ADDR")]
     admin: Option<SocketAddr>,
-    /// Log level, twemproxy's scale: 4 warn, 5 notice, 7 debug, 8+ trace. Default: the
-    /// config's `log.level`, else info (5). RUST_LOG, when set, wins.
+    /// Log level, twemproxy's scale: 0-3 error, 4 warn, 5-6 info (twemproxy's notice and
+    /// info), 7 debug, 8+ trace. Default: the config's `log.level`, else info. RUST_LOG wins.
     #[arg(short = 'v', long = "verbose", value_name = "N")]
     verbose: Option<u8>,
     /// Log file (reopened on SIGHUP); default: the config's `log.file`, else stderr.
@@ -502,10 +502,7 @@ impl Reloader<'_> {
                 tracing::debug!("config file {} is gone for now", self.path.display());
                 return;
             }
-            Err(e) => Err(format!(
-                "{}:0:0: cannot read config: {e}",
-                self.path.display()
-            )),
+            Err(e) => Err(format!("{}: cannot read: {e}", self.path.display())),
         };
         if let Ok(t) = &text {
             if !always && t == last_text {

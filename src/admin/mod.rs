@@ -82,6 +82,7 @@ pub async fn spawn(addr: SocketAddr, api: AdminApi) -> std::io::Result<SocketAdd
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let started = tokio::time::Instant::now();
     tokio::spawn(async move {
         loop {
             let Ok((stream, peer)) = listener.accept().await else {
@@ -98,7 +99,12 @@ pub async fn spawn(addr: SocketAddr, api: AdminApi) -> std::io::Result<SocketAdd
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
                     let api = api.clone();
-                    async move { Ok::<_, Infallible>(handle(req, &api)) }
+                    async move {
+                        if req.uri().path() == "/healthz" {
+                            settle(&api, started).await;
+                        }
+                        Ok::<_, Infallible>(handle(req, &api))
+                    }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -110,6 +116,18 @@ pub async fn spawn(addr: SocketAddr, api: AdminApi) -> std::io::Result<SocketAdd
         }
     });
     Ok(local)
+}
+
+/// Right after startup the first checks of the servers may still be on their way: during
+/// this long after the admin listener started, `/healthz` waits for a healthy answer (checked
+/// every 10 ms) before it answers unhealthy, rather than report a state it does not know yet.
+pub const STARTUP_GRACE: Duration = Duration::from_secs(1);
+
+async fn settle(api: &AdminApi, started: tokio::time::Instant) {
+    let until = started + STARTUP_GRACE;
+    while (api.health)().is_err() && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 const TEXT: &str = "text/plain; charset=utf-8";

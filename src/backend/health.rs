@@ -35,6 +35,10 @@ pub struct ServerHealth {
     probing: AtomicBool,
     /// Times this server was marked down.
     pub tko_count: AtomicU64,
+    /// A reply came from this server (a request's or a probe's) since it was configured.
+    answered: AtomicBool,
+    /// Its first check (`probe::startup`) was claimed, by whichever worker saw it first.
+    checking: AtomicBool,
 }
 
 pub const UP: u8 = 0;
@@ -136,6 +140,30 @@ impl ServerHealth {
         if self.tko_failures.load(Ordering::Relaxed) != 0 {
             self.tko_failures.store(0, Ordering::Relaxed);
         }
+        self.mark_answered();
+    }
+
+    /// The server answered something: readiness can count it.
+    pub fn mark_answered(&self) {
+        if !self.answered.load(Ordering::Relaxed) {
+            self.answered.store(true, Ordering::Relaxed);
+        }
+    }
+
+    pub fn answered(&self) -> bool {
+        self.answered.load(Ordering::Relaxed)
+    }
+
+    /// Neither answered nor marked down yet: its state is not known.
+    pub fn unknown(&self) -> bool {
+        !self.answered() && !self.is_down()
+    }
+
+    /// Claim the right to run the server's first check.
+    pub fn claim_startup_check(&self) -> bool {
+        self.checking
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
     }
 
     /// Claim the right to run the one probe for this server.
@@ -147,6 +175,7 @@ impl ServerHealth {
 
     /// The probe got an answer: back in service.
     pub fn probe_succeeded(&self) {
+        self.mark_answered();
         self.tko_failures.store(0, Ordering::Relaxed);
         self.tko.store(UP, Ordering::Release);
         self.probing.store(false, Ordering::Release);

@@ -3,6 +3,9 @@
 //! the server back in service. Requests never wait on a down server; only the probe does. A
 //! server that refuses connections is probed every 100 ms (a refusal costs nothing), so it is
 //! back in service within 100 ms of listening again.
+//!
+//! Every server of a TKO pool is also checked once when it is configured (`startup`), so
+//! readiness (`/healthz`) knows before any client traffic whether it answers or refuses.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +14,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::connection::{connect, ServerSpec, Stream};
+use super::health::FailureKind;
 use crate::protocol::{memcache, resp};
 
 const FIRST_PROBE: Duration = Duration::from_millis(100);
@@ -42,6 +46,51 @@ pub async fn probe(spec: Arc<ServerSpec>) {
             Err(_) => tracing::debug!(server = %spec.address, "probe timed out"),
         }
         delay = (delay * 2).min(ceiling);
+    }
+}
+
+/// Start the first check of a server just configured (once per server, whichever worker of
+/// the generation calls first). Must run inside the worker's `LocalSet`.
+pub fn check_new(spec: &Arc<ServerSpec>) {
+    if spec.tko.is_some() && spec.health.claim_startup_check() {
+        tokio::task::spawn_local(startup(spec.clone()));
+    }
+}
+
+/// Check a new server until it answers (then it counts for readiness) or refuses (then it is
+/// marked down, hard TKO, and `probe` takes over); stop early when traffic found out first.
+async fn startup(spec: Arc<ServerSpec>) {
+    let Some(p) = spec.tko.clone() else { return };
+    let ceiling = spec.retry_timeout.max(FIRST_PROBE);
+    let mut delay = Duration::ZERO;
+    loop {
+        tokio::time::sleep(delay).await;
+        if !spec.health.unknown() {
+            return;
+        }
+        let wait = spec.timeout.unwrap_or(PROBE_TIMEOUT);
+        match tokio::time::timeout(wait, once(&spec, &p)).await {
+            Ok(Ok(())) => {
+                spec.health.mark_answered();
+                return;
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                if spec
+                    .health
+                    .tko_failure(FailureKind::Refused, spec.failure_limit)
+                {
+                    tracing::warn!(server = %spec.address, error = %e,
+                        "server refuses connections: marked down (TKO) until a probe gets an answer");
+                    if spec.health.claim_probe() {
+                        probe(spec).await;
+                    }
+                }
+                return;
+            }
+            Ok(Err(e)) => tracing::debug!(server = %spec.address, error = %e, "first check failed"),
+            Err(_) => tracing::debug!(server = %spec.address, "first check timed out"),
+        }
+        delay = (delay * 2).clamp(FIRST_PROBE, ceiling);
     }
 }
 

@@ -55,6 +55,10 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Line 0: the file as a whole (it cannot be read): no position to give.
+        if self.location.line == 0 {
+            return write!(f, "{}: {}", self.file.display(), self.reason);
+        }
         write!(
             f,
             "{}:{}:{}: {}",
@@ -553,13 +557,19 @@ pub struct Config {
 impl Config {
     /// Read, parse and validate a config file (either format, told apart by a top-level `pools:`).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let error = |why: String| ConfigError {
+        let error = |reason: String| ConfigError {
             file: path.to_path_buf(),
             location: Location { line: 0, col: 0 },
-            reason: format!("cannot read config: {why}"),
+            reason,
         };
-        let bytes = files::read_limited(path, files::MAX_CONFIG_FILE).map_err(error)?;
-        let text = String::from_utf8(bytes).map_err(|e| error(e.to_string()))?;
+        let bytes = files::read_limited(path, files::MAX_CONFIG_FILE).map_err(|why| {
+            error(if why.starts_with("cannot read") {
+                why
+            } else {
+                format!("cannot read: {why}")
+            })
+        })?;
+        let text = String::from_utf8(bytes).map_err(|e| error(format!("not UTF-8: {e}")))?;
         Config::parse(path, &text)
     }
 

@@ -253,10 +253,20 @@ pub enum Parsed {
     /// `reply` is empty when the request carried `noreply` (memcached is silent then too).
     /// For `bad data chunk` the whole data block has already been removed (`swallow` is 0).
     Error { reply: Bytes, swallow: usize },
+    /// A `set` or `ms` refused as too large: as `Error`, and the key's old item must go too,
+    /// as memcached unlinks it ("avoid stale data persisting"): the caller sends `unlink` (a
+    /// `delete`/`md` of the key, whose reply nobody wants) where the refused request would
+    /// have gone.
+    TooLarge {
+        reply: Bytes,
+        swallow: usize,
+        unlink: Request,
+    },
 }
 
 /// The stream cannot be resynchronised (e.g. a command line longer than `max_line_len` with no
-/// newline). The caller sends `reply` and closes the connection.
+/// newline, or an HTTP request line). The caller sends `reply` (possibly empty) and closes the
+/// connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fatal {
     pub reply: Bytes,
@@ -323,6 +333,12 @@ fn parse_line(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Parsed>, Fat
         return Ok(Some(error(buf, line_len, ERROR, 0, false)));
     };
     let Some(command) = Command::from_name(&line[word.0..word.1]) else {
+        if looks_like_http(line, word.0) {
+            let _ = buf.split_to(line_len);
+            return Err(Fatal {
+                reply: Bytes::new(),
+            });
+        }
         return Ok(Some(error(buf, line_len, ERROR, 0, false)));
     };
     if command.is_meta() {
@@ -448,6 +464,21 @@ fn parse_line(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Parsed>, Fat
     }
 }
 
+/// Tokens memcached 1.6 splits a command line into; the rest of a longer line is not looked at.
+const MEMCACHED_TOKENS: usize = 23;
+
+/// memcached closes, without a reply, a connection whose unknown command line ends in a token
+/// starting with `HTTP/` (`GET / HTTP/1.0`): a guard against cross-protocol requests. Its
+/// dispatch looks at the command's first byte, and unknown words starting with one of
+/// `acdgist` get `ERROR` without the check; "ends" means the 23rd token on a longer line.
+fn looks_like_http(line: &[u8], word_start: usize) -> bool {
+    if b"acdgist".contains(&line[word_start]) {
+        return false;
+    }
+    let last = Tokens { line, pos: 0 }.take(MEMCACHED_TOKENS).last();
+    last.is_some_and(|(s, _)| line[s..].starts_with(b"HTTP/"))
+}
+
 /// get/gets/gat/gats: every outcome consumes exactly the command line.
 fn parse_retrieval(
     buf: &mut BytesMut,
@@ -527,7 +558,20 @@ fn parse_storage(
         return Some(error(buf, line_len, reply, swallow, noreply));
     }
     if bytes > limits.item_size_max {
-        return Some(error(buf, line_len, TOO_LARGE, swallow, noreply));
+        if command != Command::Set {
+            return Some(error(buf, line_len, TOO_LARGE, swallow, noreply));
+        }
+        let key = Bytes::copy_from_slice(arg(0));
+        let _ = buf.split_to(line_len);
+        return Some(Parsed::TooLarge {
+            reply: if noreply {
+                Bytes::new()
+            } else {
+                Bytes::from_static(TOO_LARGE)
+            },
+            swallow,
+            unlink: unlink_request(Command::Delete, key.clone(), &key, false),
+        });
     }
     let total = line_len + bytes + 2;
     if buf.len() < total {
@@ -635,7 +679,15 @@ fn parse_meta(
                 return Some(error(buf, line_len, META_FLAGS_TOO_LONG, 0, false));
             }
             if n > limits.item_size_max {
-                return Some(error(buf, line_len, TOO_LARGE, swallow, false));
+                let token = Bytes::copy_from_slice(key_bytes);
+                let route_key = decoded.map_or_else(|| token.clone(), Bytes::from);
+                let _ = buf.split_to(line_len);
+                let unlink = unlink_request(Command::MetaDelete, route_key, &token, base64);
+                return Some(Parsed::TooLarge {
+                    reply: Bytes::from_static(TOO_LARGE),
+                    swallow,
+                    unlink,
+                });
             }
             let total = line_len + n + 2;
             if buf.len() < total {
@@ -759,6 +811,26 @@ pub fn rewrite_meta_ttl(command: Command, bytes: &Bytes, f: impl Fn(i64) -> i64)
     }
     out.put_slice(&bytes[copied..]);
     Some(out.freeze())
+}
+
+/// `delete <key>` or `md <token> [b]`: the unlink of a refused `set`/`ms`. `key` routes it.
+fn unlink_request(command: Command, key: Bytes, token: &[u8], base64: bool) -> Request {
+    let mut raw = BytesMut::with_capacity(token.len() + 12);
+    raw.put_slice(command.name().as_bytes());
+    raw.put_u8(b' ');
+    raw.put_slice(token);
+    if base64 {
+        raw.put_slice(b" b");
+    }
+    raw.put_slice(b"\r\n");
+    Request {
+        command,
+        keys: vec![key],
+        gat_exptime: None,
+        noreply: true,
+        quiet: false,
+        raw: raw.freeze(),
+    }
 }
 
 /// Drop `consume` bytes and build the error (silent when the request had noreply).

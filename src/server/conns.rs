@@ -26,6 +26,8 @@ pub struct WorkerPools<'a> {
     /// This worker's side of each cluster pool, keyed by its `ClusterShared`.
     pub clusters: HashMap<usize, Rc<ClusterWorker>>,
     pub stats: Arc<Stats>,
+    /// Each memcached listener's own counters.
+    pub listener_stats: &'a super::stats::ByListener,
     pub threads: usize,
     pub families: &'a Families,
 }

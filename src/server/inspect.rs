@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use super::pool::replica_name;
 use super::Shared;
 use crate::backend::connection::ServerSpec;
-use crate::backend::health::now_ms;
+use crate::backend::health::{now_ms, HARD_TKO, SOFT_TKO};
 use crate::backend::metrics::ERROR_KINDS;
 use crate::config::Protocol;
 
@@ -21,12 +21,32 @@ pub fn refresh_gauges(shared: &Shared) {
         }
     }
     for p in &generation.pools {
-        for (spec, name) in p.specs.iter().zip(p.server_names()) {
-            shared
-                .families
-                .server_up(&p.config.name, name)
-                .set(i64::from(!spec.health.is_ejected(now)));
+        for (s, (spec, name)) in p.specs.iter().zip(p.server_names()).enumerate() {
+            let mut servers = vec![(spec, name.to_string())];
+            for r in p.replicas.get(s).into_iter().flatten() {
+                servers.push((r, replica_name(name, &r.address)));
+            }
+            for (spec, name) in servers {
+                let state = state(spec, now);
+                let f = &shared.families;
+                f.server_up(&p.config.name, &name)
+                    .set(i64::from(state == "up"));
+                f.set_server_state(&p.config.name, &name, state);
+            }
         }
+    }
+}
+
+/// A server's health as `/pools` and `kvrouter_server_state` name it: ejected (twemproxy's
+/// auto_eject_hosts), soft_tko / hard_tko (marked down: requests fail fast), or up.
+fn state(spec: &ServerSpec, now: u64) -> &'static str {
+    if spec.health.is_ejected(now) {
+        return "ejected";
+    }
+    match spec.health.tko_state() {
+        SOFT_TKO => "soft_tko",
+        HARD_TKO => "hard_tko",
+        _ => "up",
     }
 }
 
@@ -42,7 +62,7 @@ fn server_json(spec: &ServerSpec, name: &str, now: u64) -> Value {
     json!({
         "name": name,
         "address": spec.address,
-        "health": if ejected { "ejected" } else { "up" },
+        "health": state(spec, now),
         "ejected_for_ms": if ejected { spec.health.ejected_until().saturating_sub(now) } else { 0 },
         "consecutive_failures": spec.health.consecutive_failures(),
         "requests": m.requests.get(),

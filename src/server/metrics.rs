@@ -251,6 +251,7 @@ pub struct Families {
     server_latency: HistogramVec,
     server_inflight: IntGaugeVec,
     server_up: IntGaugeVec,
+    server_state: IntGaugeVec,
     pool_get_failed_keys: IntCounterVec,
     route_failovers: IntCounterVec,
     route_gutter: IntCounterVec,
@@ -268,6 +269,9 @@ pub struct Families {
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
 }
+
+/// The states of `kvrouter_server_state` (and of `/pools`' `health`).
+pub const SERVER_STATES: [&str; 4] = ["up", "soft_tko", "hard_tko", "ejected"];
 
 fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
@@ -338,8 +342,13 @@ impl Families {
             ),
             server_up: gauge(
                 "kvrouter_server_up",
-                "1 when the server is in service, 0 while it is ejected.",
+                "1 when the server (or replica) is in service, 0 while it is marked down (TKO) or ejected.",
                 &["pool", "server"],
+            ),
+            server_state: gauge(
+                "kvrouter_server_state",
+                "1 for the state the server (or replica) is in: up, soft_tko (marked down after consecutive timeouts), hard_tko (refused a connection), ejected (auto_eject_hosts); 0 for the others.",
+                &["pool", "server", "state"],
             ),
             route_failovers: counter(
                 "kvrouter_route_failovers_total",
@@ -419,6 +428,7 @@ impl Families {
                 Box::new(f.server_latency.clone()),
                 Box::new(f.server_inflight.clone()),
                 Box::new(f.server_up.clone()),
+                Box::new(f.server_state.clone()),
                 Box::new(f.pool_get_failed_keys.clone()),
                 Box::new(f.route_failovers.clone()),
                 Box::new(f.route_gutter.clone()),
@@ -563,6 +573,15 @@ impl Families {
         self.server_up.with_label_values(&[pool, server])
     }
 
+    /// Set a server's `kvrouter_server_state`: 1 for `state`, 0 for the other `SERVER_STATES`.
+    pub fn set_server_state(&self, pool: &str, server: &str, state: &str) {
+        for s in SERVER_STATES {
+            self.server_state
+                .with_label_values(&[pool, server, s])
+                .set(i64::from(s == state));
+        }
+    }
+
     pub fn remove_server(&self, pool: &str, server: &str) {
         let l = [pool, server];
         let _ = self.server_requests.remove_label_values(&l);
@@ -575,6 +594,9 @@ impl Families {
         let _ = self.server_latency.remove_label_values(&l);
         let _ = self.server_inflight.remove_label_values(&l);
         let _ = self.server_up.remove_label_values(&l);
+        for s in SERVER_STATES {
+            let _ = self.server_state.remove_label_values(&[pool, server, s]);
+        }
     }
 
     /// A listener's route handles: failovers, and gutter use per gutter pool.

@@ -81,6 +81,14 @@ pub enum Ctx {
 }
 
 impl Ctx {
+    /// The counters its clients count in (memcached `stats`).
+    pub fn stats(&self) -> Arc<Stats> {
+        match self {
+            Ctx::Mc(c) => c.stats.clone(),
+            Ctx::Redis(c) => c.stats.clone(),
+        }
+    }
+
     pub fn tls(&self) -> Option<tokio_rustls::TlsAcceptor> {
         match self {
             Ctx::Mc(c) => c.tls.clone(),
@@ -114,6 +122,8 @@ pub struct Shared {
     /// `current.id`, for the cheap per-batch "is there a newer generation" check.
     pub(crate) current_id: Arc<AtomicU64>,
     pub stats: Arc<Stats>,
+    /// Each memcached listener's own `stats` counters.
+    pub listener_stats: stats::ByListener,
     pub threads: usize,
     pub families: Families,
 }
@@ -157,10 +167,24 @@ impl Running {
     }
 }
 
+/// Ready when every pool has a server in service; in a TKO pool (whose servers are checked
+/// when configured, see `backend::probe`), one that has answered.
 pub fn check_health(shared: &Shared) -> Result<(), String> {
     for p in &shared.current().pools {
         if !p.has_live_server() {
             return Err(format!("pool {} has no server in service", p.config.name));
+        }
+        let checked = p.specs.iter().filter(|s| s.tko.is_some());
+        if p.cluster.is_none()
+            && checked.clone().count() > 0
+            && !checked
+                .into_iter()
+                .any(|s| s.health.answered() && !s.health.is_down())
+        {
+            return Err(format!(
+                "pool {} has no server that answered yet",
+                p.config.name
+            ));
         }
     }
     Ok(())
@@ -227,6 +251,7 @@ pub fn start(config: Config, registry: Option<&prometheus::Registry>) -> Result<
         current: ArcSwap::from_pointee(generation),
         current_id: Arc::new(AtomicU64::new(1)),
         stats: Arc::new(Stats::default()),
+        listener_stats: Default::default(),
         threads,
         families,
     });

@@ -1,7 +1,11 @@
 //! The proxy's own counters, reported by the memcached `stats` command (memcached's names, so
 //! existing monitoring keeps working). Relaxed atomics: counted from every worker without locks.
+//! Each memcached listener has its own (`ByListener`), so its `stats` reports its own clients
+//! only, across reloads; Redis listeners share one.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug)]
@@ -58,6 +62,59 @@ impl Default for Stats {
     }
 }
 
+/// Each memcached listener's counters, by listener name (its address): they survive reloads.
+#[derive(Debug, Default)]
+pub struct ByListener(Mutex<HashMap<String, Arc<Stats>>>);
+
+impl ByListener {
+    pub fn get(&self, listener: &str) -> Arc<Stats> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(listener.to_string()).or_default().clone()
+    }
+}
+
+/// `stats items` / `stats slabs` of several servers as one reply: each `STAT name value` summed
+/// over the servers that have it, except sizes and ages (`chunk_size`, `chunks_per_page`,
+/// `age*`), which are the same or comparable on each server and take the largest. Lines that
+/// are not numbers keep the first server's value.
+pub fn sum_stat_replies<'a>(replies: impl IntoIterator<Item = &'a [u8]>) -> String {
+    let mut rows: BTreeMap<String, (usize, String)> = BTreeMap::new();
+    for reply in replies {
+        for line in reply.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(rest) = line.strip_prefix(b"STAT ") else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(rest);
+            let Some((name, value)) = text.split_once(' ') else {
+                continue;
+            };
+            let order = rows.len();
+            let field = name.rsplit(':').next().unwrap_or(name);
+            let largest = field.starts_with("age") || field.starts_with("chunk");
+            match rows.get_mut(name) {
+                None => {
+                    rows.insert(name.to_string(), (order, value.to_string()));
+                }
+                Some((_, old)) => {
+                    if let (Ok(a), Ok(b)) = (old.parse::<u64>(), value.parse::<u64>()) {
+                        *old = if largest { a.max(b) } else { a + b }.to_string();
+                    }
+                }
+            }
+        }
+    }
+    // In the order the names first appeared (memcached's order, per slab class).
+    let mut rows: Vec<(String, (usize, String))> = rows.into_iter().collect();
+    rows.sort_by_key(|(_, (order, _))| *order);
+    let mut out = String::new();
+    for (name, (_, value)) in rows {
+        out.push_str(&format!("STAT {name} {value}\r\n"));
+    }
+    out.push_str("END\r\n");
+    out
+}
+
 pub fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
@@ -65,6 +122,30 @@ pub fn bump(c: &AtomicU64, n: u64) {
 impl Stats {
     pub fn uptime_secs(&self) -> u64 {
         self.started.elapsed().as_secs()
+    }
+
+    /// `stats reset`: the counters back to zero, except the open connections (as memcached).
+    pub fn reset(&self) {
+        for c in [
+            &self.total_connections,
+            &self.rejected_connections,
+            &self.cmd_get,
+            &self.cmd_set,
+            &self.cmd_touch,
+            &self.cmd_flush,
+            &self.get_hits,
+            &self.get_misses,
+            &self.get_failed_keys,
+            &self.get_coalesced,
+            &self.delete_cmds,
+            &self.incr_cmds,
+            &self.decr_cmds,
+            &self.cas_cmds,
+            &self.client_errors,
+            &self.server_errors,
+        ] {
+            c.store(0, Ordering::Relaxed);
+        }
     }
 
     /// memcached's `stats` reply: `STAT name value` lines ended by `END`.

@@ -94,6 +94,7 @@ impl WorkerRouting {
             replicas: HashMap::new(),
             clusters: HashMap::new(),
             stats: self.shared.stats.clone(),
+            listener_stats: &self.shared.listener_stats,
             threads: self.shared.threads,
             families: &self.shared.families,
         };
@@ -168,9 +169,12 @@ impl WorkerRouting {
                 let key = Arc::as_ptr(spec) as usize;
                 let h = match old.remove(&key).or_else(|| backends.get(&key).cloned()) {
                     Some(h) => h,
-                    None => (0..pool.config.connections.max(1))
-                        .map(|_| BackendHandle::spawn(spec.clone(), pool.config.preconnect))
-                        .collect(),
+                    None => {
+                        crate::backend::probe::check_new(spec);
+                        (0..pool.config.connections.max(1))
+                            .map(|_| BackendHandle::spawn(spec.clone(), pool.config.preconnect))
+                            .collect()
+                    }
                 };
                 backends.insert(key, h.clone());
                 h
@@ -252,7 +256,7 @@ pub(super) fn run(
                     };
                     client_id = client_id.wrapping_add(1);
                     tracing::debug!(client = client_id, listener, "client connected");
-                    let stats = shared.stats.clone();
+                    let stats = ctx.stats();
                     let sd = shutdown.clone();
                     let guard = tracker.clone();
                     let id = client_id;

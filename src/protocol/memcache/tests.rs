@@ -32,7 +32,18 @@ fn req(input: &[u8]) -> Request {
 fn err(input: &[u8]) -> (Vec<u8>, usize, usize) {
     match one(input) {
         (Some(Parsed::Error { reply, swallow }), n) => (reply.to_vec(), swallow, n),
+        (Some(Parsed::TooLarge { reply, swallow, .. }), n) => (reply.to_vec(), swallow, n),
         other => panic!("expected an error for {input:?}, got {other:?}"),
+    }
+}
+
+/// The reply and swallow of an error (too large ones included).
+fn err_of(p: Option<Parsed>) -> (Vec<u8>, usize) {
+    match p {
+        Some(Parsed::Error { reply, swallow } | Parsed::TooLarge { reply, swallow, .. }) => {
+            (reply.to_vec(), swallow)
+        }
+        other => panic!("expected an error, got {other:?}"),
     }
 }
 
@@ -277,16 +288,12 @@ fn storage_errors() {
         one_with(b"set k 0 0 4\r\nabcd\r\n", &small).0,
         Some(Parsed::Request(_))
     ));
+    let mut buf = BytesMut::from(&b"set k 0 0 5\r\nabcde\r\n"[..]);
     assert_eq!(
-        one_with(b"set k 0 0 5\r\nabcde\r\n", &small),
-        (
-            Some(Parsed::Error {
-                reply: Bytes::from_static(TOO_LARGE),
-                swallow: 7
-            }),
-            13
-        )
+        err_of(parse_request(&mut buf, &small).unwrap()),
+        (TOO_LARGE.to_vec(), 7)
     );
+    assert_eq!(buf.len(), 7);
 }
 
 #[test]
@@ -711,7 +718,7 @@ impl Driver {
                     if let Parsed::Request(r) = &p {
                         assert_eq!(r.raw.len(), used);
                     }
-                    if let Parsed::Error { swallow, .. } = &p {
+                    if let Parsed::Error { swallow, .. } | Parsed::TooLarge { swallow, .. } = &p {
                         self.swallow = *swallow;
                     }
                     self.out.push((p, used));
@@ -1036,7 +1043,10 @@ fn check_against_gen(out: &[(Parsed, usize)], gens: &[Gen]) {
                     assert_eq!(back, r.raw);
                 }
             }
-            (Parsed::Error { reply, swallow }, Some((want, want_swallow))) => {
+            (
+                Parsed::Error { reply, swallow } | Parsed::TooLarge { reply, swallow, .. },
+                Some((want, want_swallow)),
+            ) => {
                 assert_eq!(&reply[..], &want[..]);
                 assert_eq!(swallow, want_swallow);
             }
@@ -1395,11 +1405,39 @@ fn meta_set_frames_its_data_block() {
     };
     assert_eq!(
         one_with(b"ms k 5\r\nhello\r\n", &limits).0,
-        Some(Parsed::Error {
+        Some(Parsed::TooLarge {
             reply: Bytes::from_static(TOO_LARGE),
-            swallow: 7
+            swallow: 7,
+            unlink: Request {
+                command: Command::MetaDelete,
+                keys: vec![Bytes::from_static(b"k")],
+                gat_exptime: None,
+                noreply: true,
+                quiet: false,
+                raw: Bytes::from_static(b"md k\r\n"),
+            }
         })
     );
+    // A base64 key is routed decoded and deleted as sent.
+    match one_with(b"ms aw== 5 b\r\nhello\r\n", &limits).0 {
+        Some(Parsed::TooLarge { unlink, .. }) => {
+            assert_eq!(&unlink.raw[..], b"md aw== b\r\n");
+            assert_eq!(&unlink.keys[0][..], b"k");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Only `set` unlinks among the classic commands (as memcached).
+    assert!(matches!(
+        one_with(b"add k 0 0 5\r\nhello\r\n", &limits).0,
+        Some(Parsed::Error { .. })
+    ));
+    match one_with(b"set k 0 0 5 noreply\r\nhello\r\n", &limits).0 {
+        Some(Parsed::TooLarge { reply, unlink, .. }) => {
+            assert!(reply.is_empty());
+            assert_eq!(&unlink.raw[..], b"delete k\r\n");
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
@@ -1708,4 +1746,33 @@ fn long_storage_line_swallows_its_data_block() {
     }
     input.extend_from_slice(b"\r\nhello\r\n");
     assert_eq!(err(&input), (Vec::new(), 0, input.len()));
+}
+
+#[test]
+fn http_request_lines_are_fatal_without_a_reply() {
+    for line in [
+        &b"GET / HTTP/1.0\r\n"[..],
+        b"POST /x HTTP/1.1\r\n",
+        b"foo  HTTP/  \r\n",
+        b"HTTP/1.1\r\n",
+    ] {
+        let mut buf = BytesMut::from(line);
+        assert_eq!(
+            parse_request(&mut buf, &lim()),
+            Err(Fatal {
+                reply: Bytes::new()
+            }),
+            "{line:?}"
+        );
+    }
+    // memcached answers these `ERROR` (or serves them): a first byte it dispatches on, a
+    // known command, `HTTP/` not last.
+    for line in [
+        &b"gopher / HTTP/1.0\r\n"[..],
+        b"stats HTTP/1.1\r\n",
+        b"GET / HTTP/1.0 noreply\r\n",
+    ] {
+        let mut buf = BytesMut::from(line);
+        assert!(parse_request(&mut buf, &lim()).is_ok(), "{line:?}");
+    }
 }

@@ -36,7 +36,7 @@ impl McContext {
         McContext {
             pool: first.clone(),
             backends: pools.servers[&l.pool].clone(),
-            stats: pools.stats.clone(),
+            stats: pools.listener_stats.get(&l.name),
             threads: pools.threads,
             route: route::build::<Memcache>(
                 &lc.route,

@@ -208,6 +208,17 @@ impl Conn {
                     self.swallow = swallow;
                     self.pending.push_back(Pending::Ready(reply));
                 }
+                Ok(Some(Parsed::TooLarge {
+                    reply,
+                    swallow,
+                    unlink,
+                })) => {
+                    bump(&self.ctx.stats.client_errors, 1);
+                    self.ctx.metrics.request(INVALID, Outcome::of_reply(&reply));
+                    self.swallow = swallow;
+                    self.pending.push_back(Pending::Ready(reply));
+                    self.unlink(unlink);
+                }
                 Err(fatal) => {
                     bump(&self.ctx.stats.client_errors, 1);
                     self.ctx
@@ -220,6 +231,20 @@ impl Conn {
             }
         }
         n
+    }
+
+    /// memcached unlinks the old item of a `set`/`ms` it refuses as too large; the proxy
+    /// refused it itself, so it deletes the key where the write would have gone, in order
+    /// with the client's other requests. Nobody reads the reply, but it must be awaited: a
+    /// backend connection skips requests whose receiver is gone.
+    fn unlink(&mut self, req: Request) {
+        let key = &req.keys[0];
+        self.end_coalescing(key);
+        let (rx, _) = self.ctx.send(self.op(req.command, key, req.raw.clone()));
+        let rx = self.hot_write(key, rx);
+        tokio::task::spawn_local(async move {
+            let _ = rx.await;
+        });
     }
 
     fn backend(&self, server: usize) -> &BackendHandle {
@@ -330,7 +355,7 @@ impl Conn {
         };
         if let Pending::Ready(b) = &pending {
             self.ctx.metrics.request(cmd, Outcome::of_reply(b));
-        } else if let Pending::Quit = &pending {
+        } else if let Pending::Quit | Pending::Stats | Pending::StatsSum { .. } = &pending {
             self.ctx.metrics.request(cmd, Outcome::Ok);
         }
         self.pending.push_back(pending);
@@ -544,16 +569,48 @@ impl Conn {
         }))
     }
 
+    /// `stats` and its sub-commands, shaped as memcached answers them (always `END`-ended
+    /// where memcached's are, so tools such as memcached-tool do not wait forever).
     fn stats(&self, req: &Request) -> Pending {
         let line = trim_crlf(&req.raw);
-        let arg = line.split(|&b| b == b' ').filter(|t| !t.is_empty()).nth(1);
-        Pending::Ready(match arg {
-            None => Bytes::from(self.ctx.stats.memcache_report(self.ctx.threads)),
-            Some(a) => Bytes::from(format!(
-                "SERVER_ERROR stats {} is not supported by kvrouter (plain stats is)\r\n",
-                String::from_utf8_lossy(a)
+        let mut args = line.split(|&b| b == b' ').filter(|t| !t.is_empty()).skip(1);
+        let ready = |s: &str| Pending::Ready(Bytes::from(s.to_string()));
+        match (args.next(), args.next()) {
+            (None, _) => Pending::Stats,
+            (Some(what @ (b"items" | b"slabs")), _) => {
+                let bytes = Bytes::from([b"stats ", what, b"\r\n"].concat());
+                let rxs = self
+                    .ctx
+                    .flush_targets
+                    .iter()
+                    .flat_map(|t| t.backends.iter())
+                    .map(|conns| {
+                        let conn = &conns[self.client_id % conns.len()];
+                        Some(conn.send(bytes.clone(), ReplyKind::McLine))
+                    })
+                    .collect();
+                Pending::StatsSum {
+                    rxs,
+                    got: Vec::new(),
+                }
+            }
+            (Some(b"settings"), _) => ready(&format!(
+                "STAT item_size_max {}\r\nSTAT key_max_length {}\r\nSTAT num_threads {}\r\nSTAT binding_protocol ascii\r\nEND\r\n",
+                self.ctx.limits.item_size_max, self.ctx.limits.max_key_len, self.ctx.threads
             )),
-        })
+            (Some(b"sizes"), _) => ready("STAT sizes_status disabled\r\nEND\r\n"),
+            // Per-connection rows and item dumps are the servers' business: an empty list.
+            (Some(b"conns" | b"cachedump" | b"extstore"), _) => ready("END\r\n"),
+            (Some(b"detail"), Some(b"on" | b"off")) => ready("OK\r\n"),
+            (Some(b"detail"), Some(b"dump")) => ready("END\r\n"),
+            (Some(b"detail"), _) => ready("CLIENT_ERROR usage: stats detail on|off|dump\r\n"),
+            (Some(b"reset"), _) => {
+                self.ctx.stats.reset();
+                ready("RESET\r\n")
+            }
+            // memcached: an unknown sub-command is `ERROR`.
+            _ => ready("ERROR\r\n"),
+        }
     }
 }
 

@@ -26,6 +26,14 @@ pub(super) enum Pending {
         noreply: bool,
         cmd: usize,
     },
+    /// Plain `stats`, reported when its turn comes: it includes every request before it.
+    Stats,
+    /// `stats items|slabs`: every server's reply, summed (`stats::sum_stat_replies`); a server
+    /// that fails is left out.
+    StatsSum {
+        rxs: Vec<Option<oneshot::Receiver<Reply>>>,
+        got: Vec<Bytes>,
+    },
     Quit,
 }
 
@@ -53,6 +61,34 @@ impl Pending {
         match self {
             Pending::Ready(b) => Poll::Ready(Some(std::mem::take(b))),
             Pending::Quit => Poll::Ready(None),
+            Pending::Stats => {
+                let report = ctx.stats.memcache_report(ctx.threads);
+                Poll::Ready(Some(Bytes::from(report)))
+            }
+            Pending::StatsSum { rxs, got } => {
+                let mut waiting = false;
+                for slot in rxs.iter_mut() {
+                    if let Some(rx) = slot.as_mut() {
+                        match Pin::new(rx).poll(cx) {
+                            Poll::Pending => waiting = true,
+                            Poll::Ready(r) => {
+                                *slot = None;
+                                match flatten(r) {
+                                    Ok(b) if b.starts_with(b"STAT ") || b.starts_with(b"END") => {
+                                        got.push(b)
+                                    }
+                                    Ok(_) | Err(_) => bump(&ctx.stats.server_errors, 1),
+                                }
+                            }
+                        }
+                    }
+                }
+                if waiting {
+                    return Poll::Pending;
+                }
+                let sum = super::super::stats::sum_stat_replies(got.iter().map(|b| &b[..]));
+                Poll::Ready(Some(Bytes::from(sum)))
+            }
             Pending::Single {
                 rx,
                 server,
