@@ -165,7 +165,7 @@ fn every_dashboard_panel_has_data_in_a_real_prometheus() {
                 c.values().unwrap();
                 // A celebrity key: it turns hot (local cache, split copies, shared reads) and
                 // is written now and then (copy deletes).
-                if i % 100 == 0 {
+                if i.is_multiple_of(100) {
                     assert_eq!(c.set("celebrity", b"value"), "STORED");
                 }
                 c.send(&b"get celebrity\r\n".repeat(10));
@@ -176,7 +176,7 @@ fn every_dashboard_panel_has_data_in_a_real_prometheus() {
                 assert_eq!(rc.cmd(&format!("SET {k} value")), "OK");
                 assert_eq!(rc.cmd(&format!("GET {k}")), "value");
                 rc.cmd(&format!("MGET {k} absent{i}"));
-                if i % 10 == 0 {
+                if i.is_multiple_of(10) {
                     assert!(rc.cmd("NOSUCHCOMMAND").starts_with("-ERR unknown command"));
                     assert!(ac.cmd("AUTH wrong-password").starts_with("-WRONGPASS"));
                 }
@@ -184,7 +184,7 @@ fn every_dashboard_panel_has_data_in_a_real_prometheus() {
                 assert_eq!(fc.set(&k, b"gutter"), "STORED");
                 assert_eq!(fc.get(&k).as_deref(), Some(&b"gutter"[..]));
                 // Clients left idle, closed by client_idle_timeout (a few at a time).
-                if i % 100 == 0 && idle.len() < 20 {
+                if i.is_multiple_of(100) && idle.len() < 20 {
                     idle.push(Mc::connect(flisten));
                 }
                 i += 1;

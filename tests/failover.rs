@@ -116,7 +116,7 @@ fn load(addr: SocketAddr, threads: usize, dur: Duration, stop: Arc<AtomicBool>) 
                     n += 1;
                     let key = format!("load{t}-{}", n % 97);
                     let t0 = Instant::now();
-                    if n % 3 == 0 {
+                    if n.is_multiple_of(3) {
                         let v = format!("{key}={n}");
                         let r = c.set(&key, v.as_bytes());
                         if r != "STORED" {

@@ -333,7 +333,7 @@ fn no_request_fails_across_reloads_under_load() {
                 }
                 i += 1;
                 done.fetch_add(2, Ordering::Relaxed);
-                if i % 4 == 0 {
+                if i.is_multiple_of(4) {
                     client = Mc::connect(addr(port));
                 }
             }

@@ -18,7 +18,7 @@ use super::{Config, ListenAddr, PoolConfig, Protocol, ServerConfig, TlsConfig};
 pub(crate) fn duration(d: Duration) -> String {
     if d.subsec_nanos() == 0 {
         format!("{}s", d.as_secs())
-    } else if d.subsec_nanos() % 1_000_000 == 0 {
+    } else if d.subsec_nanos().is_multiple_of(1_000_000) {
         format!("{}ms", d.as_millis())
     } else {
         format!("{}us", d.as_micros())

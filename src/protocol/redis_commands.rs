@@ -374,7 +374,7 @@ fn xread_keys(args: &[Bytes]) -> Result<Vec<usize>, &'static str> {
         return Err("syntax error");
     };
     let n = args.len() - s - 1;
-    if n == 0 || n % 2 != 0 {
+    if n == 0 || !n.is_multiple_of(2) {
         return Err("Unbalanced 'xread' list of streams: for each stream key an ID or '$' must be specified.");
     }
     Ok((s + 1..s + 1 + n / 2).collect())
