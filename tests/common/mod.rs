@@ -150,9 +150,31 @@ fn try_memcached(port: u16) -> Option<Proc> {
 }
 
 /// Send a signal to a process we started (SIGSTOP/SIGCONT/SIGKILL...), by its PID.
+/// Send `sig` to a server of the test. SIGSTOP returns once every thread of it is stopped (a
+/// loaded machine can take a moment), so a request sent next is never answered by it.
 pub fn signal(p: &Proc, sig: i32) {
-    let rc = unsafe { libc::kill(p.child.id() as i32, sig) };
-    assert_eq!(rc, 0, "kill({}, {sig})", p.child.id());
+    let pid = p.child.id();
+    let rc = unsafe { libc::kill(pid as i32, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig})");
+    if sig != libc::SIGSTOP {
+        return;
+    }
+    let stopped = || {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return true;
+        };
+        tasks.flatten().all(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            // The state follows the command name in parentheses.
+            stat.rsplit(") ")
+                .next()
+                .is_some_and(|rest| rest.starts_with('T'))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !stopped() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// nutcracker (twemproxy 0.5.0) with `yaml`; `addr` is the listen address written in it.
