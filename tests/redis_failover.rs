@@ -153,14 +153,18 @@ listeners:
         admin,
         placement,
     };
-    // Preload every key through the proxy; WAIT until each replica has it.
+    // Preload every key through the proxy; wait until each replica has them all.
     let mut c = Resp::connect(f.proxy.addr);
     for i in 0..KEYS {
         let k = format!("k{i}");
         assert_eq!(c.cmd(&format!("SET {k} {}", value(&k))), "OK");
     }
-    for p in &f.primary_addrs {
-        assert_eq!(Resp::connect(*p).cmd("WAIT 1 5000"), ":1");
+    // (WAIT on a connection of its own would not wait: it waits for that connection's writes.)
+    for (p, r) in f.primary_addrs.iter().zip(&f.replicas) {
+        let want = Resp::connect(*p).cmd("DBSIZE");
+        wait_for(10, "the replica has every preloaded key", || {
+            (Resp::connect(r.addr).cmd("DBSIZE") == want).then_some(())
+        });
     }
     f
 }
