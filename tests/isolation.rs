@@ -12,22 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    free_port, kvrouter_admin, memcached, metric, redis_server, scrape, wait_port, Mc, Proc, Resp,
-    TempDir,
+    free_port, kvrouter_admin, memcached, metric, redis_server, rss_kib, scrape, wait_port, Mc,
+    Proc, Resp, TempDir,
 };
 
 const MIB: u64 = 1024;
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap()
-        .parse()
-        .unwrap()
-}
 
 /// kvrouter (one worker, so every client shares the same backend connections) in front of two
 /// memcached and two redis-servers.

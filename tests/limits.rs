@@ -8,18 +8,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{free_port, kvrouter, memcached, redis_server, Mc, Resp, TempDir};
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap()
-        .parse()
-        .unwrap()
-}
+use common::{free_port, kvrouter, memcached, redis_server, rss_kib, Mc, Resp, TempDir};
 
 #[test]
 fn a_client_that_never_reads_is_throttled_and_memory_stays_bounded() {

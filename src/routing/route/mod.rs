@@ -73,8 +73,9 @@ pub trait Leaf: 'static {
     fn same_target(a: &Self::Target, b: &Self::Target) -> bool;
     /// The route grammar's operation class (get, set, delete, other; docs/architecture.md).
     fn class(op: &Self::Op) -> OpClass;
-    /// The keys of `op` (at least one).
-    fn keys(op: &Self::Op) -> Vec<&[u8]>;
+    /// Key `i` of `op` (every op has key 0); None past the last. Indexed rather than a list
+    /// so a prefix or operation node allocates nothing per request.
+    fn key(op: &Self::Op, i: usize) -> Option<&[u8]>;
     /// The request's name for error texts (`MGET`, `get`).
     fn name(op: &Self::Op) -> String;
     /// A success for `all_sync: all_ok` (not an error, not "not stored"/"not found").
@@ -174,11 +175,10 @@ fn select_for_all<'a, L: Leaf>(
     select: impl Fn(&[u8]) -> Option<&'a Node<L>>,
     none: impl Fn(&[u8]) -> String,
 ) -> Result<&'a Node<L>, Failed> {
-    let keys = L::keys(op);
-    let first_key = keys.first().copied().unwrap_or_default();
+    let first_key = L::key(op, 0).unwrap_or_default();
     let first =
         select(first_key).ok_or_else(|| Failed::new(Failure::ServerError, none(first_key)))?;
-    for key in keys.iter().skip(1) {
+    for key in (1..).map_while(|i| L::key(op, i)) {
         let other = select(key).ok_or_else(|| Failed::new(Failure::ServerError, none(key)))?;
         let same = Rc::ptr_eq(first, other)
             || matches!((first.target(), other.target()), (Some(a), Some(b)) if L::same_target(a, b));

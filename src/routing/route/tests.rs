@@ -50,8 +50,8 @@ impl Leaf for Scripted {
     fn class(op: &Op) -> OpClass {
         op.class
     }
-    fn keys(op: &Op) -> Vec<&[u8]> {
-        op.keys.iter().map(|k| k.as_slice()).collect()
+    fn key(op: &Op, i: usize) -> Option<&[u8]> {
+        op.keys.get(i).map(|k| k.as_slice())
     }
     fn name(_: &Op) -> String {
         "MGET".into()

@@ -136,8 +136,8 @@ impl Leaf for Memcache {
         class_of(op.command)
     }
 
-    fn keys(op: &McOp) -> Vec<&[u8]> {
-        vec![&op.key]
+    fn key(op: &McOp, i: usize) -> Option<&[u8]> {
+        (i == 0).then_some(&op.key[..])
     }
 
     fn name(op: &McOp) -> String {

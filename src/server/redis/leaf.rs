@@ -116,8 +116,8 @@ impl Leaf for Redis {
         op.class
     }
 
-    fn keys(op: &Rc<RedisOp>) -> Vec<&[u8]> {
-        (0..op.keys.len()).map(|i| op.key(i)).collect()
+    fn key(op: &Rc<RedisOp>, i: usize) -> Option<&[u8]> {
+        op.keys.get(i).map(|&k| &op.req.args[k][..])
     }
 
     fn name(op: &Rc<RedisOp>) -> String {
